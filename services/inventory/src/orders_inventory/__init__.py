@@ -1,0 +1,1 @@
+"""The inventory service of the order workflow."""

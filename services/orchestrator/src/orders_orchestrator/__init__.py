@@ -1,0 +1,1 @@
+"""The orchestrator service of the order workflow."""

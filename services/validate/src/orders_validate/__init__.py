@@ -1,0 +1,1 @@
+"""The validate service of the order workflow."""

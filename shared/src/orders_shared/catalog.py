@@ -1,0 +1,63 @@
+"""Who is who: the six service identities and the database roles each may use.
+
+This is the one source of truth the Vault bootstrap, the local identity issuer,
+the charts and the tests read. A service's Kubernetes ServiceAccount, its Vault
+auth role and its Vault policy are all named after it (``orders-<service>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAMESPACE_DEFAULT = "orders"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One trust boundary: a worker process with its own identity."""
+
+    name: str
+    task_queue: str
+    db_roles: tuple[str, ...]
+
+    @property
+    def identity(self) -> str:
+        """ServiceAccount name, Vault auth role name and Vault policy name."""
+        return f"orders-{self.name}"
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    s.name: s
+    for s in (
+        ServiceSpec("orchestrator", "orders-orchestrator", ()),
+        ServiceSpec("validate", "orders-validate", ("order-validate",)),
+        ServiceSpec(
+            "inventory",
+            "orders-inventory",
+            ("order-reserve-inventory", "order-release-inventory"),
+        ),
+        ServiceSpec("payment", "orders-payment", ("order-process-payment",)),
+        ServiceSpec("fulfill", "orders-fulfill", ("order-fulfill",)),
+        ServiceSpec("notify", "orders-notify", ("order-notify",)),
+    )
+}
+
+DB_ROLES: tuple[str, ...] = tuple(r for s in SERVICES.values() for r in s.db_roles)
+
+
+def group_role(db_role: str) -> str:
+    """The NOLOGIN Postgres group role behind a Vault database role.
+
+    ``order-reserve-inventory`` -> ``order_reserve_inventory`` (a plain SQL
+    identifier, so it never needs quoting).
+    """
+    if db_role not in DB_ROLES:
+        raise KeyError(f"unknown database role {db_role!r}; known: {', '.join(DB_ROLES)}")
+    return db_role.replace("-", "_")
+
+
+def service(name: str) -> ServiceSpec:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise KeyError(f"unknown service {name!r}; known services: {', '.join(SERVICES)}") from None
