@@ -1,0 +1,142 @@
+"""The grant matrix: what each Vault database role may do, written once.
+
+Each Vault database role maps to a NOLOGIN Postgres group role
+(``order-reserve-inventory`` -> ``order_reserve_inventory``) that holds
+exactly these privileges; Vault's creation statement makes a short-lived LOGIN
+role a member of it. The database bootstrap applies this matrix (revoking
+anything else), and a test reads the privileges back from Postgres and
+compares them to it exactly.
+
+A row with ``columns`` grants the privilege on those columns only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orders_shared.catalog import DB_ROLES
+
+SCHEMA = "app"
+
+
+@dataclass(frozen=True)
+class Grant:
+    db_role: str
+    table: str
+    privilege: str  # SELECT, INSERT, UPDATE or DELETE
+    columns: tuple[str, ...] | None
+    why: str
+
+
+def _g(
+    db_role: str, table: str, privilege: str, why: str, columns: tuple[str, ...] | None = None
+) -> Grant:
+    return Grant(db_role, table, privilege, columns, why)
+
+
+GRANT_MATRIX: tuple[Grant, ...] = (
+    # --- validate: turn a submitted order into a priced, recorded order -------------
+    _g("order-validate", "products", "SELECT", "check every SKU exists and price it"),
+    _g("order-validate", "orders", "INSERT", "record the order (accepted or rejected) once"),
+    _g("order-validate", "order_items", "INSERT", "record the priced lines of the order"),
+    _g("order-validate", "customer_contacts", "INSERT", "keep contact data for later steps"),
+    # --- reserve: take stock for the order, exactly once -----------------------------
+    _g("order-reserve-inventory", "inventory", "SELECT", "read stock in the guarded update"),
+    _g(
+        "order-reserve-inventory",
+        "inventory",
+        "UPDATE",
+        "decrement stock (the CHECK keeps it >= 0)",
+        ("on_hand", "updated_at"),
+    ),
+    _g("order-reserve-inventory", "reservations", "SELECT", "find a reservation on retry"),
+    _g("order-reserve-inventory", "reservations", "INSERT", "record one reservation per line"),
+    # --- release (compensation): give the stock back, exactly once -------------------
+    _g("order-release-inventory", "reservations", "SELECT", "find what the order reserved"),
+    _g(
+        "order-release-inventory",
+        "reservations",
+        "UPDATE",
+        "mark a reservation released, once",
+        ("status", "released_at", "released_by"),
+    ),
+    _g("order-release-inventory", "inventory", "SELECT", "read stock in the guarded update"),
+    _g(
+        "order-release-inventory",
+        "inventory",
+        "UPDATE",
+        "put the released quantity back",
+        ("on_hand", "updated_at"),
+    ),
+    # --- payment: charge (and refund) the amount the order records --------------------
+    _g(
+        "order-process-payment",
+        "orders",
+        "SELECT",
+        "charge the recorded total, never an amount from the workflow input",
+        ("order_id", "total_cents", "currency"),
+    ),
+    _g("order-process-payment", "payments", "SELECT", "find a charge or refund on retry"),
+    _g("order-process-payment", "payments", "INSERT", "record one charge and one refund"),
+    # --- fulfill: ship to the address on file ----------------------------------------
+    _g(
+        "order-fulfill",
+        "customer_contacts",
+        "SELECT",
+        "read the shipping address and nothing else of the customer",
+        ("order_id", "shipping_address"),
+    ),
+    _g("order-fulfill", "shipments", "SELECT", "find the shipment on retry"),
+    _g("order-fulfill", "shipments", "INSERT", "record one shipment per order"),
+    # --- notify: tell the customer, and record the order's final status ---------------
+    _g(
+        "order-notify",
+        "customer_contacts",
+        "SELECT",
+        "address the message: name and email only",
+        ("order_id", "customer_name", "email"),
+    ),
+    _g("order-notify", "notifications", "SELECT", "find the message on retry"),
+    _g("order-notify", "notifications", "INSERT", "write the message to the outbox"),
+    _g(
+        "order-notify",
+        "orders",
+        "SELECT",
+        "read the order's current status before changing it",
+        ("order_id", "status"),
+    ),
+    _g(
+        "order-notify",
+        "orders",
+        "UPDATE",
+        "record the final status: notify is the one step every path ends with",
+        ("status", "status_reason", "updated_at", "status_by"),
+    ),
+)
+
+TABLES: tuple[str, ...] = (
+    "products",
+    "inventory",
+    "orders",
+    "order_items",
+    "customer_contacts",
+    "reservations",
+    "payments",
+    "shipments",
+    "notifications",
+)
+
+
+def grants_for(db_role: str) -> tuple[Grant, ...]:
+    return tuple(g for g in GRANT_MATRIX if g.db_role == db_role)
+
+
+def _check() -> None:
+    for g in GRANT_MATRIX:
+        assert g.db_role in DB_ROLES, f"grant for unknown role {g.db_role}"
+        assert g.table in TABLES, f"grant on unknown table {g.table}"
+        assert g.privilege in {"SELECT", "INSERT", "UPDATE", "DELETE"}, g.privilege
+    assert {g.db_role for g in GRANT_MATRIX} == set(DB_ROLES), "a role has no grants"
+
+
+_check()

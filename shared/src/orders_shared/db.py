@@ -1,0 +1,25 @@
+"""How activity code reaches Postgres: by database role, never by password.
+
+Activities ask a :class:`ConnectionSource` for a connection *as a Vault
+database role* (``order-reserve-inventory``...). The production source
+(:class:`orders_shared.leases.LeasedPools`) holds one Vault lease and one
+asyncpg pool per role and rotates them underneath; a benchmark or a test can
+swap in another source without touching activity code.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import asyncpg
+
+
+class ConnectionSource(Protocol):
+    def connection(self, db_role: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """A pooled connection logged in with a credential of ``db_role``."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection and revoke every credential this source holds."""
+        ...
