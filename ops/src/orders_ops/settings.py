@@ -96,6 +96,11 @@ class StackSettings:
     def pg_password_file(self) -> Path:
         return self.secrets_dir / "postgres-superuser-password"
 
+    @property
+    def issuer_key_file(self) -> Path:
+        """The local identity issuer's private signing key (Vault trusts its public half)."""
+        return self.secrets_dir / "identity-issuer-key.pem"
+
     def root_token(self) -> str:
         return self.root_token_file.read_text().strip()
 

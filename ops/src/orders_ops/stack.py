@@ -540,6 +540,8 @@ class Stack:
             t0 = time.monotonic()
             report = run_bootstrap(self.settings, vault_is_new=vault_fresh)
             echo(f"  bootstrap {report.summary()}  ({time.monotonic() - t0:.1f}s)")
+            if not self.settings.issuer_key_file.exists():
+                return  # nothing to issue with yet
             t0 = time.monotonic()
             started = self.identity.start(timeout)
             verb = "started" if started else "already running"
