@@ -10,13 +10,17 @@ swap in another source without touching activity code.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A pooled connection or a plain one: activity code uses only what both offer.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 class ConnectionSource(Protocol):
-    def connection(self, db_role: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    def connection(self, db_role: str) -> AbstractAsyncContextManager[Connection]:
         """A pooled connection logged in with a credential of ``db_role``."""
         ...
 

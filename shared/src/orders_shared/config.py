@@ -1,0 +1,186 @@
+"""A worker's configuration: read from the environment once, in one typed place.
+
+Start-up fails fast with a :class:`ConfigError` naming the missing or bad
+variable and what it should be, instead of failing later with a stack trace.
+
+Variables (defaults in brackets):
+
+``VAULT_ADDR``                  Vault/OpenBao URL (required)
+``VAULT_AUTH_METHOD``           ``kubernetes`` (cluster), ``jwt`` (local process mode) or
+                                ``token`` (explicit dev use only) [kubernetes]
+``VAULT_AUTH_MOUNT``            auth mount path [same as the method]
+``VAULT_AUTH_ROLE``             Vault auth role [orders-<service>]
+``VAULT_TOKEN_FILE``            the workload's identity token
+                                [/var/run/secrets/vault/token, the chart's projected token]
+``VAULT_TOKEN``                 a Vault token, read only when VAULT_AUTH_METHOD=token
+``VAULT_REQUEST_TIMEOUT``       seconds per Vault request [5]
+``ORDERS_DB_HOST`` / ``ORDERS_DB_PORT`` / ``ORDERS_DB_NAME``
+                                where Postgres is [127.0.0.1 / 5432 / orders]
+``ORDERS_DB_MOUNT``             database secrets engine mount [database]
+``ORDERS_DB_POOL_MAX``          connections per database role [10]
+``TEMPORAL_ADDRESS``            host:port of the Temporal frontend [127.0.0.1:7233]
+``TEMPORAL_NAMESPACE``          [default]
+
+There is deliberately no variable for a database password: credentials only
+ever come from Vault.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from orders_shared.catalog import service as lookup_service
+
+AuthMethod = Literal["kubernetes", "jwt", "token"]
+AUTH_METHODS: tuple[AuthMethod, ...] = ("kubernetes", "jwt", "token")
+DEFAULT_TOKEN_FILE = "/var/run/secrets/vault/token"  # noqa: S105 (a path, not a secret)
+
+
+class ConfigError(ValueError):
+    """A missing or invalid environment variable. The message names it and the fix."""
+
+
+class _Env:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self._env.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is not set: it is required (see orders_shared.config)")
+        return default
+
+    def whole(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is out of range: use {lo} to {hi}")
+        return value
+
+    def seconds(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is out of range: use {lo} to {hi}")
+        return value
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    addr: str
+    auth_method: AuthMethod
+    auth_mount: str
+    auth_role: str
+    token_file: Path
+    request_timeout: float
+    static_token: str | None = None  # only for auth_method == "token"
+
+    def __repr__(self) -> str:  # never print a token, even by accident
+        return (
+            f"VaultConfig(addr={self.addr!r}, auth_method={self.auth_method!r}, "
+            f"auth_mount={self.auth_mount!r}, auth_role={self.auth_role!r}, "
+            f"token_file={str(self.token_file)!r})"
+        )
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> VaultConfig:
+        e = _Env(os.environ if env is None else env)
+        addr = e.text("VAULT_ADDR")
+        if not addr.startswith(("http://", "https://")):
+            raise ConfigError(f"VAULT_ADDR={addr!r} must start with http:// or https://")
+        raw_method = e.text("VAULT_AUTH_METHOD", "kubernetes")
+        method = next((m for m in AUTH_METHODS if m == raw_method), None)
+        if method is None:
+            raise ConfigError(
+                f"VAULT_AUTH_METHOD={raw_method!r} is not supported: use one of "
+                f"{', '.join(AUTH_METHODS)} (token is for explicit dev use only)"
+            )
+        static_token = None
+        if method == "token":
+            static_token = e.text("VAULT_TOKEN")
+        token_file = Path(e.text("VAULT_TOKEN_FILE", DEFAULT_TOKEN_FILE))
+        if method != "token" and not token_file.is_file():
+            raise ConfigError(
+                f"VAULT_TOKEN_FILE={str(token_file)!r} does not exist: mount the workload's "
+                f"identity token there (the chart projects it; locally 'make up' writes it)"
+            )
+        return cls(
+            addr=addr.rstrip("/"),
+            auth_method=method,
+            auth_mount=e.text("VAULT_AUTH_MOUNT", method),
+            auth_role=e.text("VAULT_AUTH_ROLE", lookup_service(service).identity),
+            token_file=token_file,
+            request_timeout=e.seconds("VAULT_REQUEST_TIMEOUT", 5.0, 0.1, 120.0),
+            static_token=static_token,
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    host: str
+    port: int
+    name: str
+    mount: str
+    pool_max: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseConfig:
+        e = _Env(os.environ if env is None else env)
+        return cls(
+            host=e.text("ORDERS_DB_HOST", "127.0.0.1"),
+            port=e.whole("ORDERS_DB_PORT", 5432, 1, 65535),
+            name=e.text("ORDERS_DB_NAME", "orders"),
+            mount=e.text("ORDERS_DB_MOUNT", "database"),
+            pool_max=e.whole("ORDERS_DB_POOL_MAX", 10, 1, 500),
+        )
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    address: str
+    namespace: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TemporalConfig:
+        e = _Env(os.environ if env is None else env)
+        address = e.text("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"TEMPORAL_ADDRESS={address!r} must be host:port")
+        return cls(address=address, namespace=e.text("TEMPORAL_NAMESPACE", "default"))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one service's worker process needs, validated at start."""
+
+    service: str
+    vault: VaultConfig
+    database: DatabaseConfig
+    temporal: TemporalConfig
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        lookup_service(service)  # unknown service names fail here, by name
+        return cls(
+            service=service,
+            vault=VaultConfig.from_env(service, env),
+            database=DatabaseConfig.from_env(env),
+            temporal=TemporalConfig.from_env(env),
+        )
