@@ -284,3 +284,29 @@ async def test_token_renewal_and_login_again_after_revocation(
         assert vault.logins == 2  # it logged in again with its identity token
         info = await vault.call(vault.client.auth.token.lookup_self)
         assert info["data"]["ttl"] > 0
+
+
+async def test_after_a_new_login_the_pool_moves_to_a_credential_of_the_new_token(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    # A lease dies with the token that created it: revoking the worker's token
+    # (as an operator might) kills its database role too. The worker must log in
+    # again and move its pool to a credential issued under the new token.
+    async with session(stack, "fulfill") as vault:
+        pool = RolePool(vault, _db(stack), "order-fulfill")
+        await pool.open()
+        try:
+            first = pool.credential.username
+            root.auth.token.revoke(vault.client.token)
+            await asyncio.sleep(0.3)
+            assert not await _role_exists(admin, first)  # revoked with its token
+            await vault.renew_or_login()
+            for _ in range(50):
+                if pool.credential.username != first:
+                    break
+                await asyncio.sleep(0.1)
+            assert pool.credential.username != first
+            async with pool.connection() as conn:
+                assert await conn.fetchval("SELECT current_user") == pool.credential.username
+        finally:
+            await pool.close()

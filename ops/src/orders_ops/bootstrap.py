@@ -1,18 +1,24 @@
 """``orders-bootstrap``: configure PostgreSQL and Vault as code, idempotently.
 
 Order matters: the database first (group roles must exist before Vault's
-creation statements can grant them), then Vault, then the local identity
-issuer's key (which Vault's JWT auth trusts).
+creation statements can grant them), then the local identity issuer's key
+(Vault's JWT auth trusts its public half), then Vault's database engine, then
+the rest of Vault, then the first identity tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orders_ops.settings import StackSettings
+from orders_ops import issuer
+from orders_ops.database import bootstrap_database
+from orders_ops.settings import SettingsError, StackSettings
+from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault, root_client
+from orders_ops.vault_database import configure_database_engine
 
 
 @dataclass
@@ -20,6 +26,8 @@ class BootstrapReport:
     """What a bootstrap run changed; a second run on the same stack changes nothing."""
 
     changes: list[str] = field(default_factory=list)
+    # things left undone on purpose, with the fix (not changes: a rerun repeats them)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if not self.changes:
@@ -29,6 +37,22 @@ class BootstrapReport:
 
 def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> BootstrapReport:
     report = BootstrapReport()
+
+    report.changes += asyncio.run(bootstrap_database(settings, vault_is_new=vault_is_new))
+
+    if issuer.ensure_signing_key(settings):
+        report.changes.append(f"identity: created signing key {settings.issuer_key_file}")
+
+    client = root_client(settings)
+    try:
+        report.changes += configure_database_engine(client, settings)
+        report.changes += configure_vault(client, settings, notes=report.notes)
+    finally:
+        client.adapter.close()
+
+    # Tokens are ephemeral (the issuer re-mints them), so writing them is not a change.
+    if not issuer.tokens_fresh(settings):
+        issuer.write_tokens(settings, issuer.ttl_from_env())
     return report
 
 
@@ -36,9 +60,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="orders-bootstrap", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="list every change")
     args = parser.parse_args(argv)
-    report = bootstrap(StackSettings.from_env())
+    try:
+        report = bootstrap(StackSettings.from_env())
+    except (VaultBootstrapError, SettingsError, issuer.IssuerError) as exc:
+        print(f"orders-bootstrap: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"orders-bootstrap: {report.summary()}")
     if args.verbose:
         for change in report.changes:
             print(f"  {change}")
+    for note in report.notes:
+        print(f"  note: {note}")
     sys.exit(0)

@@ -1,13 +1,332 @@
-"""Local identity issuer (process mode). Placeholder until the issuer lands."""
+"""``orders-identity``: the local identity issuer, process mode's stand-in for the kubelet.
+
+In a cluster every worker gets a projected ServiceAccount token that the
+kubelet refreshes and Vault's ``kubernetes`` auth checks via TokenReview. On a
+laptop there is no kubelet, so this module signs tokens of the same shape with
+a local key that Vault's ``jwt`` auth trusts, and keeps one token file per
+service fresh. Workers read their own file and nothing else; the same worker
+code therefore runs in both modes.
+
+The signing key lives with the root-only secrets (``settings.issuer_key_file``)
+and is created once by the bootstrap: creating a new key silently would leave
+Vault trusting the old one, so ``serve`` refuses to start without it.
+"""
 
 from __future__ import annotations
 
-from orders_ops.settings import StackSettings
+import argparse
+import base64
+import contextlib
+import hashlib
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from orders_ops.settings import SettingsError, StackSettings
+from orders_shared.catalog import SERVICES
+
+ISSUER = "https://orders-identity.local"
+AUDIENCE = "vault"
+ALGORITHM = "RS256"  # what the Kubernetes API server signs ServiceAccount tokens with
+DEFAULT_TTL = 600
+MIN_TTL = 2
+TTL_ENV = "ORDERS_IDENTITY_TOKEN_TTL"
+
+# The kubelet refreshes a projected token once 80% of its lifetime has passed.
+REFRESH_AT = 0.8
+# A token counts as fresh while more than this share of its lifetime is left. It
+# must sit below the 20% left at refresh time, or the health check would flap
+# every cycle; half of that margin says "the loop is on schedule" and still
+# leaves a worker reading the file a usable token.
+FRESH_SHARE_LEFT = (1 - REFRESH_AT) / 2
+
+# uuid5 namespace for ServiceAccount uids: stable per (namespace, service), so
+# a token re-minted after a restart names the same account.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, ISSUER)
+
+
+class IssuerError(RuntimeError):
+    """The issuer cannot do what was asked; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- key
+
+
+def ensure_signing_key(settings: StackSettings) -> bool:
+    """Create the signing key unless it exists. True when it was created now."""
+    path = settings.issuer_key_file
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        # O_EXCL: two bootstraps racing must not each write a different key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return True
+
+
+def load_signing_key(settings: StackSettings) -> rsa.RSAPrivateKey:
+    path = settings.issuer_key_file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IssuerError(
+            f"no identity signing key at {path}; run 'orders-bootstrap' (or 'orders-stack up'), "
+            "which creates it and makes Vault trust it"
+        ) from None
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise IssuerError(f"{path} is not an RSA private key; delete it and run 'orders-bootstrap'")
+    return key
+
+
+def public_key_pem(settings: StackSettings) -> str:
+    """The PEM Vault's JWT auth is configured with (``jwt_validation_pubkeys``)."""
+    return (
+        load_signing_key(settings)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def key_id(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> str:
+    """SHA-256 of the public key's DER, base64url: how the Kubernetes API server names its keys."""
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def subject(namespace: str, service_name: str) -> str:
+    """The ServiceAccount subject Vault roles are bound to."""
+    return f"system:serviceaccount:{namespace}:{_identity(service_name)}"
+
+
+def service_uid(namespace: str, service_name: str) -> str:
+    return str(uuid.uuid5(_UID_NAMESPACE, f"{namespace}/{_identity(service_name)}"))
+
+
+def claims_for(
+    namespace: str, service_name: str, ttl: int = DEFAULT_TTL, *, now: float | None = None
+) -> dict[str, Any]:
+    """The claims of a projected ServiceAccount token for ``service_name``.
+
+    Separate from :func:`mint` so tests can alter one claim and sign the rest.
+    """
+    identity = _identity(service_name)
+    issued = int(time.time() if now is None else now)
+    return {
+        "iss": ISSUER,
+        "sub": subject(namespace, service_name),
+        "aud": [AUDIENCE],
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "kubernetes.io": {
+            "namespace": namespace,
+            "serviceaccount": {
+                "name": identity,
+                "uid": service_uid(namespace, service_name),
+            },
+        },
+    }
+
+
+def sign(key: rsa.RSAPrivateKey, claims: dict[str, Any]) -> str:
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": key_id(key)})
+
+
+def mint(
+    settings: StackSettings,
+    service_name: str,
+    ttl: int = DEFAULT_TTL,
+    *,
+    now: float | None = None,
+) -> str:
+    """A ServiceAccount-shaped JWT for one service, signed with the issuer key."""
+    claims = claims_for(settings.namespace, service_name, ttl, now=now)
+    return sign(load_signing_key(settings), claims)
+
+
+def _identity(name: str) -> str:
+    if name not in SERVICES:
+        raise IssuerError(f"unknown service {name!r}; known services: {', '.join(SERVICES)}")
+    return SERVICES[name].identity
+
+
+def _write_atomic(path: Path, content: str) -> None:
+    """Write then rename, so a worker never reads half a token."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.parent.chmod(0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp creates the file with mode 0600
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_tokens(settings: StackSettings, ttl: int = DEFAULT_TTL) -> list[Path]:
+    """(Re)write every service's token file (mode 0600, folder 0700)."""
+    key = load_signing_key(settings)
+    now = int(time.time())  # the iat every token carries; serve schedules from it
+    written: list[Path] = []
+    for name in SERVICES:
+        token = sign(key, claims_for(settings.namespace, name, ttl, now=now))
+        path = settings.token_file(name)
+        _write_atomic(path, token + "\n")
+        written.append(path)
+    return written
+
+
+def token_share_left(
+    settings: StackSettings, service_name: str, *, now: float | None = None
+) -> float:
+    """Share (0..1) of the token file's lifetime still ahead; 0 when missing or not ours.
+
+    The signature is checked with the current key, so tokens signed by a key
+    Vault no longer trusts do not count as fresh.
+    """
+    try:
+        token = settings.token_file(service_name).read_text().strip()
+        key = load_signing_key(settings)
+        claims = jwt.decode(
+            token,
+            key.public_key(),
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"verify_exp": False, "require": ["exp", "iat", "sub"]},
+        )
+    except (OSError, IssuerError, jwt.InvalidTokenError):
+        return 0.0
+    if claims["sub"] != subject(settings.namespace, service_name):
+        return 0.0
+    lifetime = int(claims["exp"]) - int(claims["iat"])
+    if lifetime <= 0:
+        return 0.0
+    left = int(claims["exp"]) - (time.time() if now is None else now)
+    return max(0.0, left / lifetime)
 
 
 def tokens_fresh(settings: StackSettings) -> bool:
-    return False
+    """Health check: every token file exists, verifies and is not overdue for re-minting."""
+    return all(token_share_left(settings, name) > FRESH_SHARE_LEFT for name in SERVICES)
 
 
-def main() -> None:
-    raise SystemExit("not implemented yet")
+# --------------------------------------------------------------------------- serve
+
+
+def ttl_from_env() -> int:
+    raw = os.environ.get(TTL_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_TTL
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{TTL_ENV}={raw!r} is not a number of seconds") from None
+    if value < MIN_TTL:
+        raise SettingsError(f"{TTL_ENV}={value} is too short: use at least {MIN_TTL} seconds")
+    return value
+
+
+def _log(message: str) -> None:
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    print(f"{stamp} orders-identity: {message}", flush=True)
+
+
+def serve(settings: StackSettings, ttl: int, stop: threading.Event) -> None:
+    """Re-mint every token at :data:`REFRESH_AT` of its lifetime until ``stop`` is set."""
+    load_signing_key(settings)  # fail now, clearly, rather than on the first refresh
+    interval = max(1.0, ttl * REFRESH_AT)
+    _log(f"issuing {len(SERVICES)} tokens to {settings.identity_dir} (ttl {ttl}s)")
+    while not stop.is_set():
+        # iat is whole seconds (up to 1 s before now): count from it, not from now
+        issued = int(time.time())
+        try:
+            write_tokens(settings, ttl)
+            wait = issued + interval - time.time()
+        except (OSError, IssuerError) as exc:
+            # a transient disk or key problem: keep the loop alive and try again soon
+            _log(f"could not write tokens: {exc}; retrying")
+            wait = min(interval, 5.0)
+        stop.wait(max(0.1, wait))
+    _log("stopped")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="orders-identity",
+        description="Local identity issuer: ServiceAccount-shaped JWTs for process mode.",
+        epilog=f"Token lifetime: {TTL_ENV} (default {DEFAULT_TTL}s). Services: "
+        + ", ".join(SERVICES),
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("serve", help="keep every service's token file fresh until SIGTERM")
+    sub.add_parser("write", help="write every service's token file once")
+    mint_cmd = sub.add_parser("mint", help="print one service's token (for people)")
+    mint_cmd.add_argument("service")
+    sub.add_parser("public-key", help="print the public key Vault trusts (PEM)")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = StackSettings.from_env()
+        ttl = ttl_from_env()
+        if args.cmd == "serve":
+            stop = threading.Event()
+
+            def _stop(_signum: int, _frame: FrameType | None) -> None:
+                stop.set()
+
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(signal.SIGINT, _stop)
+            serve(settings, ttl, stop)
+        elif args.cmd == "write":
+            paths = write_tokens(settings, ttl)
+            print(f"orders-identity: wrote {len(paths)} tokens to {settings.identity_dir}")
+        elif args.cmd == "mint":
+            print(mint(settings, args.service, ttl))
+        elif args.cmd == "public-key":
+            print(public_key_pem(settings), end="")
+    except (IssuerError, SettingsError) as exc:
+        print(f"orders-identity: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orders_ops.secretfiles import write_secret as _write_secret
 from orders_ops.settings import HOST, SettingsError, StackSettings
 
 
@@ -81,20 +82,22 @@ def _port_free(port: int) -> bool:
 
 
 def _pid_alive(pid: int, expect: str) -> bool:
-    """True when ``pid`` runs and its command line mentions ``expect``."""
+    """True when ``pid`` runs (not a zombie) and its command line mentions ``expect``.
+
+    An empty ``expect`` asks only "is it running": a process that is starting can
+    briefly show an empty command line, which must not count as dead.
+    """
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    if not cmdline:  # zombie
-        return False
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
             return False
-    except (OSError, IndexError):
+    except IndexError:
         return False
-    return expect in cmdline
+    return expect in cmdline if expect else True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -103,13 +106,6 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log yet)"
     return "\n".join("    " + ln for ln in content[-lines:])
-
-
-def _write_secret(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
 
 
 def _is_root() -> bool:
@@ -393,9 +389,15 @@ class Vault(Server):
         super().__init__("vault", settings, {"api": settings.vault_port}, expect="bao")
 
     def _launch(self) -> None:
+        from orders_ops.vault_bootstrap import audit_config_hcl
+
         token = "dev-root-" + secrets.token_hex(16)
         _write_secret(self.settings.root_token_file, token)
-        (self.settings.state_dir / "vault").mkdir(parents=True, exist_ok=True)
+        vault_dir = self.settings.state_dir / "vault"
+        vault_dir.mkdir(parents=True, exist_ok=True)
+        # OpenBao only accepts audit devices declared in its server config
+        config = vault_dir / "server.hcl"
+        config.write_text(audit_config_hcl(self.settings))
         self._spawn(
             [
                 _bao_binary(),
@@ -404,6 +406,7 @@ class Vault(Server):
                 f"-dev-root-token-id={token}",
                 f"-dev-listen-address={HOST}:{self.settings.vault_port}",
                 "-dev-no-store-token",
+                f"-config={config}",
                 "-log-level=warn",
             ],
             # the dev server must not pick up a VAULT_/BAO_ token or address of the caller
@@ -503,6 +506,57 @@ class IdentityIssuer(Server):
         return tokens_fresh(self.settings)
 
 
+SERVICE_NAMES = ("orchestrator", "validate", "inventory", "payment", "fulfill", "notify")
+
+
+def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
+    """The whole environment a worker gets: addresses and its own identity token file.
+
+    Built from scratch, not inherited, so nothing of the caller's (a VAULT_TOKEN,
+    an admin database URL) can leak into a worker. No password, no root token.
+    """
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "VAULT_ADDR": settings.vault_addr,
+        "VAULT_AUTH_METHOD": "jwt",
+        "VAULT_AUTH_MOUNT": "jwt",
+        "VAULT_AUTH_ROLE": f"orders-{service}",
+        "VAULT_TOKEN_FILE": str(settings.token_file(service)),
+        "ORDERS_DB_HOST": HOST,
+        "ORDERS_DB_PORT": str(settings.postgres_port),
+        "ORDERS_DB_NAME": settings.database,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+    }
+
+
+class WorkerProcess(Server):
+    """One service's worker, started with only its own identity (process mode)."""
+
+    def __init__(self, settings: StackSettings, service: str) -> None:
+        self.service = service
+        super().__init__(f"worker-{service}", settings, {}, expect=f"orders_{service}.worker")
+
+    def _launch(self) -> None:
+        if self.log_file.exists():  # keep the previous run's log for post-mortems
+            self.log_file.replace(self.log_file.with_suffix(".log.1"))
+        self._spawn(
+            [sys.executable, "-c", f"from orders_{self.service}.worker import main; main()"],
+            env=worker_env(self.settings, self.service),
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return '"worker.started"' in self.log_file.read_text(errors="replace")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        # SIGTERM lets in-flight activities finish and leases be revoked
+        return super().stop(timeout)
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -513,10 +567,37 @@ class Stack:
         self.vault = Vault(settings)
         self.temporal = Temporal(settings)
         self.identity = IdentityIssuer(settings)
+        self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
 
     @property
     def servers(self) -> list[Server]:
-        return [self.postgres, self.vault, self.temporal, self.identity]
+        return [self.postgres, self.vault, self.temporal, self.identity, *self.workers]
+
+    def workers_up(self, timeout: float = 60.0, echo: Callable[[str], None] = print) -> None:
+        """Start the six workers as separate processes, each with only its identity."""
+        t0 = time.monotonic()
+        started = [w for w in self.workers if w.pid() is None]
+        for worker in started:
+            worker.settings.log_dir.mkdir(parents=True, exist_ok=True)
+            worker.settings.run_dir.mkdir(parents=True, exist_ok=True)
+            worker._launch()
+        for worker in started:
+            worker.wait_ready(timeout)
+        echo(
+            f"  workers   {len(started)} started, {len(self.workers) - len(started)} already "
+            f"running  ({time.monotonic() - t0:.1f}s)"
+        )
+
+    def workers_down(self, echo: Callable[[str], None] = print) -> None:
+        """SIGTERM every worker at once, then wait: each drains and revokes its leases."""
+        running = [(w, w.pid()) for w in self.workers]
+        for _worker, pid in running:
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        for worker, pid in running:
+            if pid is not None:
+                worker.stop()
+                echo(f"  {worker.name:<9} stopped")
 
     def up(
         self,
@@ -551,7 +632,8 @@ class Stack:
             )
 
     def down(self, echo: Callable[[str], None] = print) -> None:
-        for server in reversed(self.servers):
+        self.workers_down(echo)
+        for server in (self.identity, self.temporal, self.vault, self.postgres):
             stopped = server.stop()
             echo(f"  {server.name:<9} {'stopped' if stopped else 'not running'}")
 
@@ -596,10 +678,10 @@ class Stack:
 
 
 def _print_status(rows: list[dict[str, object]]) -> None:
-    print(f"{'server':<10}{'pid':<9}{'health':<11}address")
+    print(f"{'server':<20}{'pid':<9}{'health':<11}address")
     for r in rows:
         pid = r["pid"] or "-"
-        print(f"{r['server']!s:<10}{pid!s:<9}{r['health']!s:<11}{r['address']}")
+        print(f"{r['server']!s:<20}{pid!s:<9}{r['health']!s:<11}{r['address']}")
 
 
 @contextlib.contextmanager
@@ -628,12 +710,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each server")
     up.add_argument("--no-bootstrap", action="store_true", help="start the servers only")
+    up.add_argument(
+        "--workers", action="store_true", help="also start the six workers (process mode)"
+    )
     sub.add_parser("down", help="stop the servers this stack started (by PID)")
     st = sub.add_parser("status", help="PID, address and health of each server")
     st.add_argument("--json", action="store_true")
     sub.add_parser("env", help="shell exports for people and tests: eval $(orders-stack env)")
     logs = sub.add_parser("logs", help="show the end of a server's log")
-    logs.add_argument("server", nargs="?", choices=["postgres", "vault", "temporal", "identity"])
+    logs.add_argument(
+        "server",
+        nargs="?",
+        choices=["postgres", "vault", "temporal", "identity"]
+        + [f"worker-{name}" for name in SERVICE_NAMES],
+    )
     logs.add_argument("-n", type=int, default=40, help="lines per log")
     sub.add_parser("reset", help="stop everything and delete the state folder")
     args = parser.parse_args(argv)
@@ -645,6 +735,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"orders-stack: starting in {stack.settings.state_dir}")
             try:
                 stack.up(timeout=args.timeout, bootstrap=not args.no_bootstrap)
+                if args.workers:
+                    stack.workers_up(timeout=args.timeout)
             except Exception:
                 print(
                     "orders-stack: start failed; 'orders-stack down' stops what did start",

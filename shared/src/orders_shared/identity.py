@@ -79,6 +79,7 @@ class VaultSession:
         self.policies: tuple[str, ...] = ()
         self.logins = 0
         self.renewals = 0
+        self._login_listeners: list[Callable[[], None]] = []
 
     # -- calls ---------------------------------------------------------------------
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -98,6 +99,14 @@ class VaultSession:
     @property
     def logged_in(self) -> bool:
         return self.token_seconds_left > 0
+
+    def add_login_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every login but the first (a new token replaced the old)."""
+        self._login_listeners.append(callback)
+
+    def remove_login_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._login_listeners:
+            self._login_listeners.remove(callback)
 
     # -- login -----------------------------------------------------------------------
     async def login(self) -> None:
@@ -146,6 +155,9 @@ class VaultSession:
         self._set_token_state(float(auth["lease_duration"]), bool(auth["renewable"]))
         self.policies = tuple(auth.get("token_policies") or auth.get("policies") or ())
         self.logins += 1
+        if self.logins > 1:
+            for callback in list(self._login_listeners):
+                callback()
         log.info(
             "vault.login",
             method=cfg.auth_method,

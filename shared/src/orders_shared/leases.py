@@ -80,6 +80,8 @@ class RolePool:
         self._drained = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._revokers: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._rotate_requested = False
         self.issued = 0
         self.renewals = 0
         self.rotations = 0
@@ -103,7 +105,14 @@ class RolePool:
             max_size=self.db.pool_max,
         )
         self._cred = cred
+        self.vault.add_login_listener(self._on_vault_login)
         self._task = asyncio.create_task(self._maintain(), name=f"lease-{self.db_role}")
+
+    def _on_vault_login(self) -> None:
+        # A lease dies with the Vault token that created it. After a new login the
+        # old token runs out soon, so move to a credential issued under the new one.
+        self._rotate_requested = True
+        self._wake.set()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -144,6 +153,7 @@ class RolePool:
             task.add_done_callback(self._revokers.discard)
 
     async def close(self) -> None:
+        self.vault.remove_login_listener(self._on_vault_login)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,8 +203,12 @@ class RolePool:
         )
 
     async def _renew(self, cred: Credential) -> float:
+        # The URL form (sys/leases/renew/<lease id>) lets the policy scope renewal to
+        # this role's own leases; the body form would need renew rights on every lease.
         resp = await self.vault.call(
-            self.vault.client.sys.renew_lease, cred.lease_id, increment=int(cred.ttl)
+            self.vault.client.adapter.put,
+            f"/v1/sys/leases/renew/{cred.lease_id}",
+            json={"increment": int(cred.ttl)},
         )
         granted = float(resp["lease_duration"])
         cred.expires_at = time.monotonic() + granted
@@ -204,7 +218,9 @@ class RolePool:
     async def _revoke(self, cred: Credential) -> None:
         for attempt in range(5):
             try:
-                await self.vault.call(self.vault.client.sys.revoke_lease, cred.lease_id)
+                await self.vault.call(
+                    self.vault.client.adapter.put, f"/v1/sys/leases/revoke/{cred.lease_id}"
+                )
                 log.info("db.credential_revoked", db_role=self.db_role)
                 return
             except VAULT_UNAVAILABLE:
@@ -231,9 +247,12 @@ class RolePool:
                 wait = max(0.0, cred.seconds_left - cred.ttl / 3)
             else:
                 wait = self._backoff.delay(attempt)
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            self._wake.clear()
             try:
-                if not cred.renewable or cred.seconds_left <= 0:
+                if self._rotate_requested or not cred.renewable or cred.seconds_left <= 0:
+                    self._rotate_requested = False
                     await self.rotate()
                 else:
                     granted = await self._renew(cred)

@@ -1,0 +1,651 @@
+"""The order database as code: roles, database, migrations and the grant matrix.
+
+Run by the bootstrap before Vault is configured (Vault's creation statements
+grant group roles that must already exist). Every step reads the current state
+back first and only changes what differs, so a second run reports nothing and
+a drifted privilege is put back.
+
+Who is who in Postgres:
+
+- ``orders_owner`` (LOGIN): owns the database, schema ``app`` and every table;
+  only migrations run as it.
+- ``vault_admin`` (LOGIN, CREATEROLE): the one role Vault logs in as. It holds
+  every group role WITH ADMIN OPTION but INHERIT FALSE and SET FALSE, so it can
+  hand out memberships without being able to read a single row itself.
+- one NOLOGIN group role per Vault database role (``order_reserve_inventory``)
+  holding exactly its rows of :data:`orders_ops.grants.GRANT_MATRIX`.
+
+Passwords are sent to Postgres as SCRAM verifiers computed here, never as
+plain text, so they cannot end up in a server log; they are kept in
+root-only files under ``<state>/secrets``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import importlib.resources
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TypeAlias
+
+import asyncpg
+
+from orders_ops.grants import GRANT_MATRIX, SCHEMA
+from orders_ops.secretfiles import read_or_create_secret
+from orders_ops.settings import HOST, StackSettings
+from orders_shared.catalog import DB_ROLES, group_role
+
+OWNER_ROLE = "orders_owner"
+VAULT_ADMIN_ROLE = "vault_admin"
+MIGRATIONS_TABLE = f"{SCHEMA}.schema_migrations"
+
+# Serialises concurrent bootstraps (two `orders-stack up` at once); any constant will do.
+_BOOTSTRAP_LOCK_KEY = 0x6F72_6465_7273  # "orders"
+
+_MIGRATION_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
+
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+
+Privilege = tuple[str, str, str | None]
+"""(table, privilege, column or None for a table-wide grant)."""
+
+
+class DatabaseBootstrapError(RuntimeError):
+    """The database could not be brought to the described state; the message says why and how."""
+
+
+class MigrationError(DatabaseBootstrapError):
+    """The migration files and what the database says was applied disagree."""
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def owner_password_file(settings: StackSettings) -> Path:
+    return settings.secrets_dir / "postgres-owner-password"
+
+
+def vault_admin_password_file(settings: StackSettings) -> Path:
+    return settings.secrets_dir / "postgres-vault-admin-password"
+
+
+def vault_admin_password(settings: StackSettings) -> str:
+    """The password Vault's database connection logs in with (set by :func:`bootstrap_database`)."""
+    path = vault_admin_password_file(settings)
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        raise DatabaseBootstrapError(
+            f"{path} is missing: run the database bootstrap first ('orders-bootstrap'), "
+            "it creates vault_admin and its password"
+        )
+    return value
+
+
+def scram_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
+    """A SCRAM-SHA-256 verifier as Postgres stores it (RFC 5802/7677).
+
+    Sending the verifier instead of the password keeps the plain text out of
+    Postgres entirely (statement logs, pg_stat_activity).
+    """
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def scram_matches(verifier: str | None, password: str) -> bool:
+    """True when ``password`` logs in against the stored ``verifier``: checked
+    locally, so a run with unchanged passwords needs no extra logins."""
+    if not verifier:
+        return False
+    m = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier)
+    if m is None:
+        return False
+    expected = scram_verifier(
+        password, iterations=int(m.group(1)), salt=base64.b64decode(m.group(2))
+    )
+    return hmac.compare_digest(expected, verifier)
+
+
+# --------------------------------------------------------------------------- SQL helpers
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def _connect(settings: StackSettings, user: str, password: str, database: str) -> Connection:
+    try:
+        conn: Connection = await asyncpg.connect(
+            host=HOST,
+            port=settings.postgres_port,
+            user=user,
+            password=password,
+            database=database,
+            timeout=10,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseBootstrapError(
+            f"cannot log in to Postgres at {HOST}:{settings.postgres_port} as {user} "
+            f"(database {database}): {type(exc).__name__}: {exc}. Is the stack up "
+            "('orders-stack up')? If the password file under "
+            f"{settings.secrets_dir} was replaced, run the bootstrap again to reset it."
+        ) from exc
+    return conn
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str  # the file name, e.g. 0001_orders_schema.sql
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def default_migrations_dir() -> Traversable:
+    """The SQL files shipped inside the package (works from a wheel, not only a checkout)."""
+    return importlib.resources.files("orders_ops") / "migrations"
+
+
+def load_migrations(source: Traversable | None = None) -> list[Migration]:
+    """Every ``NNNN_name.sql`` file, ordered by its number.
+
+    A ``.sql`` file that does not follow the pattern, or two files with one
+    number, is an error rather than something silently skipped.
+    """
+    folder = source if source is not None else default_migrations_dir()
+    found: dict[int, Migration] = {}
+    for entry in folder.iterdir():
+        if not entry.is_file() or not entry.name.endswith(".sql"):
+            continue
+        m = _MIGRATION_NAME.match(entry.name)
+        if m is None:
+            raise MigrationError(
+                f"migration file {entry.name} is not named NNNN_description.sql: "
+                "rename it so its number says where it goes"
+            )
+        version = int(m.group(1))
+        if version in found:
+            raise MigrationError(
+                f"migrations {found[version].name} and {entry.name} share number {version}: "
+                "give the newer one the next free number"
+            )
+        found[version] = Migration(version, entry.name, entry.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+async def apply_migrations(conn: Connection, migrations: Iterable[Migration]) -> list[str]:
+    """Apply what is new, each file in its own transaction, as the connected role.
+
+    An applied file whose checksum changed stops everything: re-running it
+    could corrupt data and skipping it would leave the schema unlike the
+    code, so a human has to decide.
+    """
+    changes: list[str] = []
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", MIGRATIONS_TABLE)
+    if not exists:
+        await conn.execute(
+            f"""CREATE TABLE {MIGRATIONS_TABLE} (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        )
+        changes.append(f"created table {MIGRATIONS_TABLE}")
+    applied = {
+        r["version"]: (r["name"], r["checksum"])
+        for r in await conn.fetch(f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE}")
+    }
+    files = list(migrations)
+    known = {m.version for m in files}
+    missing = sorted(v for v in applied if v not in known)
+    if missing:
+        names = ", ".join(applied[v][0] for v in missing)
+        raise MigrationError(
+            f"the database has migration(s) {names} applied but no such file exists: "
+            "restore the file(s); applied migrations are never deleted"
+        )
+    for mig in files:
+        if mig.version in applied:
+            name, checksum = applied[mig.version]
+            if checksum != mig.checksum or name != mig.name:
+                raise MigrationError(
+                    f"migration {mig.name} was changed after it was applied as {name} "
+                    f"(checksum {checksum[:12]} in the database, {mig.checksum[:12]} on disk). "
+                    "Applied migrations must never change: restore the file and put the "
+                    "change in a new numbered migration (a throwaway local stack can be "
+                    "started afresh with 'orders-stack reset')."
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(mig.sql)
+            await conn.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)",
+                mig.version,
+                mig.name,
+                mig.checksum,
+            )
+        changes.append(f"applied migration {mig.name}")
+    return changes
+
+
+# --------------------------------------------------------------------------- roles
+
+
+@dataclass(frozen=True)
+class _RoleSpec:
+    name: str
+    login: bool
+    createrole: bool = False
+
+    def attributes(self) -> str:
+        return " ".join(
+            (
+                "LOGIN" if self.login else "NOLOGIN",
+                "CREATEROLE" if self.createrole else "NOCREATEROLE",
+                "NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS",
+                "INHERIT" if self.login else "NOINHERIT",
+            )
+        )
+
+
+async def _ensure_role(
+    conn: Connection, spec: _RoleSpec, password: str | None, password_new: bool
+) -> list[str]:
+    row = await conn.fetchrow(
+        """SELECT rolcanlogin, rolcreaterole, rolsuper, rolcreatedb, rolreplication,
+                  rolbypassrls, rolinherit, rolpassword
+           FROM pg_authid WHERE rolname = $1""",
+        spec.name,
+    )
+    ident = quote_ident(spec.name)
+    pw_clause = ""
+    if password is not None:
+        pw_clause = f" PASSWORD {_quote_literal(scram_verifier(password))}"
+    if row is None:
+        await conn.execute(f"CREATE ROLE {ident} {spec.attributes()}{pw_clause}")
+        return [f"created role {spec.name}"]
+    changes: list[str] = []
+    wanted = {
+        "rolcanlogin": spec.login,
+        "rolcreaterole": spec.createrole,
+        "rolsuper": False,
+        "rolcreatedb": False,
+        "rolreplication": False,
+        "rolbypassrls": False,
+        "rolinherit": spec.login,
+    }
+    if any(row[k] != v for k, v in wanted.items()):
+        await conn.execute(f"ALTER ROLE {ident} {spec.attributes()}")
+        changes.append(f"reset attributes of role {spec.name} to {spec.attributes()}")
+    if password is not None and (password_new or not scram_matches(row["rolpassword"], password)):
+        await conn.execute(f"ALTER ROLE {ident}{pw_clause}")
+        changes.append(f"set password of role {spec.name} to the one in its secrets file")
+    return changes
+
+
+async def _membership(conn: Connection, group: str, member: str) -> list[tuple[bool, bool, bool]]:
+    rows = await conn.fetch(
+        """SELECT m.admin_option, m.inherit_option, m.set_option
+           FROM pg_auth_members m
+           WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+             AND m.member = (SELECT oid FROM pg_roles WHERE rolname = $2)""",
+        group,
+        member,
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def _ensure_membership(
+    conn: Connection, group: str, member: str, *, admin: bool, inherit: bool, set_: bool
+) -> list[str]:
+    """Exactly one grant of ``group`` to ``member`` with exactly these options.
+
+    Only ever GRANTs (which sets INHERIT/SET and adds ADMIN): revoking
+    ``vault_admin``'s membership would cascade to every membership it handed
+    out, i.e. cut every live Vault credential, so a mismatch GRANT cannot fix
+    is reported for a human instead.
+    """
+    want = (admin, inherit, set_)
+    if await _membership(conn, group, member) == [want]:
+        return []
+    opts = (
+        f"ADMIN {'TRUE' if admin else 'FALSE'}, INHERIT {'TRUE' if inherit else 'FALSE'}, "
+        f"SET {'TRUE' if set_ else 'FALSE'}"
+    )
+    await conn.execute(f"GRANT {quote_ident(group)} TO {quote_ident(member)} WITH {opts}")
+    after = await _membership(conn, group, member)
+    if after != [want]:
+        raise DatabaseBootstrapError(
+            f"membership of {member} in {group} is (admin, inherit, set) = {after} after "
+            f"GRANT ... WITH {opts}; a grant by another grantor or an ADMIN OPTION to drop "
+            f"remains. Fix it by hand as a superuser (REVOKE [ADMIN OPTION FOR] {group} "
+            f"FROM {member} GRANTED BY <grantor>), then run the bootstrap again."
+        )
+    return [f"granted {group} to {member} with {opts}"]
+
+
+async def _acl_of(conn: Connection, sql: str, *args: object) -> set[tuple[str, bool]]:
+    return {(r["privilege_type"], r["is_grantable"]) for r in await conn.fetch(sql, *args)}
+
+
+async def _converge_database(conn: Connection, database: str) -> list[str]:
+    changes: list[str] = []
+    row = await conn.fetchrow(
+        "SELECT oid, pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1",
+        database,
+    )
+    db = quote_ident(database)
+    if row is None:
+        await conn.execute(f"CREATE DATABASE {db} OWNER {quote_ident(OWNER_ROLE)}")
+        changes.append(f"created database {database} owned by {OWNER_ROLE}")
+    elif row["owner"] != OWNER_ROLE:
+        await conn.execute(f"ALTER DATABASE {db} OWNER TO {quote_ident(OWNER_ROLE)}")
+        changes.append(f"changed owner of database {database} to {OWNER_ROLE}")
+
+    acl_sql = """SELECT a.privilege_type, a.is_grantable
+                 FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                 WHERE d.datname = $1 AND a.grantee = $2"""
+    public = await _acl_of(conn, acl_sql, database, 0)
+    if public:
+        await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
+        changes.append(
+            f"revoked {', '.join(sorted(p for p, _ in public))} on {database} from PUBLIC"
+        )
+    admin_oid = await conn.fetchval("SELECT oid FROM pg_roles WHERE rolname = $1", VAULT_ADMIN_ROLE)
+    if await _acl_of(conn, acl_sql, database, admin_oid) != {("CONNECT", False)}:
+        await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM {quote_ident(VAULT_ADMIN_ROLE)}")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {quote_ident(VAULT_ADMIN_ROLE)}")
+        changes.append(f"granted CONNECT on database {database} to {VAULT_ADMIN_ROLE}")
+
+    setting = f"search_path={SCHEMA}"
+    current = await conn.fetchval(
+        """SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+           WHERE d.datname = $1 AND s.setrole = 0""",
+        database,
+    )
+    if not current or setting not in current:
+        await conn.execute(f"ALTER DATABASE {db} SET search_path = {quote_ident(SCHEMA)}")
+        changes.append(f"set search_path of database {database} to {SCHEMA}")
+    return changes
+
+
+# --------------------------------------------------------------------------- privileges
+
+
+def expected_privileges(db_role: str) -> set[Privilege]:
+    """What :data:`GRANT_MATRIX` says the group role of ``db_role`` holds, one item per column."""
+    expected: set[Privilege] = set()
+    for g in GRANT_MATRIX:
+        if g.db_role != db_role:
+            continue
+        if g.columns is None:
+            expected.add((g.table, g.privilege, None))
+        else:
+            expected.update((g.table, g.privilege, c) for c in g.columns)
+    return expected
+
+
+async def read_privileges(conn: Connection, group_role: str) -> set[Privilege]:
+    """The table and column privileges ``group_role`` really holds on schema ``app``.
+
+    Read from the catalog ACLs, not from ``has_*_privilege`` (which also counts
+    PUBLIC and memberships), so this is exactly what was granted to it. A
+    grant WITH GRANT OPTION comes back as e.g. ``"SELECT WITH GRANT OPTION"``
+    so it never compares equal to the matrix.
+    """
+    rows = await conn.fetch(
+        """
+        WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = $1)
+        SELECT c.relname AS tbl, a.privilege_type, a.is_grantable, NULL::text AS col
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace,
+             aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+        WHERE n.nspname = $2 AND a.grantee = (SELECT oid FROM grantee)
+        UNION ALL
+        SELECT c.relname, a.privilege_type, a.is_grantable, att.attname::text
+        FROM pg_attribute att
+        JOIN pg_class c ON c.oid = att.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace,
+             aclexplode(att.attacl) a
+        WHERE n.nspname = $2 AND att.attnum > 0 AND NOT att.attisdropped
+          AND a.grantee = (SELECT oid FROM grantee)
+        """,
+        group_role,
+        SCHEMA,
+    )
+    return {
+        (
+            r["tbl"],
+            r["privilege_type"] + (" WITH GRANT OPTION" if r["is_grantable"] else ""),
+            r["col"],
+        )
+        for r in rows
+    }
+
+
+def _grant_statements(db_role: str) -> list[str]:
+    group = quote_ident(group_role(db_role))
+    out = []
+    for g in GRANT_MATRIX:
+        if g.db_role != db_role:
+            continue
+        cols = (
+            "" if g.columns is None else " (" + ", ".join(quote_ident(c) for c in g.columns) + ")"
+        )
+        out.append(
+            f"GRANT {g.privilege}{cols} ON {quote_ident(SCHEMA)}.{quote_ident(g.table)} TO {group}"
+        )
+    return out
+
+
+async def _converge_group(conn: Connection, database: str, db_role: str) -> list[str]:
+    """One group role: exists, NOLOGIN, may connect and use the schema, holds exactly its rows."""
+    group = group_role(db_role)
+    ident = quote_ident(group)
+    changes = await _ensure_role(conn, _RoleSpec(group, login=False), None, False)
+
+    db_acl = await _acl_of(
+        conn,
+        """SELECT a.privilege_type, a.is_grantable
+           FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+           WHERE d.datname = $1 AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2)""",
+        database,
+        group,
+    )
+    if db_acl != {("CONNECT", False)}:
+        await conn.execute(f"REVOKE ALL ON DATABASE {quote_ident(database)} FROM {ident}")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {ident}")
+        changes.append(f"granted CONNECT on database {database} to {group}")
+    schema_acl = await _acl_of(
+        conn,
+        """SELECT a.privilege_type, a.is_grantable
+           FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+           WHERE n.nspname = $1 AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2)""",
+        SCHEMA,
+        group,
+    )
+    if schema_acl != {("USAGE", False)}:
+        await conn.execute(f"REVOKE ALL ON SCHEMA {quote_ident(SCHEMA)} FROM {ident}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {ident}")
+        changes.append(f"granted USAGE on schema {SCHEMA} to {group}")
+
+    changes += await _ensure_membership(
+        conn, group, VAULT_ADMIN_ROLE, admin=True, inherit=False, set_=False
+    )
+
+    expected = expected_privileges(db_role)
+    actual = await read_privileges(conn, group)
+    if actual != expected:
+        schema = quote_ident(SCHEMA)
+        async with conn.transaction():  # the role never sits between "none" and "all"
+            await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {ident}")
+            await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {ident}")
+            for stmt in _grant_statements(db_role):
+                await conn.execute(stmt)
+            after = await read_privileges(conn, group)
+            if after != expected:
+                raise DatabaseBootstrapError(
+                    f"privileges of {group} still differ from the grant matrix after "
+                    f"re-granting: extra {sorted(after - expected, key=str)}, missing "
+                    f"{sorted(expected - after, key=str)}. A table in the matrix is probably "
+                    "missing from the migrations."
+                )
+        extra = sorted(actual - expected, key=str)
+        missing = sorted(expected - actual, key=str)
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} granted")
+        if extra:
+            detail.append(f"{len(extra)} revoked ({', '.join(_fmt(p) for p in extra)})")
+        changes.append(f"converged privileges of {group} to the grant matrix: {'; '.join(detail)}")
+    return changes
+
+
+def _fmt(p: Privilege) -> str:
+    table, priv, col = p
+    return f"{priv} on {table}" + (f"({col})" if col else "")
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+async def find_orphan_candidates(conn: Connection) -> list[str]:
+    """LOGIN roles that are members of an order group role: what Vault issued.
+
+    ``vault_admin`` is a member of every group (ADMIN only), and is never a
+    candidate, nor is the owner or any superuser.
+    """
+    rows = await conn.fetch(
+        """SELECT DISTINCT u.rolname
+           FROM pg_auth_members m
+           JOIN pg_roles g ON g.oid = m.roleid
+           JOIN pg_roles u ON u.oid = m.member
+           WHERE g.rolname = ANY($1::text[]) AND u.rolcanlogin AND NOT u.rolsuper
+             AND u.rolname <> ALL($2::text[])
+           ORDER BY u.rolname""",
+        [group_role(r) for r in DB_ROLES],
+        [VAULT_ADMIN_ROLE, OWNER_ROLE],
+    )
+    return [r["rolname"] for r in rows]
+
+
+async def reap_orphan_logins(conn: Connection, names: Iterable[str] | None = None) -> list[str]:
+    """End the sessions of, and drop, Vault-issued logins no Vault knows any more.
+
+    Only correct when the Vault that issued them is gone (the dev Vault keeps
+    leases in memory): nobody can revoke them any more, yet their passwords
+    work until VALID UNTIL. ``names`` limits the reaping to those candidates
+    (a test must not reap the live credentials of a shared stack).
+    """
+    candidates = await find_orphan_candidates(conn)
+    if names is not None:
+        wanted = set(names)
+        candidates = [c for c in candidates if c in wanted]
+    changes: list[str] = []
+    for name in candidates:
+        ident = quote_ident(name)
+        await conn.execute(f"ALTER ROLE {ident} NOLOGIN")  # no new session in between
+        killed = await conn.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+            "FROM pg_stat_activity WHERE usename = $1",
+            name,
+        )
+        await conn.execute(f"DROP ROLE IF EXISTS {ident}")
+        changes.append(
+            f"dropped orphan login {name} left by a previous Vault ({killed} session(s) ended)"
+        )
+    return changes
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+async def bootstrap_database(
+    settings: StackSettings,
+    *,
+    vault_is_new: bool = False,
+    migrations_dir: Traversable | None = None,
+) -> list[str]:
+    """Bring roles, database, schema and privileges to the described state.
+
+    Returns one human-readable line per change (never a secret); an
+    already-bootstrapped database returns ``[]``. ``vault_is_new`` says the dev
+    Vault was just (re)started empty, so logins it issued earlier are orphans
+    to drop. ``migrations_dir`` replaces the packaged SQL files (tests).
+    """
+    migrations = load_migrations(migrations_dir)  # a bad file fails before anything changes
+    owner_pw, owner_new = read_or_create_secret(owner_password_file(settings))
+    admin_pw, admin_new = read_or_create_secret(vault_admin_password_file(settings))
+    database = settings.database
+    changes: list[str] = []
+
+    su = await _connect(settings, "postgres", settings.pg_superuser_password(), "postgres")
+    try:
+        await su.execute("SELECT pg_advisory_lock($1)", _BOOTSTRAP_LOCK_KEY)
+        changes += await _ensure_role(su, _RoleSpec(OWNER_ROLE, login=True), owner_pw, owner_new)
+        changes += await _ensure_role(
+            su, _RoleSpec(VAULT_ADMIN_ROLE, login=True, createrole=True), admin_pw, admin_new
+        )
+        # pg_signal_backend: revocation must end the sessions of the roles it drops
+        changes += await _ensure_membership(
+            su, "pg_signal_backend", VAULT_ADMIN_ROLE, admin=False, inherit=True, set_=True
+        )
+        changes += await _converge_database(su, database)
+
+        owner = await _connect(settings, OWNER_ROLE, owner_pw, database)
+        try:
+            if not await owner.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", SCHEMA
+            ):
+                await owner.execute(f"CREATE SCHEMA {quote_ident(SCHEMA)}")
+                changes.append(f"created schema {SCHEMA} owned by {OWNER_ROLE}")
+            schema_owner = await owner.fetchval(
+                "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1", SCHEMA
+            )
+            if schema_owner != OWNER_ROLE:
+                raise DatabaseBootstrapError(
+                    f"schema {SCHEMA} in database {database} is owned by {schema_owner}, not "
+                    f"{OWNER_ROLE}: ALTER SCHEMA {SCHEMA} OWNER TO {OWNER_ROLE} (as a superuser)"
+                )
+            changes += await apply_migrations(owner, migrations)
+        finally:
+            await owner.close()
+
+        su_db = await _connect(settings, "postgres", settings.pg_superuser_password(), database)
+        try:
+            for db_role in DB_ROLES:
+                changes += await _converge_group(su_db, database, db_role)
+            if vault_is_new:
+                changes += await reap_orphan_logins(su_db)
+        finally:
+            await su_db.close()
+    finally:
+        await su.close()  # also releases the advisory lock
+    return changes

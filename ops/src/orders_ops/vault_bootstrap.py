@@ -1,0 +1,427 @@
+"""Vault (OpenBao) configuration as code: Transit keys, policies, auth methods, audit.
+
+Every step reads what is there, compares it with what the code wants and
+writes only the difference, so a run returns one line per change and a second
+run returns none. Only the bootstrap holds the root token (read from the
+root-only secrets folder); nothing here ever prints a token or key material.
+
+The database secrets engine is configured elsewhere
+(:mod:`orders_ops.vault_database`); the policies granted here name its
+``database/creds/<role>`` paths.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+
+from orders_ops import issuer
+from orders_ops.policies import TRANSIT_MOUNT, all_policies, transit_keys
+from orders_ops.settings import SettingsError, StackSettings
+from orders_shared.catalog import SERVICES, ServiceSpec
+
+JWT_MOUNT = "jwt"
+KUBERNETES_MOUNT = "kubernetes"
+AUDIT_DEVICE_PATH = "file"
+TRANSIT_KEY_TYPE = "aes256-gcm96"
+
+DEFAULT_KUBERNETES_HOST = "https://kubernetes.default.svc"
+DEFAULT_KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
+_IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class VaultBootstrapError(RuntimeError):
+    """Vault cannot be configured; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number of seconds") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={value} must be a positive number of seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class TokenTTLs:
+    """Lifetime of the Vault tokens workers get at login."""
+
+    ttl: int = 900
+    max_ttl: int = 3600
+
+    @classmethod
+    def from_env(cls) -> TokenTTLs:
+        ttl = _seconds("ORDERS_VAULT_TOKEN_TTL", cls.ttl)
+        max_ttl = _seconds("ORDERS_VAULT_TOKEN_MAX_TTL", cls.max_ttl)
+        if max_ttl < ttl:
+            raise SettingsError(
+                f"ORDERS_VAULT_TOKEN_MAX_TTL={max_ttl} is shorter than "
+                f"ORDERS_VAULT_TOKEN_TTL={ttl}: make the maximum at least the TTL"
+            )
+        return cls(ttl=ttl, max_ttl=max_ttl)
+
+
+@dataclass(frozen=True)
+class KubernetesAuthConfig:
+    """Where Vault's ``kubernetes`` auth sends TokenReviews and what it expects back."""
+
+    host: str = DEFAULT_KUBERNETES_HOST
+    ca_pem: str | None = None
+    issuer: str = DEFAULT_KUBERNETES_ISSUER
+    # False in a cluster: Vault then uses its own pod's CA and ServiceAccount token.
+    disable_local_ca_jwt: bool = False
+
+    @classmethod
+    def from_env(cls) -> KubernetesAuthConfig:
+        ca_file = os.environ.get("ORDERS_KUBERNETES_CA_FILE") or None
+        ca_pem = None
+        if ca_file is not None:
+            try:
+                ca_pem = Path(ca_file).read_text()
+            except OSError as exc:
+                raise SettingsError(
+                    f"ORDERS_KUBERNETES_CA_FILE={ca_file!r} cannot be read ({exc.strerror}); "
+                    "point it at the cluster's CA certificate (PEM) or unset it"
+                ) from None
+        return cls(
+            host=os.environ.get("ORDERS_KUBERNETES_HOST") or DEFAULT_KUBERNETES_HOST,
+            ca_pem=ca_pem,
+            issuer=os.environ.get("ORDERS_KUBERNETES_ISSUER") or DEFAULT_KUBERNETES_ISSUER,
+        )
+
+    def as_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "kubernetes_host": self.host,
+            "issuer": self.issuer,
+            # the issuer is checked too, not only what TokenReview says
+            "disable_iss_validation": False,
+            "disable_local_ca_jwt": self.disable_local_ca_jwt,
+        }
+        if self.ca_pem is not None:
+            data["kubernetes_ca_cert"] = self.ca_pem
+        return data
+
+
+# --------------------------------------------------------------------------- client
+
+
+def root_client(settings: StackSettings) -> hvac.Client:
+    """An hvac client with the dev root token: for the bootstrap and tests, never a worker."""
+    try:
+        token = settings.root_token()
+    except FileNotFoundError:
+        raise VaultBootstrapError(
+            f"no Vault root token at {settings.root_token_file}; start the stack with "
+            "'orders-stack up' (it writes the token there)"
+        ) from None
+    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10)
+    try:
+        authenticated = client.is_authenticated()
+    except requests.exceptions.ConnectionError:
+        raise VaultBootstrapError(
+            f"Vault is not reachable at {settings.vault_addr}; start it with 'orders-stack up'"
+        ) from None
+    if not authenticated:
+        raise VaultBootstrapError(
+            f"the root token in {settings.root_token_file} is not valid for "
+            f"{settings.vault_addr} (a dev server restarted with a new one?): "
+            "run 'orders-stack down' then 'orders-stack up'"
+        )
+    return client
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _differences(actual: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[str]:
+    """Keys of ``desired`` whose value Vault does not hold (lists compared as sets)."""
+    if actual is None:
+        return list(desired)
+    diff = []
+    for key, want in desired.items():
+        have = actual.get(key)
+        if isinstance(want, list) and isinstance(have, list):
+            if sorted(map(_norm, want)) != sorted(map(_norm, have)):
+                diff.append(key)
+        elif _norm(have) != _norm(want):
+            diff.append(key)
+    return diff
+
+
+def _norm(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _read(client: hvac.Client, path: str) -> dict[str, Any] | None:
+    try:
+        response = client.read(path)
+    except hvac.exceptions.InvalidPath:
+        return None
+    if not response:
+        return None
+    data: dict[str, Any] = response.get("data") or {}
+    return data
+
+
+def _write_if_changed(
+    client: hvac.Client,
+    path: str,
+    desired: Mapping[str, Any],
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> list[str]:
+    diff = _differences(_read(client, path), desired)
+    if not diff:
+        return []
+    client.write_data(path, data={**desired, **(extra or {})})
+    return [f"vault: wrote {path} ({', '.join(sorted(diff))})"]
+
+
+def _ensure_secrets_engine(client: hvac.Client, mount: str, kind: str) -> list[str]:
+    mounts = client.sys.list_mounted_secrets_engines()["data"]
+    existing = mounts.get(f"{mount}/")
+    if existing is not None:
+        if existing["type"] != kind:
+            raise VaultBootstrapError(
+                f"secrets engine at {mount}/ is {existing['type']!r}, not {kind!r}; "
+                f"disable it ('bao secrets disable {mount}') and bootstrap again"
+            )
+        return []
+    client.sys.enable_secrets_engine(kind, path=mount)
+    return [f"vault: enabled {kind} secrets engine at {mount}/"]
+
+
+def _ensure_auth_method(client: hvac.Client, mount: str, kind: str) -> list[str]:
+    methods = client.sys.list_auth_methods()["data"]
+    existing = methods.get(f"{mount}/")
+    if existing is not None:
+        if existing["type"] != kind:
+            raise VaultBootstrapError(
+                f"auth method at {mount}/ is {existing['type']!r}, not {kind!r}; "
+                f"disable it ('bao auth disable {mount}') and bootstrap again"
+            )
+        return []
+    client.sys.enable_auth_method(kind, path=mount)
+    return [f"vault: enabled {kind} auth at auth/{mount}/"]
+
+
+# --------------------------------------------------------------------------- transit
+
+
+def ensure_transit(client: hvac.Client) -> list[str]:
+    """The Transit engine and its keys: one for payload data keys, one per sealed consumer."""
+    changes = _ensure_secrets_engine(client, TRANSIT_MOUNT, "transit")
+    for name in transit_keys():
+        try:
+            key = client.secrets.transit.read_key(name, mount_point=TRANSIT_MOUNT)["data"]
+        except hvac.exceptions.InvalidPath:
+            client.secrets.transit.create_key(
+                name, key_type=TRANSIT_KEY_TYPE, mount_point=TRANSIT_MOUNT
+            )
+            changes.append(f"vault: created transit key {name} ({TRANSIT_KEY_TYPE})")
+            continue
+        if key["type"] != TRANSIT_KEY_TYPE:
+            raise VaultBootstrapError(
+                f"transit key {name} is {key['type']!r}, not {TRANSIT_KEY_TYPE!r}; a key's type "
+                "cannot change: delete the key (losing what it encrypted) or rename it in code"
+            )
+    return changes
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def ensure_policies(client: hvac.Client) -> list[str]:
+    changes = []
+    for name, text in all_policies().items():
+        current = _read(client, f"sys/policies/acl/{name}")
+        if current is not None and current.get("policy") == text:
+            continue
+        client.sys.create_or_update_policy(name, policy=text)
+        changes.append(f"vault: wrote policy {name}")
+    return changes
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def _token_params(spec: ServiceSpec, ttls: TokenTTLs) -> dict[str, Any]:
+    return {
+        "token_policies": [spec.identity],
+        # the policy grants what a worker needs from "default"; nothing more
+        "token_no_default_policy": True,
+        "token_ttl": ttls.ttl,
+        "token_max_ttl": ttls.max_ttl,
+        "token_type": "service",
+    }
+
+
+def jwt_role(settings: StackSettings, spec: ServiceSpec, ttls: TokenTTLs) -> dict[str, Any]:
+    """A role that accepts only ``spec``'s ServiceAccount-shaped token, for ``spec``'s policy."""
+    return {
+        "role_type": "jwt",
+        "bound_audiences": [issuer.AUDIENCE],
+        "bound_subject": issuer.subject(settings.namespace, spec.name),
+        # the Kubernetes claim must agree with the subject, as in a real ServiceAccount token
+        "bound_claims": {
+            "/kubernetes.io/namespace": settings.namespace,
+            "/kubernetes.io/serviceaccount/name": spec.identity,
+        },
+        "bound_claims_type": "string",
+        "user_claim": "sub",
+        **_token_params(spec, ttls),
+    }
+
+
+def kubernetes_role(settings: StackSettings, spec: ServiceSpec, ttls: TokenTTLs) -> dict[str, Any]:
+    return {
+        "bound_service_account_names": [spec.identity],
+        "bound_service_account_namespaces": [settings.namespace],
+        "audience": issuer.AUDIENCE,
+        **_token_params(spec, ttls),
+    }
+
+
+def ensure_jwt_auth(
+    client: hvac.Client,
+    settings: StackSettings,
+    ttls: TokenTTLs,
+    *,
+    mount: str = JWT_MOUNT,
+) -> list[str]:
+    """JWT auth trusting the local identity issuer: process mode's stand-in for Kubernetes."""
+    changes = _ensure_auth_method(client, mount, "jwt")
+    changes += _write_if_changed(
+        client,
+        f"auth/{mount}/config",
+        {
+            "jwt_validation_pubkeys": [issuer.public_key_pem(settings)],
+            "bound_issuer": issuer.ISSUER,
+            "jwt_supported_algs": [issuer.ALGORITHM],
+        },
+    )
+    for spec in SERVICES.values():
+        changes += _write_if_changed(
+            client,
+            f"auth/{mount}/role/{spec.identity}",
+            jwt_role(settings, spec, ttls),
+            # a jwt role needs it set (to nothing); it is meaningless without OIDC
+            extra={"allowed_redirect_uris": []},
+        )
+    return changes
+
+
+def ensure_kubernetes_auth(
+    client: hvac.Client,
+    settings: StackSettings,
+    ttls: TokenTTLs,
+    config: KubernetesAuthConfig,
+    *,
+    mount: str = KUBERNETES_MOUNT,
+    notes: list[str] | None = None,
+) -> list[str]:
+    """Kubernetes auth for cluster mode: the same identities, checked by TokenReview.
+
+    Outside a cluster and without a CA file OpenBao cannot load the cluster's
+    CA, so the config is skipped with a note (process mode logs in with jwt).
+    """
+    changes = _ensure_auth_method(client, mount, "kubernetes")
+    try:
+        changes += _write_if_changed(client, f"auth/{mount}/config", config.as_data())
+    except hvac.exceptions.InvalidRequest as exc:
+        if config.ca_pem is not None or _IN_CLUSTER_CA not in str(exc):
+            raise
+        if notes is not None:
+            notes.append(
+                f"vault: auth/{mount}/config left unset: Vault runs outside a cluster and "
+                "ORDERS_KUBERNETES_CA_FILE is not set (process mode logs in with jwt auth; "
+                "set ORDERS_KUBERNETES_CA_FILE and ORDERS_KUBERNETES_HOST to use it)"
+            )
+    for spec in SERVICES.values():
+        changes += _write_if_changed(
+            client, f"auth/{mount}/role/{spec.identity}", kubernetes_role(settings, spec, ttls)
+        )
+    return changes
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def audit_log_file(settings: StackSettings) -> Path:
+    return settings.state_dir / "vault" / "audit.log"
+
+
+def audit_config_hcl(settings: StackSettings) -> str:
+    """Server config declaring the file audit device.
+
+    OpenBao refuses to create audit devices through the API ("use declarative,
+    config-based audit device management"); the dev server accepts this file
+    with ``-config=<file>`` next to ``-dev``. Secrets in the log stay HMAC-hashed
+    (``log_raw`` is left off).
+    """
+    return (
+        f'audit "file" "{AUDIT_DEVICE_PATH}" {{\n'
+        "  options {\n"
+        f'    file_path = "{audit_log_file(settings)}"\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def ensure_audit_device(
+    client: hvac.Client, settings: StackSettings, *, notes: list[str] | None = None
+) -> list[str]:
+    """A file audit device; via the API on Vault, declared in the server config on OpenBao."""
+    wanted = str(audit_log_file(settings))
+    devices = client.sys.list_enabled_audit_devices()["data"]
+    for device in devices.values():
+        if device.get("type") == "file" and device.get("options", {}).get("file_path") == wanted:
+            return []
+    audit_log_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client.sys.enable_audit_device(
+            device_type="file", path=AUDIT_DEVICE_PATH, options={"file_path": wanted}
+        )
+    except hvac.exceptions.InvalidRequest as exc:
+        if "declarative" not in str(exc):
+            raise
+        if notes is not None:
+            notes.append(
+                "vault: no audit device: OpenBao only accepts audit devices from its server "
+                "config; start it with -config=<file> holding "
+                "orders_ops.vault_bootstrap.audit_config_hcl(settings)"
+            )
+        return []
+    return [f"vault: enabled file audit device at {wanted}"]
+
+
+# --------------------------------------------------------------------------- all
+
+
+def configure_vault(
+    client: hvac.Client, settings: StackSettings, *, notes: list[str] | None = None
+) -> list[str]:
+    """Everything above, in order. Returns the changes; a second run returns []."""
+    ttls = TokenTTLs.from_env()
+    kubernetes = KubernetesAuthConfig.from_env()
+    changes = ensure_audit_device(client, settings, notes=notes)
+    changes += ensure_transit(client)
+    changes += ensure_policies(client)
+    changes += ensure_jwt_auth(client, settings, ttls)
+    changes += ensure_kubernetes_auth(client, settings, ttls, kubernetes, notes=notes)
+    return changes

@@ -1,0 +1,265 @@
+"""Vault's ``database`` secrets engine for the order database, as code.
+
+One connection (``orders``, logging in as ``vault_admin``) and one Vault role
+per catalog database role. An issued credential is a short-lived LOGIN role
+whose only privilege is membership of its NOLOGIN group role (see
+:mod:`orders_ops.database`); revoking the lease ends its sessions and drops it.
+
+Idempotency: every setting is read back and compared; only what differs is
+written. Vault never returns the connection password, so the connection
+carries a fingerprint of it in a field of our own
+(``connection_details.orders_password_sha256``, which the PostgreSQL plugin
+stores and returns but does not use). A changed ``vault_admin`` password
+changes the fingerprint and the connection is written again. The fingerprint
+is a SHA-256 of a 192-bit random password, so it gives nothing away; it sits
+where only a Vault root/operator can read it, next to what it describes (so a
+persistent Vault or a second bootstrap host sees the same truth, unlike a
+local state file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import hvac
+import hvac.exceptions
+
+from orders_ops.database import VAULT_ADMIN_ROLE, quote_ident, vault_admin_password
+from orders_ops.settings import HOST, SettingsError, StackSettings
+from orders_shared.catalog import DB_ROLES, group_role
+
+MOUNT = "database"
+CONNECTION = "orders"
+PLUGIN = "postgresql-database-plugin"
+FINGERPRINT_FIELD = "orders_password_sha256"
+
+# The Vault role name leads the username, so pg_stat_activity and audit rows
+# ("db_user") say which step a login belongs to. Longest: 2 + 23 + 1 + 20 + 1 +
+# 10 = 57 characters, inside Postgres's 63; lowercase so it is easy to type.
+USERNAME_TEMPLATE = (
+    '{{ printf "v-%s-%s-%s" .RoleName (random 20) (unix_time) | truncate 63 | lowercase }}'
+)
+
+TTL_ENV = "ORDERS_DB_CRED_TTL"
+MAX_TTL_ENV = "ORDERS_DB_CRED_MAX_TTL"
+DEFAULT_TTL = 300
+DEFAULT_MAX_TTL = 1800
+
+_DURATION = re.compile(r"^(\d+)([smh]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+class VaultDatabaseError(RuntimeError):
+    """Vault's database engine could not be configured; the message says why and how."""
+
+
+def username_prefix(db_role: str) -> str:
+    """How every username Vault issues for ``db_role`` starts."""
+    return f"v-{db_role}-"
+
+
+def _duration(name: str, env: Mapping[str, str], default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    m = _DURATION.match(raw)
+    if m is None or int(m.group(1)) == 0:
+        raise SettingsError(
+            f"{name}={raw!r} is not a positive duration: use seconds ('300') or "
+            "a number with s, m or h ('5m', '1h')"
+        )
+    return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+def credential_ttls(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(default_ttl, max_ttl) in seconds from ORDERS_DB_CRED_TTL / ORDERS_DB_CRED_MAX_TTL."""
+    env = os.environ if env is None else env
+    ttl = _duration(TTL_ENV, env, DEFAULT_TTL)
+    max_ttl = _duration(MAX_TTL_ENV, env, DEFAULT_MAX_TTL)
+    if ttl > max_ttl:
+        raise SettingsError(
+            f"{TTL_ENV} ({ttl}s) is longer than {MAX_TTL_ENV} ({max_ttl}s): a lease can "
+            f"never outlive its max TTL; lower {TTL_ENV} or raise {MAX_TTL_ENV}"
+        )
+    return ttl, max_ttl
+
+
+def creation_statements(db_role: str) -> list[str]:
+    """Membership of the group role only, never per-table grants (they bloat the catalog)."""
+    return [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+        "VALID UNTIL '{{expiration}}' INHERIT",
+        f'GRANT {quote_ident(group_role(db_role))} TO "{{{{name}}}}"',
+    ]
+
+
+def revocation_statements(db_role: str) -> list[str]:
+    """End the login for good, including sessions a pool already holds.
+
+    NOLOGIN comes first so a pool cannot reconnect between the terminate and
+    the drop (DROP ROLE does not end sessions, and a session that outlived
+    its role would keep running).
+    """
+    return [
+        'ALTER ROLE "{{name}}" NOLOGIN',
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'",
+        f'REVOKE {quote_ident(group_role(db_role))} FROM "{{{{name}}}}"',
+        'DROP ROLE IF EXISTS "{{name}}"',
+    ]
+
+
+def renew_statements() -> list[str]:
+    return ["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'"]
+
+
+def _connection_url(settings: StackSettings) -> str:
+    return f"postgresql://{{{{username}}}}:{{{{password}}}}@{HOST}:{settings.postgres_port}/{settings.database}"
+
+
+def _fingerprint(password: str) -> str:
+    return hashlib.sha256(b"orders-vault-admin\0" + password.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Desired:
+    connection: dict[str, Any]  # what read_connection returns, minus what Vault adds
+    password: str
+    roles: dict[str, dict[str, Any]]
+
+
+def _desired(settings: StackSettings) -> _Desired:
+    password = vault_admin_password(settings)
+    ttl, max_ttl = credential_ttls()
+    return _Desired(
+        connection={
+            "plugin_name": PLUGIN,
+            "allowed_roles": sorted(DB_ROLES),
+            "connection_details": {
+                "connection_url": _connection_url(settings),
+                "username": VAULT_ADMIN_ROLE,
+                "password_authentication": "scram-sha-256",
+                "username_template": USERNAME_TEMPLATE,
+                FINGERPRINT_FIELD: _fingerprint(password),
+            },
+        },
+        password=password,
+        roles={
+            r: {
+                "db_name": CONNECTION,
+                "creation_statements": creation_statements(r),
+                "revocation_statements": revocation_statements(r),
+                "renew_statements": renew_statements(),
+                "rollback_statements": [],
+                "default_ttl": ttl,
+                "max_ttl": max_ttl,
+            }
+            for r in DB_ROLES
+        },
+    )
+
+
+def _read(client: hvac.Client, path: str) -> dict[str, Any] | None:
+    try:
+        resp = client.read(path)
+    except hvac.exceptions.InvalidPath:
+        return None
+    if not resp:
+        return None
+    data: dict[str, Any] = resp["data"]
+    return data
+
+
+def _connection_current(current: dict[str, Any] | None) -> dict[str, Any] | None:
+    if current is None:
+        return None
+    details = current.get("connection_details") or {}
+    return {
+        "plugin_name": current.get("plugin_name"),
+        "allowed_roles": sorted(current.get("allowed_roles") or []),
+        "connection_details": {
+            k: details.get(k)
+            for k in (
+                "connection_url",
+                "username",
+                "password_authentication",
+                "username_template",
+                FINGERPRINT_FIELD,
+            )
+        },
+    }
+
+
+def configure_database_engine(client: hvac.Client, settings: StackSettings) -> list[str]:
+    """Mount, connection and one role per catalog DB role; returns the changes made.
+
+    Needs the database bootstrap to have run (vault_admin, its password file
+    and the group roles): Vault verifies the connection when it is written.
+    """
+    desired = _desired(settings)
+    changes: list[str] = []
+
+    mounts = client.sys.list_mounted_secrets_engines()
+    mounts = mounts.get("data", mounts)
+    mount = mounts.get(f"{MOUNT}/")
+    if mount is None:
+        client.sys.enable_secrets_engine(
+            "database", path=MOUNT, description="short-lived Postgres logins for the order steps"
+        )
+        changes.append(f"enabled the database secrets engine at {MOUNT}/")
+    elif mount.get("type") != "database":
+        raise VaultDatabaseError(
+            f"{MOUNT}/ is already mounted as a {mount.get('type')!r} engine, not 'database': "
+            f"disable it ('bao secrets disable {MOUNT}') or move it, then bootstrap again"
+        )
+
+    current = _connection_current(_read(client, f"{MOUNT}/config/{CONNECTION}"))
+    if current != desired.connection:
+        details = desired.connection["connection_details"]
+        try:
+            client.secrets.database.configure(
+                CONNECTION,
+                PLUGIN,
+                verify_connection=True,
+                allowed_roles=desired.connection["allowed_roles"],
+                mount_point=MOUNT,
+                password=desired.password,
+                **details,
+            )
+        except hvac.exceptions.VaultError as exc:
+            raise VaultDatabaseError(
+                f"Vault could not configure connection {CONNECTION} to Postgres at "
+                f"{HOST}:{settings.postgres_port} as {VAULT_ADMIN_ROLE}: {exc}. Run the "
+                "database bootstrap first (it creates vault_admin and its password)."
+            ) from exc
+        verb = "configured" if current is None else "updated"
+        changes.append(f"{verb} Vault database connection {CONNECTION} (as {VAULT_ADMIN_ROLE})")
+
+    for db_role, want in desired.roles.items():
+        have = _read(client, f"{MOUNT}/roles/{db_role}")
+        if have is not None and {k: have.get(k) for k in want} == want:
+            continue
+        client.write_data(f"{MOUNT}/roles/{db_role}", data=want)
+        verb = "created" if have is None else "updated"
+        changes.append(
+            f"{verb} Vault database role {db_role} -> group {group_role(db_role)} "
+            f"(ttl {want['default_ttl']}s, max {want['max_ttl']}s)"
+        )
+
+    # roles on our connection that the catalog no longer knows would still issue logins
+    try:
+        listed = client.list(f"{MOUNT}/roles")
+    except hvac.exceptions.InvalidPath:
+        listed = None
+    for name in sorted((listed or {}).get("data", {}).get("keys", [])):
+        if name in desired.roles:
+            continue
+        role = _read(client, f"{MOUNT}/roles/{name}")
+        if role is not None and role.get("db_name") == CONNECTION:
+            client.delete(f"{MOUNT}/roles/{name}")
+            changes.append(f"deleted Vault database role {name} (not in the catalog)")
+    return changes

@@ -1,0 +1,258 @@
+"""The Vault bootstrap: idempotent, repairs drift, and creates exactly the policies,
+keys and auth roles the design names."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from orders_ops.bootstrap import bootstrap
+from orders_ops.policies import (
+    CLIENT_POLICY,
+    PAYLOAD_KEY,
+    PAYLOAD_READER_POLICY,
+    SEALED_SERVICES,
+    all_policies,
+    seal_key,
+    service_policy,
+    transit_keys,
+)
+from orders_ops.settings import SettingsError, StackSettings
+from orders_ops.stack import Stack
+from orders_ops.vault_bootstrap import (
+    KubernetesAuthConfig,
+    TokenTTLs,
+    audit_config_hcl,
+    audit_log_file,
+    configure_vault,
+    ensure_kubernetes_auth,
+    root_client,
+)
+from orders_shared.catalog import SERVICES
+
+
+def _load_tokenreview() -> ModuleType:
+    # tests are imported with --import-mode=importlib: siblings are not importable by name
+    path = Path(__file__).with_name("tokenreview.py")
+    spec = importlib.util.spec_from_file_location("orders_ops_tests_tokenreview", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tokenreview = _load_tokenreview()
+
+
+@pytest.fixture(scope="module")
+def root(stack: Stack) -> Iterator[hvac.Client]:
+    client = root_client(stack.settings)
+    yield client
+    client.adapter.close()
+
+
+# --------------------------------------------------------------------------- policies as code
+
+
+def _paths(policy: str) -> set[str]:
+    return {line.split('"')[1] for line in policy.splitlines() if line.startswith("path ")}
+
+
+def test_orchestrator_policy_has_no_database_and_no_lease_paths() -> None:
+    paths = _paths(service_policy(SERVICES["orchestrator"]))
+    assert not any(p.startswith(("database/", "sys/leases")) for p in paths)
+    assert paths == {
+        f"transit/datakey/plaintext/{PAYLOAD_KEY}",
+        f"transit/decrypt/{PAYLOAD_KEY}",
+        "auth/token/lookup-self",
+        "auth/token/renew-self",
+        "auth/token/revoke-self",
+    }
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_service_policy_names_exactly_its_own_paths(name: str) -> None:
+    spec = SERVICES[name]
+    paths = _paths(service_policy(spec))
+    assert {p for p in paths if p.startswith("database/")} == {
+        f"database/creds/{r}" for r in spec.db_roles
+    }
+    seals = {p for p in paths if p.startswith("transit/decrypt/orders-seal-")}
+    assert seals == ({f"transit/decrypt/{seal_key(name)}"} if name in SEALED_SERVICES else set())
+    leases = {p for p in paths if p.startswith("sys/leases/")}
+    assert leases == {
+        f"sys/leases/{op}/database/creds/{r}/*" for r in spec.db_roles for op in ("renew", "revoke")
+    }
+    assert not any("*" in p for p in paths - leases)  # no wildcard other than own lease ids
+
+
+def test_client_and_reader_policies() -> None:
+    assert _paths(all_policies()[CLIENT_POLICY]) == {
+        "transit/encrypt/orders-seal-*",
+        f"transit/datakey/plaintext/{PAYLOAD_KEY}",
+        f"transit/decrypt/{PAYLOAD_KEY}",
+    }
+    assert _paths(all_policies()[PAYLOAD_READER_POLICY]) == {f"transit/decrypt/{PAYLOAD_KEY}"}
+
+
+def test_token_ttls_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TokenTTLs.from_env() == TokenTTLs(900, 3600)
+    monkeypatch.setenv("ORDERS_VAULT_TOKEN_TTL", "120")
+    monkeypatch.setenv("ORDERS_VAULT_TOKEN_MAX_TTL", "60")
+    with pytest.raises(SettingsError, match="ORDERS_VAULT_TOKEN_MAX_TTL=60 is shorter"):
+        TokenTTLs.from_env()
+    monkeypatch.setenv("ORDERS_VAULT_TOKEN_TTL", "15m")
+    with pytest.raises(SettingsError, match="ORDERS_VAULT_TOKEN_TTL='15m'"):
+        TokenTTLs.from_env()
+
+
+def test_missing_ca_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERS_KUBERNETES_CA_FILE", "/nonexistent/ca.crt")
+    with pytest.raises(SettingsError, match=r"ORDERS_KUBERNETES_CA_FILE='/nonexistent/ca\.crt'"):
+        KubernetesAuthConfig.from_env()
+
+
+# --------------------------------------------------------------------------- the running stack
+
+
+@pytest.mark.stack
+def test_second_bootstrap_changes_nothing(stack: Stack, root: hvac.Client) -> None:
+    assert configure_vault(root, stack.settings) == []
+    report = bootstrap(stack.settings)
+    assert report.changes == [], report.changes
+    assert report.summary() == "no changes (already configured)"
+
+
+@pytest.mark.stack
+def test_drift_is_repaired_and_reported(stack: Stack, root: hvac.Client) -> None:
+    s = stack.settings
+    root.sys.create_or_update_policy(
+        "orders-validate", policy='path "*" { capabilities = ["sudo"] }'
+    )
+    jwt_role = {"role_type": "jwt", "allowed_redirect_uris": []}  # needed on every write
+    root.write_data("auth/jwt/role/orders-payment", data={**jwt_role, "token_ttl": 3000})
+    root.write_data("auth/jwt/role/orders-notify", data={**jwt_role, "token_policies": ["root"]})
+    changes = configure_vault(root, s)
+    assert changes == [
+        "vault: wrote policy orders-validate",
+        "vault: wrote auth/jwt/role/orders-payment (token_ttl)",
+        "vault: wrote auth/jwt/role/orders-notify (token_policies)",
+    ]
+    assert configure_vault(root, s) == []
+    assert root.sys.read_policy("orders-validate")["data"]["rules"] == service_policy(
+        SERVICES["validate"]
+    )
+
+
+@pytest.mark.stack
+def test_transit_keys(root: hvac.Client) -> None:
+    for name in transit_keys():
+        key = root.secrets.transit.read_key(name)["data"]
+        assert key["type"] == "aes256-gcm96", name
+        assert key["deletion_allowed"] is False
+        assert key["exportable"] is False
+    assert set(transit_keys()) == {
+        "orders-payload",
+        "orders-seal-payment",
+        "orders-seal-fulfill",
+        "orders-seal-notify",
+    }
+
+
+def _token_with(root: hvac.Client, policy: str, settings_addr: str) -> hvac.Client:
+    created = root.auth.token.create(policies=[policy], no_default_policy=True, ttl="5m")
+    return hvac.Client(url=settings_addr, token=created["auth"]["client_token"], timeout=10)
+
+
+def _worker(stack: Stack, service_name: str) -> hvac.Client:
+    s = stack.settings
+    token = s.token_file(service_name).read_text().strip()
+    auth = hvac.Client(url=s.vault_addr).auth.jwt.jwt_login(
+        role=f"orders-{service_name}", jwt=token, path="jwt"
+    )["auth"]
+    return hvac.Client(url=s.vault_addr, token=auth["client_token"], timeout=10)
+
+
+@pytest.mark.stack
+def test_sealed_field_opens_only_for_its_consumer(stack: Stack, root: hvac.Client) -> None:
+    client = _token_with(root, CLIENT_POLICY, stack.settings.vault_addr)
+    plaintext = base64.b64encode(b"tok_visa_4242").decode()
+    sealed = client.secrets.transit.encrypt_data("orders-seal-payment", plaintext)["data"][
+        "ciphertext"
+    ]
+    with pytest.raises(hvac.exceptions.Forbidden):  # the client seals, it cannot open
+        client.secrets.transit.decrypt_data("orders-seal-payment", sealed)
+    opened = _worker(stack, "payment").secrets.transit.decrypt_data("orders-seal-payment", sealed)
+    assert opened["data"]["plaintext"] == plaintext
+    for other in ("orchestrator", "validate", "fulfill"):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            _worker(stack, other).secrets.transit.decrypt_data("orders-seal-payment", sealed)
+
+
+@pytest.mark.stack
+def test_payload_keys_for_workers_client_and_reader(stack: Stack, root: hvac.Client) -> None:
+    worker = _worker(stack, "orchestrator")
+    datakey = worker.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")["data"]
+    reader = _token_with(root, PAYLOAD_READER_POLICY, stack.settings.vault_addr)
+    unwrapped = reader.secrets.transit.decrypt_data(PAYLOAD_KEY, datakey["ciphertext"])
+    assert unwrapped["data"]["plaintext"] == datakey["plaintext"]
+    with pytest.raises(hvac.exceptions.Forbidden):  # a reader makes no new data keys
+        reader.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")
+    with pytest.raises(hvac.exceptions.Forbidden):  # nobody but root may export/rotate
+        worker.secrets.transit.rotate_key(PAYLOAD_KEY)
+
+
+@pytest.mark.stack
+def test_kubernetes_cluster_mode_config(
+    stack: Stack, root: hvac.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With a CA file the cluster-mode config is written as the environment says
+    (on a mount of its own: auth/kubernetes stays as the bootstrap left it)."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text(tokenreview.any_ca_pem())
+    monkeypatch.setenv("ORDERS_KUBERNETES_CA_FILE", str(ca))
+    monkeypatch.setenv("ORDERS_KUBERNETES_HOST", "https://10.96.0.1:443")
+    config = KubernetesAuthConfig.from_env()
+    mount = "kubernetes-cluster-test"
+    try:
+        ensure_kubernetes_auth(root, stack.settings, TokenTTLs(), config, mount=mount)
+        got = root.read(f"auth/{mount}/config")["data"]
+        assert got["kubernetes_host"] == "https://10.96.0.1:443"
+        assert got["issuer"] == "https://kubernetes.default.svc.cluster.local"
+        assert got["disable_iss_validation"] is False
+        assert got["disable_local_ca_jwt"] is False
+        role = root.read(f"auth/{mount}/role/orders-fulfill")["data"]
+        assert role["bound_service_account_names"] == ["orders-fulfill"]
+        assert role["bound_service_account_namespaces"] == [stack.settings.namespace]
+        assert role["audience"] == "vault"
+        assert role["token_policies"] == ["orders-fulfill"]
+        assert role["token_no_default_policy"] is True
+        assert ensure_kubernetes_auth(root, stack.settings, TokenTTLs(), config, mount=mount) == []
+    finally:
+        root.sys.disable_auth_method(mount)
+
+
+@pytest.mark.stack
+def test_audit_device(stack: Stack, root: hvac.Client) -> None:
+    devices = root.sys.list_enabled_audit_devices()["data"]
+    wanted = str(audit_log_file(stack.settings))
+    assert [d["type"] for d in devices.values() if d["options"]["file_path"] == wanted] == ["file"]
+    root.sys.read_health_status(method="GET")
+    root.auth.token.lookup_self()
+    log = Path(wanted).read_text()
+    assert log, "audit log is empty"
+    assert stack.settings.root_token() not in log  # hashed, never in clear
+
+
+def test_audit_config_declares_a_hashed_file_device(stack_settings: StackSettings) -> None:
+    hcl = audit_config_hcl(stack_settings)
+    assert 'audit "file" "file"' in hcl
+    assert str(audit_log_file(stack_settings)) in hcl
+    assert "log_raw" not in hcl
