@@ -140,3 +140,19 @@ def _check() -> None:
 
 
 _check()
+
+
+def markdown_table() -> str:
+    """The matrix as the Markdown table in docs/grant-matrix.md (a test keeps them equal)."""
+    lines = [
+        "| Vault database role | table | privilege | columns | why |",
+        "|---|---|---|---|---|",
+    ]
+    for g in GRANT_MATRIX:
+        cols = ", ".join(g.columns) if g.columns else "all"
+        lines.append(f"| `{g.db_role}` | `{SCHEMA}.{g.table}` | {g.privilege} | {cols} | {g.why} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

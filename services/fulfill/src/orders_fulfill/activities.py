@@ -1,0 +1,72 @@
+"""fulfill_order: ship the order to the address on file, once, as ``order-fulfill``.
+
+The address is read from ``app.customer_contacts`` (the only column of
+customer data the role may read), not taken from the workflow input. There is
+no real carrier: the shipment is a row whose tracking id is derived from the
+order id, so a retry or a duplicate computes the same row and the table's
+``UNIQUE (order_id)`` keeps exactly one.
+
+An address containing ``UNDELIVERABLE`` is refused with
+:class:`FulfillmentFailed`: the simulated carrier will not take it. It comes
+after payment, so it drives the refund path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from temporalio import activity
+
+from orders_shared.contracts.fulfill import FULFILL_ORDER, FulfillOrderInput, FulfillOrderOutput
+from orders_shared.db import ConnectionSource
+from orders_shared.errors import FulfillmentFailed, OrderStateConflict
+
+DB_ROLE = "order-fulfill"
+CARRIER = "sim-post"
+UNDELIVERABLE_MARKER = "UNDELIVERABLE"
+
+
+def tracking_id_for(order_id: str) -> str:
+    """Deterministic, so every attempt for an order computes the same shipment."""
+    return "SIM" + hashlib.sha256(order_id.encode()).hexdigest()[:20].upper()
+
+
+class FulfillActivities:
+    def __init__(self, db: ConnectionSource) -> None:
+        self.db = db
+
+    @activity.defn(name=FULFILL_ORDER)
+    async def fulfill_order(self, inp: FulfillOrderInput) -> FulfillOrderOutput:
+        async with self.db.connection(DB_ROLE) as conn:
+            shipped = await conn.fetchrow(
+                "SELECT carrier, tracking_id FROM app.shipments WHERE order_id = $1",
+                inp.order_id,
+            )
+            if shipped is None:
+                address = await conn.fetchval(
+                    "SELECT shipping_address FROM app.customer_contacts WHERE order_id = $1",
+                    inp.order_id,
+                )
+                if address is None:
+                    raise OrderStateConflict("order has no shipping address on file")
+                if UNDELIVERABLE_MARKER in address.upper():
+                    raise FulfillmentFailed("the carrier cannot deliver to the address on file")
+                await conn.execute(
+                    """
+                    INSERT INTO app.shipments (order_id, carrier, tracking_id)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT DO NOTHING
+                    """,
+                    inp.order_id,
+                    CARRIER,
+                    tracking_id_for(inp.order_id),
+                )
+                shipped = await conn.fetchrow(
+                    "SELECT carrier, tracking_id FROM app.shipments WHERE order_id = $1",
+                    inp.order_id,
+                )
+                if shipped is None:
+                    raise RuntimeError("shipment row missing right after insert")
+        return FulfillOrderOutput(
+            order_id=inp.order_id, carrier=shipped["carrier"], tracking_id=shipped["tracking_id"]
+        )

@@ -1,0 +1,31 @@
+"""Entry point of the fulfill worker: ``orders-fulfill-worker``.
+
+Identity, credentials, logging, metrics and shutdown are the shared runtime's
+job; this module only says which activities the service hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from orders_fulfill.activities import FulfillActivities
+from orders_shared.db import ConnectionSource
+
+SERVICE = "fulfill"
+
+
+def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source."""
+    acts = FulfillActivities(db)
+    return [acts.fulfill_order]
+
+
+def main() -> None:
+    from orders_shared.runtime import run_service
+
+    run_service(service=SERVICE, activities=build_activities)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""process_payment and refund_payment, as Vault database role ``order-process-payment``.
+
+The amount charged is ``app.orders.total_cents`` as the validate step recorded
+it, never a figure from the workflow input. Exactly-once comes from two keys:
+the provider's idempotency key (``<order>:charge`` / ``<order>:refund``) and
+the table's ``UNIQUE (order_id, kind)``. The provider is called *outside* any
+database transaction, so no connection is held across a network call; if the
+worker dies after the provider call, the retry calls the provider again with
+the same key, gets the same answer and records it.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from temporalio import activity
+
+from orders_payment.provider import ChargeRequest, PaymentProvider, RefundRequest
+from orders_shared.contracts.payment import (
+    PROCESS_PAYMENT,
+    REFUND_PAYMENT,
+    ProcessPaymentInput,
+    ProcessPaymentOutput,
+    RefundPaymentInput,
+    RefundPaymentOutput,
+)
+from orders_shared.db import ConnectionSource
+from orders_shared.errors import OrderStateConflict, PaymentDeclined
+
+DB_ROLE = "order-process-payment"
+
+_SELECT_PAYMENT = """
+    SELECT status, amount_cents, currency, provider_ref
+      FROM app.payments WHERE order_id = $1 AND kind = $2
+"""
+_INSERT_PAYMENT = """
+    INSERT INTO app.payments
+        (order_id, kind, status, amount_cents, currency, provider_ref, idempotency_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT DO NOTHING
+"""
+
+
+def _key(order_id: str, kind: str) -> str:
+    return f"{order_id}:{kind}"
+
+
+class PaymentActivities:
+    def __init__(self, db: ConnectionSource, provider: PaymentProvider) -> None:
+        self.db = db
+        self.provider = provider
+
+    async def _recorded(
+        self, conn: asyncpg.Connection | PoolConnectionProxy, order_id: str, kind: str
+    ) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await conn.fetchrow(_SELECT_PAYMENT, order_id, kind)
+        return row
+
+    @activity.defn(name=PROCESS_PAYMENT)
+    async def process_payment(self, inp: ProcessPaymentInput) -> ProcessPaymentOutput:
+        """Charge the order's recorded total once. A repeated call returns the
+        recorded outcome: the same approval, or the same refusal."""
+        async with self.db.connection(DB_ROLE) as conn:
+            charge = await self._recorded(conn, inp.order_id, "charge")
+            if charge is None:
+                order = await conn.fetchrow(
+                    "SELECT total_cents, currency FROM app.orders WHERE order_id = $1",
+                    inp.order_id,
+                )
+                if order is None or order["total_cents"] <= 0:
+                    raise OrderStateConflict(
+                        "order is not recorded as an accepted order; nothing to charge"
+                    )
+                key = _key(inp.order_id, "charge")
+                # Outside a transaction: the connection is idle while we wait for the provider.
+                result = await self.provider.charge(
+                    ChargeRequest(
+                        idempotency_key=key,
+                        payment_token=inp.payment_token,
+                        amount_cents=order["total_cents"],
+                        currency=order["currency"],
+                    )
+                )
+                await conn.execute(
+                    _INSERT_PAYMENT,
+                    inp.order_id,
+                    "charge",
+                    result.status,
+                    order["total_cents"],
+                    order["currency"],
+                    result.provider_ref,
+                    key,
+                )
+                # Read back what is recorded: a concurrent duplicate may have won the insert.
+                charge = await self._recorded(conn, inp.order_id, "charge")
+                if charge is None:  # we or a duplicate just inserted it
+                    raise RuntimeError("charge row missing right after insert")
+        if charge["status"] == "declined":
+            raise PaymentDeclined("the payment provider declined the charge")
+        return ProcessPaymentOutput(
+            order_id=inp.order_id,
+            amount_cents=charge["amount_cents"],
+            currency=charge["currency"],
+            provider_ref=charge["provider_ref"],
+        )
+
+    @activity.defn(name=REFUND_PAYMENT)
+    async def refund_payment(self, inp: RefundPaymentInput) -> RefundPaymentOutput:
+        """Refund the approved charge in full, once. Without an approved charge
+        (declined, or never charged) there is nothing to refund and that is a
+        success: compensation must be safe to run whatever happened before."""
+        async with self.db.connection(DB_ROLE) as conn:
+            refund = await self._recorded(conn, inp.order_id, "refund")
+            if refund is None:
+                charge = await self._recorded(conn, inp.order_id, "charge")
+                if charge is None or charge["status"] != "approved":
+                    return RefundPaymentOutput(
+                        order_id=inp.order_id, refunded=False, amount_cents=0, provider_ref=None
+                    )
+                key = _key(inp.order_id, "refund")
+                result = await self.provider.refund(
+                    RefundRequest(
+                        idempotency_key=key,
+                        charge_ref=charge["provider_ref"],
+                        amount_cents=charge["amount_cents"],
+                        currency=charge["currency"],
+                    )
+                )
+                await conn.execute(
+                    _INSERT_PAYMENT,
+                    inp.order_id,
+                    "refund",
+                    "approved",
+                    charge["amount_cents"],
+                    charge["currency"],
+                    result.provider_ref,
+                    key,
+                )
+                refund = await self._recorded(conn, inp.order_id, "refund")
+                if refund is None:
+                    raise RuntimeError("refund row missing right after insert")
+        return RefundPaymentOutput(
+            order_id=inp.order_id,
+            refunded=True,
+            amount_cents=refund["amount_cents"],
+            provider_ref=refund["provider_ref"],
+        )

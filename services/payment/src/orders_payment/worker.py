@@ -1,0 +1,32 @@
+"""Entry point of the payment worker: ``orders-payment-worker``.
+
+Identity, credentials, logging, metrics and shutdown are the shared runtime's
+job; this module only says which activities the service hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from orders_payment.activities import PaymentActivities
+from orders_payment.provider import SimulatedProvider
+from orders_shared.db import ConnectionSource
+
+SERVICE = "payment"
+
+
+def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source."""
+    acts = PaymentActivities(db, SimulatedProvider())
+    return [acts.process_payment, acts.refund_payment]
+
+
+def main() -> None:
+    from orders_shared.runtime import run_service
+
+    run_service(service=SERVICE, activities=build_activities)
+
+
+if __name__ == "__main__":
+    main()

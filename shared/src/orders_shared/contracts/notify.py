@@ -1,0 +1,33 @@
+"""Contract of the notify service: tell the customer and record the final status."""
+
+from dataclasses import dataclass
+
+from orders_shared.catalog import SERVICES
+from orders_shared.contracts.common import OrderOutcome
+
+TASK_QUEUE = SERVICES["notify"].task_queue
+
+NOTIFY_CUSTOMER = "notify_customer"
+
+
+@dataclass(frozen=True)
+class NotifyCustomerInput:
+    """``reason_code`` is an error type from :mod:`orders_shared.errors` (or
+    ``None`` on success); the service turns it into customer-facing words, so
+    internal error text never reaches a customer. ``reason`` is the
+    operator-facing explanation recorded in ``orders.status_reason``."""
+
+    order_id: str
+    outcome: OrderOutcome
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyCustomerOutput:
+    """``notified`` is false when the order was never recorded (there is nobody
+    to write to); ``already_notified`` when an earlier attempt did it."""
+
+    order_id: str
+    notified: bool
+    already_notified: bool

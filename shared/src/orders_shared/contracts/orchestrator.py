@@ -1,0 +1,45 @@
+"""Contract of the orchestrator: the order workflow, its input, result and query."""
+
+from dataclasses import dataclass, field
+
+from orders_shared.catalog import SERVICES
+from orders_shared.contracts.common import Order, OrderOutcome
+
+TASK_QUEUE = SERVICES["orchestrator"].task_queue
+
+ORDER_WORKFLOW = "OrderWorkflow"
+CURRENT_STEP_QUERY = "current_step"
+
+
+@dataclass(frozen=True)
+class OrderWorkflowInput:
+    order: Order
+
+
+@dataclass(frozen=True)
+class OrderWorkflowResult:
+    """The outcome of one order.
+
+    ``path`` lists every activity the workflow ran, in order, compensations
+    included (their names are the activity name constants). ``reason_code`` is
+    the error type that ended the happy path (``OutOfStock``...), and
+    ``reason`` a short operator-facing explanation; both are ``None`` on
+    success.
+    """
+
+    order_id: str
+    status: OrderOutcome
+    path: list[str] = field(default_factory=list)
+    reason_code: str | None = None
+    reason: str | None = None
+    total_cents: int | None = None
+    tracking_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CurrentStep:
+    """The answer to :data:`CURRENT_STEP_QUERY`: the step running now (or
+    ``done``) and the steps run so far."""
+
+    step: str
+    path: list[str]

@@ -1,0 +1,74 @@
+"""Test-only helpers for running the order workflow against the real stack.
+
+:class:`GroupRoleSource` is a :class:`orders_shared.db.ConnectionSource` that
+logs in as the Postgres superuser and then ``SET ROLE``s to the Vault role's
+group role, so every activity runs with exactly its group role's privileges
+(``current_user`` is the group role) without going through Vault. The Vault
+path is exercised by the lease tests; this one isolates the business logic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from orders_shared.catalog import group_role
+
+
+class GroupRoleSource:
+    """Superuser pool + ``SET ROLE <group role>`` per checkout."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.roles_used: list[str] = []
+        self._faults: dict[str, list[BaseException]] = {}
+
+    def fail_next(self, db_role: str, error: BaseException, times: int = 1) -> None:
+        """Make the next ``times`` checkouts for ``db_role`` raise ``error``, as a
+        revoked or expired credential would (an infrastructure fault)."""
+        self._faults.setdefault(db_role, []).extend([error] * times)
+
+    @classmethod
+    async def create(cls, dsn: str, *, max_size: int = 60) -> GroupRoleSource:
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size)
+        return cls(pool)
+
+    @asynccontextmanager
+    async def connection(self, db_role: str) -> AsyncIterator[asyncpg.Connection]:
+        role = group_role(db_role)  # KeyError for a role the catalog does not know
+        self.roles_used.append(db_role)
+        pending = self._faults.get(db_role)
+        if pending:
+            raise pending.pop(0)
+        async with self.pool.acquire() as conn:
+            await conn.execute(f"SET ROLE {role}")
+            try:
+                yield conn
+            finally:
+                await conn.execute("RESET ROLE")
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def unique(prefix: str) -> str:
+    """A fresh id (order id, SKU) so tests never share rows."""
+    return f"{prefix}-{uuid.uuid4().hex[:10].upper()}"
+
+
+async def create_product(
+    admin: asyncpg.Connection, *, price_cents: int, on_hand: int, prefix: str = "T"
+) -> str:
+    """A SKU of the test's own, with stock, created as the superuser."""
+    sku = unique(prefix)
+    await admin.execute(
+        "INSERT INTO app.products (sku, name, unit_price_cents) VALUES ($1, $2, $3)",
+        sku,
+        f"test product {sku}",
+        price_cents,
+    )
+    await admin.execute("INSERT INTO app.inventory (sku, on_hand) VALUES ($1, $2)", sku, on_hand)
+    return sku
