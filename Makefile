@@ -38,10 +38,8 @@ logs: install ## the end of every server's log
 bootstrap: install ## configure Vault and the database again (idempotent)
 	$(BIN)/orders-bootstrap -v
 
-demo: install ## the main job: bring the stack up, bootstrap it and show what runs (KEEP=1 keeps it up)
-	$(STACK) up
-	$(STACK) status
-	@if [ "$(KEEP)" != "1" ]; then $(STACK) down; else echo "KEEP=1: stack left running; 'make down' stops it"; fi
+demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
+	KEEP=$(KEEP) $(BIN)/orders-demo
 
 test: install ## lint, type-check and run every test against the real local stack
 	$(BIN)/ruff check .

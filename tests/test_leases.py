@@ -310,3 +310,36 @@ async def test_after_a_new_login_the_pool_moves_to_a_credential_of_the_new_token
                 assert await conn.fetchval("SELECT current_user") == pool.credential.username
         finally:
             await pool.close()
+
+
+async def test_a_credential_revoked_out_of_band_is_replaced_on_first_refusal(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    async with session(stack, "validate") as vault:
+        pool = RolePool(vault, _db(stack), "order-validate")
+        await pool.open()
+        try:
+            first = pool.credential
+            root.sys.revoke_lease(first.lease_id)  # drops the role, ends its sessions
+            assert not await _role_exists(admin, first.username)
+            # the first use after revocation fails (an infrastructure error,
+            # which Temporal retries)...
+            with pytest.raises(
+                (
+                    asyncpg.InvalidPasswordError,
+                    asyncpg.exceptions.ConnectionDoesNotExistError,
+                    asyncpg.exceptions.AdminShutdownError,
+                )
+            ):
+                async with pool.connection() as conn:
+                    await conn.fetchval("SELECT 1")
+            # ...and the pool moves to a new credential without waiting for renewal time
+            for _ in range(50):
+                if pool.credential.username != first.username:
+                    break
+                await asyncio.sleep(0.1)
+            assert pool.credential.username != first.username
+            async with pool.connection() as conn:
+                assert await conn.fetchval("SELECT current_user") == pool.credential.username
+        finally:
+            await pool.close()

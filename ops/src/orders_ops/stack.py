@@ -30,6 +30,7 @@ from pathlib import Path
 
 from orders_ops.secretfiles import write_secret as _write_secret
 from orders_ops.settings import HOST, SettingsError, StackSettings
+from orders_shared.catalog import SERVICES
 
 
 class StackError(RuntimeError):
@@ -506,7 +507,7 @@ class IdentityIssuer(Server):
         return tokens_fresh(self.settings)
 
 
-SERVICE_NAMES = ("orchestrator", "validate", "inventory", "payment", "fulfill", "notify")
+SERVICE_NAMES = tuple(SERVICES)
 
 
 def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
@@ -515,7 +516,7 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
     Built from scratch, not inherited, so nothing of the caller's (a VAULT_TOKEN,
     an admin database URL) can leak into a worker. No password, no root token.
     """
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -524,11 +525,15 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
         "VAULT_AUTH_MOUNT": "jwt",
         "VAULT_AUTH_ROLE": f"orders-{service}",
         "VAULT_TOKEN_FILE": str(settings.token_file(service)),
-        "ORDERS_DB_HOST": HOST,
-        "ORDERS_DB_PORT": str(settings.postgres_port),
-        "ORDERS_DB_NAME": settings.database,
         "TEMPORAL_ADDRESS": settings.temporal_address,
     }
+    if SERVICES[service].db_roles:  # the orchestrator is not even told where Postgres is
+        env |= {
+            "ORDERS_DB_HOST": HOST,
+            "ORDERS_DB_PORT": str(settings.postgres_port),
+            "ORDERS_DB_NAME": settings.database,
+        }
+    return env
 
 
 class WorkerProcess(Server):

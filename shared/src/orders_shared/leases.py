@@ -123,6 +123,15 @@ class RolePool:
         try:
             async with self._pool.acquire() as conn:
                 yield conn
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+            # Postgres refused the credential (revoked out of band, or expired while
+            # Vault was away): ask for a new one now rather than at the next renewal.
+            # The caller's error stays an infrastructure error, so Temporal retries it.
+            if generation == self._generation and not self._rotate_requested:
+                log.warning("db.credential_rejected", db_role=self.db_role)
+                self._rotate_requested = True
+                self._wake.set()
+            raise
         finally:
             self._in_flight[generation] -= 1
             if self._in_flight[generation] <= 0:

@@ -1,0 +1,368 @@
+"""``orders-demo``: the main job, end to end on the real local stack.
+
+Brings the stack up and bootstraps it, starts the six workers as separate
+processes (each with only its own identity token), runs four orders that take
+the four paths of the workflow, and prints a report built from what
+PostgreSQL, Vault and the worker processes themselves show. Then it stops
+everything it started, unless asked to keep it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+
+from orders_ops.settings import SettingsError, StackSettings
+from orders_ops.stack import Stack, StackError
+from orders_shared.catalog import group_role
+from orders_shared.client import submit_order
+from orders_shared.contracts.orchestrator import OrderWorkflowResult
+from orders_shared.order_input import parse_order
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    expect: str  # the final status the scenario should end in
+    order: dict[str, Any]
+
+
+def scenarios(run: str) -> list[Scenario]:
+    def order(key: str, **fields: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "order_id": f"demo-{run}-{key}",
+            "customer_id": "cust-1815",
+            "customer_name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "shipping_address": "12 Analytical Way, London",
+            "payment_token": "tok_visa_4242",
+            "lines": [{"sku": "WIDGET-1", "quantity": 2}, {"sku": "GIZMO-3", "quantity": 1}],
+        }
+        base.update(fields)
+        return base
+
+    return [
+        Scenario("ok", "a successful order", "completed", order("ok")),
+        Scenario(
+            "nostock",
+            "out of stock",
+            "failed",
+            order("nostock", lines=[{"sku": "RARE-4", "quantity": 1}]),
+        ),
+        Scenario(
+            "declined",
+            "payment declined (reservation released)",
+            "failed",
+            order("declined", payment_token="tok_decline_insufficient_funds"),  # noqa: S106
+        ),
+        Scenario(
+            "undeliverable",
+            "failure after payment (refund and release)",
+            "failed",
+            order("undeliverable", shipping_address="1 UNDELIVERABLE Road, Nowhere"),
+        ),
+    ]
+
+
+# ------------------------------------------------------------------------ what Postgres shows
+
+# (activity, Vault database role, SQL giving the login role that ran that step's SQL)
+ACTIVITY_EVIDENCE: tuple[tuple[str, str, str], ...] = (
+    ("validate_order", "order-validate", "SELECT created_by FROM app.orders WHERE order_id=$1"),
+    (
+        "reserve_inventory",
+        "order-reserve-inventory",
+        "SELECT DISTINCT reserved_by FROM app.reservations WHERE order_id=$1",
+    ),
+    (
+        "release_inventory",
+        "order-release-inventory",
+        "SELECT DISTINCT released_by FROM app.reservations "
+        "WHERE order_id=$1 AND released_by IS NOT NULL",
+    ),
+    (
+        "process_payment",
+        "order-process-payment",
+        "SELECT db_user FROM app.payments WHERE order_id=$1 AND kind='charge'",
+    ),
+    (
+        "refund_payment",
+        "order-process-payment",
+        "SELECT db_user FROM app.payments WHERE order_id=$1 AND kind='refund'",
+    ),
+    ("fulfill_order", "order-fulfill", "SELECT db_user FROM app.shipments WHERE order_id=$1"),
+    (
+        "notify_customer",
+        "order-notify",
+        "SELECT db_user FROM app.notifications WHERE order_id=$1",
+    ),
+)
+
+
+async def order_rows(conn: asyncpg.Connection, order_id: str) -> dict[str, list[str]]:
+    """The rows each step left, as short readable lines."""
+    out: dict[str, list[str]] = {}
+    o = await conn.fetchrow(
+        "SELECT status, status_reason, total_cents FROM app.orders WHERE order_id=$1", order_id
+    )
+    out["order"] = (
+        [f"status={o['status']} total={o['total_cents'] / 100:.2f} reason={o['status_reason']}"]
+        if o
+        else []
+    )
+    out["reservations"] = [
+        f"{r['sku']} x{r['quantity']} {r['status']}"
+        for r in await conn.fetch(
+            "SELECT sku, quantity, status FROM app.reservations WHERE order_id=$1 ORDER BY sku",
+            order_id,
+        )
+    ]
+    out["payments"] = [
+        f"{r['kind']} {r['status']} {r['amount_cents'] / 100:.2f} {r['currency']}"
+        for r in await conn.fetch(
+            "SELECT kind, status, amount_cents, currency FROM app.payments "
+            "WHERE order_id=$1 ORDER BY created_at",
+            order_id,
+        )
+    ]
+    out["shipments"] = [
+        f"{r['carrier']} {r['tracking_id']}"
+        for r in await conn.fetch(
+            "SELECT carrier, tracking_id FROM app.shipments WHERE order_id=$1", order_id
+        )
+    ]
+    out["notifications"] = [
+        f"{r['kind']}: {r['subject']}"
+        for r in await conn.fetch(
+            "SELECT kind, subject FROM app.notifications WHERE order_id=$1", order_id
+        )
+    ]
+    return out
+
+
+async def activity_logins(
+    conn: asyncpg.Connection, order_ids: Sequence[str]
+) -> list[tuple[str, str, str, str]]:
+    """(activity, Vault role, Postgres login, how Postgres knows it) for every step that ran."""
+    rows: list[tuple[str, str, str, str]] = []
+    for activity, vault_role, sql in ACTIVITY_EVIDENCE:
+        users: set[str] = set()
+        for order_id in order_ids:
+            users.update(r[0] for r in await conn.fetch(sql, order_id) if r[0])
+        for user in sorted(users):
+            member = await conn.fetchval(
+                """SELECT g.rolname FROM pg_auth_members m
+                   JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                   WHERE u.rolname = $1""",
+                user,
+            )
+            valid = await conn.fetchval(
+                "SELECT rolvaliduntil FROM pg_roles WHERE rolname=$1 AND rolcanlogin", user
+            )
+            if member == group_role(vault_role) and valid is not None:
+                how = f"LOGIN, member of {member}, valid until {valid:%H:%M:%S}"
+            elif member is None and valid is None:
+                how = "already revoked by Vault"
+            else:
+                how = f"UNEXPECTED: member of {member}"
+            rows.append((activity, vault_role, user, how))
+    return rows
+
+
+# ------------------------------------------------------------------------ what workers hold
+
+
+def static_secrets(settings: StackSettings) -> dict[str, bytes]:
+    """Every long-lived secret of the stack, to look for in the workers."""
+    found = {"Vault root token": settings.root_token().encode()}
+    for path in sorted(settings.secrets_dir.glob("postgres-*password")):
+        found[f"static database password ({path.name})"] = path.read_text().strip().encode()
+    return found
+
+
+def _scan_memory(pid: int, needles: Sequence[bytes]) -> set[bytes]:
+    hits: set[bytes] = set()
+    overlap = max(len(n) for n in needles)
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5].startswith("[v")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            tail = b""
+            pos = start
+            while pos < end:
+                size = min(4 << 20, end - pos)
+                try:
+                    mem.seek(pos)
+                    chunk = tail + mem.read(size)
+                except (OSError, OverflowError, ValueError):
+                    break
+                hits.update(n for n in needles if n in chunk)
+                tail = chunk[-overlap:]
+                pos += size
+    return hits
+
+
+def worker_secret_audit(stack: Stack) -> list[str]:
+    """Look for every static secret in each worker's environment, arguments and memory."""
+    secrets = static_secrets(stack.settings)
+    lines = []
+    for worker in stack.workers:
+        pid = worker.pid()
+        if pid is None:
+            lines.append(f"{worker.name}: NOT RUNNING")
+            continue
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        in_env = {n for n, v in secrets.items() if v in environ or v in cmdline}
+        try:
+            in_mem = _scan_memory(pid, list(secrets.values()))
+            mem_names = {n for n, v in secrets.items() if v in in_mem}
+            scanned = "environment, arguments and memory"
+        except PermissionError:
+            mem_names = set()
+            scanned = "environment and arguments (memory not readable without root)"
+        names = sorted(k.split("=", 1)[0] for k in environ.decode().split("\0") if k)
+        bad = in_env | mem_names
+        verdict = "FOUND " + ", ".join(sorted(bad)) if bad else "none found"
+        lines.append(f"{worker.name:<20} {verdict} in {scanned}; env: {' '.join(names)}")
+    return lines
+
+
+# ------------------------------------------------------------------------ the run
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+async def run_orders(
+    settings: StackSettings, run: str, say: Callable[[str], None]
+) -> list[tuple[Scenario, OrderWorkflowResult]]:
+    client = await Client.connect(settings.temporal_address)
+    results: list[tuple[Scenario, OrderWorkflowResult]] = []
+
+    async def one(s: Scenario) -> None:
+        t0 = time.monotonic()
+        submitted = await submit_order(client, parse_order(s.order), wait=True)
+        assert submitted.result is not None
+        results.append((s, submitted.result))
+        say(
+            f"  {s.order['order_id']:<28} {submitted.result.status:<10} "
+            f"{time.monotonic() - t0:5.2f}s  ({s.title})"
+        )
+
+    for s in scenarios(run):
+        say(f"  submitted {s.order['order_id']}: {s.title}")
+    await asyncio.gather(*(one(s) for s in scenarios(run)))
+    order = {s.key: i for i, s in enumerate(scenarios(run))}
+    return sorted(results, key=lambda pair: order[pair[0].key])
+
+
+async def report(
+    stack: Stack, results: list[tuple[Scenario, OrderWorkflowResult]], say: Callable[[str], None]
+) -> bool:
+    ok = True
+    conn = await asyncpg.connect(stack.settings.admin_dsn(stack.settings.database))
+    try:
+        say("\n== Orders ==")
+        for s, result in results:
+            good = result.status == s.expect
+            ok &= good
+            mark = "ok" if good else f"UNEXPECTED (wanted {s.expect})"
+            say(f"\n{result.order_id}: {s.title} -> {result.status} [{mark}]")
+            say(f"  path:    {' -> '.join(result.path)}")
+            if result.reason_code:
+                say(f"  reason:  {result.reason_code}: {result.reason}")
+            for table, rows in (await order_rows(conn, result.order_id)).items():
+                say(f"  {table + ':':<15}{'; '.join(rows) if rows else '(none)'}")
+
+        say("\n== Who ran each step's SQL (from PostgreSQL itself) ==")
+        logins = await activity_logins(conn, [r.order_id for _, r in results])
+        say(f"{'activity':<19}{'Vault database role':<26}{'PostgreSQL login (Vault-issued)':<58}")
+        for activity, vault_role, user, how in logins:
+            say(f"{activity:<19}{vault_role:<26}{user:<58}{how}")
+        distinct = {user for _, _, user, _ in logins}
+        generated = all(re.match(r"^v-order-[a-z-]+-[a-z0-9]+-\d+$", u) for u in distinct)
+        by_role: dict[str, set[str]] = {}
+        for _, vault_role, user, _ in logins:
+            by_role.setdefault(vault_role, set()).add(user)
+        shared = [u for u in distinct if sum(u in users for users in by_role.values()) > 1]
+        ok &= generated and not shared and not any("UNEXPECTED" in h for *_, h in logins)
+        say(
+            f"{len(distinct)} distinct logins for {len(by_role)} database roles; "
+            f"all Vault-generated: {'yes' if generated else 'NO'}; "
+            f"one shared between roles: {'NO' if not shared else shared}"
+        )
+    finally:
+        await conn.close()
+
+    say("\n== Static secrets in worker processes ==")
+    audit = worker_secret_audit(stack)
+    for line in audit:
+        say(f"  {line}")
+    clean = all("none found" in line for line in audit)
+    ok &= clean
+    say(
+        "No worker process holds a static database password or the Vault root token."
+        if clean
+        else "A WORKER HOLDS A STATIC SECRET (see above)."
+    )
+    return ok
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="orders-demo", description=__doc__)
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the stack and workers running afterwards"
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        stack = Stack(StackSettings.from_env())
+    except SettingsError as exc:
+        sys.exit(f"orders-demo: error: {exc}")
+    already = {s.name for s in stack.servers if s.pid() is not None}
+    ok = False
+    try:
+        _say("[1/4] local stack: Temporal, OpenBao, PostgreSQL on 127.0.0.1, then bootstrap")
+        stack.up(timeout=90)
+        _say("[2/4] six workers, each a process with only its own identity token")
+        stack.workers_up(timeout=90)
+        run = time.strftime("%H%M%S")
+        _say("[3/4] four orders")
+        results = asyncio.run(run_orders(stack.settings, run, _say))
+        _say("[4/4] report")
+        ok = asyncio.run(report(stack, results, _say))
+    except StackError as exc:
+        _say(f"orders-demo: error: {exc}")
+    finally:
+        if args.keep or os.environ.get("KEEP") == "1":
+            _say("\nKEEP=1: stack and workers left running; 'make down' stops them.")
+        else:
+            _say("\nstopping what the demo started")
+            if not already:
+                stack.down(echo=lambda _line: None)
+            else:
+                for server in reversed(stack.servers):
+                    if server.name not in already:
+                        server.stop()
+    _say(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
