@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo test test-unit lint typecheck clean
+.PHONY: help install up down status env logs bootstrap demo browser test lint lint-deploy typecheck clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ bootstrap: install ## configure Vault and the database again (idempotent)
 demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
 	KEEP=$(KEEP) $(BIN)/orders-demo
 
-test: install ## lint, type-check and run every test against the real local stack
+browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
+	@ops/scripts/install-browser.sh
+
+test: install browser ## lint, type-check and run every test against the real local stack
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -50,7 +53,10 @@ test: install ## lint, type-check and run every test against the real local stac
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-typecheck: install ## mypy --strict on the shared and ops packages
+lint-deploy: install ## charts (render, lint, k8s schemas), hadolint, checkov, Tiltfile: offline, no cluster
+	$(BIN)/pytest tests/deploy -q
+
+typecheck: install ## mypy --strict on the shared, ops and service packages
 	$(BIN)/mypy
 
 clean: down ## stop the stack and delete local state and the venv

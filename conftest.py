@@ -1,3 +1,14 @@
-"""Root conftest: makes the real-stack fixtures available to every test folder."""
+"""Root conftest: the real-stack fixtures for every test folder, and test-safe logging."""
+
+import structlog
+
+from orders_shared.logging import CurrentStderr
 
 pytest_plugins = ["orders_ops.testing"]
+
+# JSON lines on whatever stderr pytest has in place at the time (see CurrentStderr)
+structlog.configure(
+    processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+    logger_factory=structlog.PrintLoggerFactory(file=CurrentStderr()),  # type: ignore[arg-type]
+    cache_logger_on_first_use=False,
+)

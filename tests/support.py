@@ -5,6 +5,10 @@ logs in as the Postgres superuser and then ``SET ROLE``s to the Vault role's
 group role, so every activity runs with exactly its group role's privileges
 (``current_user`` is the group role) without going through Vault. The Vault
 path is exercised by the lease tests; this one isolates the business logic.
+
+:class:`Identities` logs in as each identity (service or client) with the token
+files of the local issuer, for sealing and opening order fields as the real
+processes do.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from orders_ops.identities import local_session
+from orders_ops.settings import StackSettings
 from orders_shared.catalog import group_role
+from orders_shared.codec import VaultTransit
+from orders_shared.identity import VaultSession
 
 
 class GroupRoleSource:
@@ -72,3 +80,27 @@ async def create_product(
     )
     await admin.execute("INSERT INTO app.inventory (sku, on_hand) VALUES ($1, $2)", sku, on_hand)
     return sku
+
+
+async def identity_session(settings: StackSettings, name: str) -> VaultSession:
+    """A Vault session logged in as identity ``name`` (a service, or ``client``) with the
+    token file the local issuer keeps fresh: exactly what that process would hold."""
+    return await local_session(settings, name)
+
+
+class Identities:
+    """One logged-in Vault session (and Transit client) per identity, opened on demand."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.sessions: dict[str, VaultSession] = {}
+
+    async def transit(self, name: str) -> VaultTransit:
+        if name not in self.sessions:
+            self.sessions[name] = await identity_session(self.settings, name)
+        return VaultTransit(self.sessions[name])
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            await session.close()
+        self.sessions.clear()

@@ -13,6 +13,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -21,9 +22,11 @@ import pytest
 from temporalio.client import Client
 
 from orders_ops.demo import activity_logins
-from orders_ops.stack import Stack, WorkerProcess
+from orders_ops.identities import local_session
+from orders_ops.stack import Stack, WorkerProcess, wait_gone
 from orders_shared.catalog import group_role
-from orders_shared.client import submit_order
+from orders_shared.client import connect, submit_order
+from orders_shared.codec import VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
 from orders_shared.order_input import parse_order
 
@@ -40,9 +43,21 @@ def workers(stack: Stack) -> Iterator[Stack]:
             worker.stop()
 
 
+@dataclass
+class Orders:
+    """A Temporal client as the ``client`` identity, with its Transit access: it seals
+    order fields and encrypts payloads exactly as ``orders submit`` does."""
+
+    client: Client
+    transit: VaultTransit
+
+
 @pytest.fixture
-async def temporal(workers: Stack) -> Client:
-    return await Client.connect(workers.settings.temporal_address)
+async def temporal(workers: Stack) -> AsyncIterator[Orders]:
+    session = await local_session(workers.settings, "client")
+    transit = VaultTransit(session)
+    yield Orders(await connect(workers.settings.temporal_address, transit), transit)
+    await session.close()
 
 
 @pytest.fixture
@@ -77,8 +92,10 @@ def order(sku: str, quantity: int = 1, **fields: Any) -> dict[str, Any]:
     return data
 
 
-async def run(temporal: Client, data: dict[str, Any]) -> OrderWorkflowResult:
-    submitted = await submit_order(temporal, parse_order(data), wait=True)
+async def run(temporal: Orders, data: dict[str, Any]) -> OrderWorkflowResult:
+    submitted = await submit_order(
+        temporal.client, parse_order(data), wait=True, transit=temporal.transit
+    )
     assert submitted.result is not None
     return submitted.result
 
@@ -118,7 +135,7 @@ async def stock(admin: asyncpg.Connection, sku: str) -> int:
 
 
 async def test_the_four_paths_leave_exactly_these_rows(
-    temporal: Client, admin: asyncpg.Connection
+    temporal: Orders, admin: asyncpg.Connection
 ) -> None:
     sku = await new_sku(admin, stock=10, price_cents=1250)
     empty = await new_sku(admin, stock=0)
@@ -217,18 +234,14 @@ def _kill(worker: WorkerProcess) -> None:
     pid = worker.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if worker.pid() is None:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{worker.name} survived SIGKILL")
+    assert wait_gone(pid, 10), f"{worker.name} survived SIGKILL"
 
 
 def _worker(stack: Stack, service: str) -> WorkerProcess:
     return next(w for w in stack.workers if w.service == service)
 
 
-async def test_inventory_worker_killed_mid_reservation(workers: Stack, temporal: Client) -> None:
+async def test_inventory_worker_killed_mid_reservation(workers: Stack, temporal: Orders) -> None:
     admin = await asyncpg.connect(workers.settings.admin_dsn("orders"))
     locker = await asyncpg.connect(workers.settings.admin_dsn("orders"))
     try:
@@ -258,7 +271,7 @@ async def test_inventory_worker_killed_mid_reservation(workers: Stack, temporal:
         await admin.close()
 
 
-async def test_payment_worker_killed_mid_payment(workers: Stack, temporal: Client) -> None:
+async def test_payment_worker_killed_mid_payment(workers: Stack, temporal: Orders) -> None:
     admin = await asyncpg.connect(workers.settings.admin_dsn("orders"))
     locker = await asyncpg.connect(workers.settings.admin_dsn("orders"))
     try:
@@ -288,7 +301,7 @@ async def test_payment_worker_killed_mid_payment(workers: Stack, temporal: Clien
 
 
 async def test_fifty_concurrent_orders_on_a_stock_of_twenty(
-    temporal: Client, admin: asyncpg.Connection
+    temporal: Orders, admin: asyncpg.Connection
 ) -> None:
     sku = await new_sku(admin, stock=20)
     results = await asyncio.gather(*(run(temporal, order(sku, 1)) for _ in range(50)))
@@ -307,8 +320,8 @@ async def test_fifty_concurrent_orders_on_a_stock_of_twenty(
 # ----------------------------------------------------------------------------- infrastructure
 
 
-async def _reserve_attempts(temporal: Client, order_id: str) -> int:
-    handle = temporal.get_workflow_handle(order_id)
+async def _reserve_attempts(temporal: Orders, order_id: str) -> int:
+    handle = temporal.client.get_workflow_handle(order_id)
     attempts = 0
     async for event in handle.fetch_history_events():
         if event.HasField("activity_task_started_event_attributes"):
@@ -317,7 +330,7 @@ async def _reserve_attempts(temporal: Client, order_id: str) -> int:
 
 
 async def test_revoked_credential_is_retried_not_refused(
-    workers: Stack, temporal: Client, admin: asyncpg.Connection
+    workers: Stack, temporal: Orders, admin: asyncpg.Connection
 ) -> None:
     root = hvac.Client(url=workers.settings.vault_addr, token=workers.settings.root_token())
     sku = await new_sku(admin, stock=5)
@@ -339,7 +352,7 @@ async def test_revoked_credential_is_retried_not_refused(
     assert await stock(admin, sku) == 3
 
 
-async def test_postgres_down_for_seconds_is_retried(workers: Stack, temporal: Client) -> None:
+async def test_postgres_down_for_seconds_is_retried(workers: Stack, temporal: Orders) -> None:
     admin = await asyncpg.connect(workers.settings.admin_dsn("orders"))
     sku = await new_sku(admin, stock=5)
     await admin.close()

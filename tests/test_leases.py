@@ -203,7 +203,10 @@ async def test_vault_paused_queries_go_on_and_renewal_recovers(
 ) -> None:
     vault_pid = stack.vault.pid()
     assert vault_pid is not None
-    with short_ttl(root, "order-process-payment", ttl=10, max_ttl=300):
+    # lease 30 s: renewal falls due at 20 s, inside a pause from 2 s to 21 s, which
+    # leaves 9 s after Vault returns for the retried renewal (a loaded CI machine
+    # needs the margin)
+    with short_ttl(root, "order-process-payment", ttl=30, max_ttl=300):
         async with session(stack, "payment", request_timeout=1.0) as vault:
             pool = RolePool(vault, _db(stack), "order-process-payment")
             await pool.open()
@@ -225,17 +228,21 @@ async def test_vault_paused_queries_go_on_and_renewal_recovers(
                     await asyncio.sleep(0.02)
 
             try:
-                queries = asyncio.create_task(loop(12))
-                await asyncio.sleep(1)
-                os.kill(vault_pid, signal.SIGSTOP)  # renewal falls due at ~6.7 s, in the pause
+                queries = asyncio.create_task(loop(24))
+                await asyncio.sleep(2)
+                os.kill(vault_pid, signal.SIGSTOP)
                 try:
-                    await asyncio.sleep(7)
+                    await asyncio.sleep(19)
                     assert pool.renewals == 0  # Vault really was unreachable
                 finally:
                     os.kill(vault_pid, signal.SIGCONT)
                 await queries
                 assert failures == []
                 assert ok > 100
+                for _ in range(40):  # the lease still has > 5 s: the retried renewal lands
+                    if pool.renewals:
+                        break
+                    await asyncio.sleep(0.1)
                 assert pool.renewals >= 1, "renewal recovered after Vault came back"
                 assert pool.credential.username == user
                 after = await _valid_until(admin, user)

@@ -43,11 +43,13 @@ from orders_orchestrator import worker as orchestrator_worker
 from orders_payment import worker as payment_worker
 from orders_payment.activities import PaymentActivities
 from orders_payment.provider import SimulatedProvider
-from orders_shared.client import order_status, submit_order
+from orders_shared.client import OrderNotSealedError, order_status, submit_order
+from orders_shared.codec import VaultTransit
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
 from orders_shared.contracts.common import Order, OrderLine
 from orders_shared.contracts.orchestrator import TASK_QUEUE as ORCHESTRATOR_QUEUE
 from orders_shared.errors import OutOfStock, PaymentDeclined
+from orders_shared.sealing import is_sealed, seal_order
 from orders_validate import worker as validate_worker
 from orders_validate.activities import ValidateActivities
 
@@ -66,6 +68,7 @@ def _load_support() -> ModuleType:
 
 support = _load_support()
 GroupRoleSource = support.GroupRoleSource
+Identities = support.Identities
 create_product = support.create_product
 unique = support.unique
 
@@ -122,14 +125,37 @@ async def client(stack: Stack) -> Client:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def workers(client: Client, source: GroupRoleSource) -> AsyncIterator[None]:
+async def identities(stack: Stack) -> AsyncIterator[Any]:
+    """Vault sessions of the client and the services that open sealed fields."""
+    ids = Identities(stack.settings)
+    yield ids
+    await ids.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def sealer(identities: Any) -> VaultTransit:
+    """Transit as the client identity: seals order fields to their consumers."""
+    transit: VaultTransit = await identities.transit("client")
+    return transit
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def opener(identities: Any) -> dict[str, VaultTransit]:
+    """Transit as each consuming service's own identity."""
+    return {name: await identities.transit(name) for name in ("payment", "fulfill", "notify")}
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def workers(
+    client: Client, source: GroupRoleSource, opener: dict[str, VaultTransit]
+) -> AsyncIterator[None]:
     """One worker per task queue, built by each service's own ``worker.py``."""
     services: list[tuple[str, list[Any]]] = [
         (validate.TASK_QUEUE, validate_worker.build_activities(source)),
         (inventory.TASK_QUEUE, inventory_worker.build_activities(source)),
-        (payment.TASK_QUEUE, payment_worker.build_activities(source)),
-        (fulfill.TASK_QUEUE, fulfill_worker.build_activities(source)),
-        (notify.TASK_QUEUE, notify_worker.build_activities(source)),
+        (payment.TASK_QUEUE, payment_worker.build_activities(source, opener["payment"])),
+        (fulfill.TASK_QUEUE, fulfill_worker.build_activities(source, opener["fulfill"])),
+        (notify.TASK_QUEUE, notify_worker.build_activities(source, opener["notify"])),
     ]
     async with AsyncExitStack() as stack:
         for queue, activities in services:
@@ -213,12 +239,14 @@ async def shipments(admin: asyncpg.Connection, order_id: str) -> list[tuple[Any,
 # --------------------------------------------------------------------------- workflow paths
 
 
-async def test_success(client: Client, workers: None, admin: asyncpg.Connection) -> None:
+async def test_success(
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
+) -> None:
     a = await create_product(admin, price_cents=1250, on_hand=10)
     b = await create_product(admin, price_cents=499, on_hand=5)
     order = make_order([(a, 2), (b, 1)])
 
-    submitted = await submit_order(client, order, wait=True)
+    submitted = await submit_order(client, order, wait=True, transit=sealer)
 
     result = submitted.result
     assert result is not None
@@ -258,18 +286,31 @@ async def test_success(client: Client, workers: None, admin: asyncpg.Connection)
     assert await notifications(admin, oid) == [
         ("order_completed", "ada@example.com", "order_notify")
     ]
+    # validate stored the contact fields as given: sealed, not readable in the database
+    contact = await admin.fetchrow(
+        "SELECT customer_name, email, shipping_address FROM app.customer_contacts "
+        "WHERE order_id = $1",
+        oid,
+    )
+    assert contact is not None
+    assert all(is_sealed(value) for value in contact.values())
 
     status = await order_status(client, oid)
     assert (status.workflow_status, status.step, status.path) == ("COMPLETED", "done", HAPPY_PATH)
 
 
+async def test_plain_order_is_not_submitted(client: Client) -> None:
+    with pytest.raises(OrderNotSealedError, match="not sealed"):
+        await submit_order(client, make_order([("WIDGET-1", 1)]), wait=False)
+
+
 async def test_resubmit_is_deduplicated(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     sku = await create_product(admin, price_cents=100, on_hand=5)
     order = make_order([(sku, 1)])
-    first = await submit_order(client, order, wait=True)
-    again = await submit_order(client, order, wait=True)
+    first = await submit_order(client, order, wait=True, transit=sealer)
+    again = await submit_order(client, order, wait=True, transit=sealer)
     assert (first.deduplicated, again.deduplicated) == (False, True)
     assert again.run_id == first.run_id
     assert again.result == first.result
@@ -278,13 +319,13 @@ async def test_resubmit_is_deduplicated(
 
 
 async def test_unknown_sku_is_rejected(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     known = await create_product(admin, price_cents=100, on_hand=5)
     missing = unique("NOPE")
     order = make_order([(known, 1), (missing, 1)])
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.reason_code, result.path) == (
@@ -307,12 +348,14 @@ async def test_unknown_sku_is_rejected(
     assert await notifications(admin, oid) == [("order_failed", "ada@example.com", "order_notify")]
 
 
-async def test_out_of_stock(client: Client, workers: None, admin: asyncpg.Connection) -> None:
+async def test_out_of_stock(
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
+) -> None:
     plenty = await create_product(admin, price_cents=100, on_hand=50)
     scarce = await create_product(admin, price_cents=100, on_hand=1)
     order = make_order([(plenty, 3), (scarce, 2)])
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.reason_code, result.path) == (
@@ -331,22 +374,22 @@ async def test_out_of_stock(client: Client, workers: None, admin: asyncpg.Connec
 
 
 async def test_rare_sku_of_the_demo_seed_is_out_of_stock(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     order = make_order([("RARE-4", 1)])
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
     assert result is not None
     assert (result.status, result.reason_code) == ("failed", "OutOfStock")
     assert await stock(admin, "RARE-4") == 0
 
 
 async def test_declined_payment_releases_the_reservation(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     sku = await create_product(admin, price_cents=700, on_hand=10)
     order = make_order([(sku, 3)], token="tok_decline_insufficient_funds")
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.reason_code, result.path) == (
@@ -374,12 +417,12 @@ async def test_declined_payment_releases_the_reservation(
 
 
 async def test_failure_after_payment_refunds_and_releases(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     sku = await create_product(admin, price_cents=1500, on_hand=4)
     order = make_order([(sku, 2)], address="42 UNDELIVERABLE Lane, Nowhere")
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.reason_code, result.path) == (
@@ -416,12 +459,12 @@ async def test_failure_after_payment_refunds_and_releases(
 
 
 async def test_transient_provider_error_is_retried(
-    client: Client, workers: None, admin: asyncpg.Connection
+    client: Client, workers: None, sealer: VaultTransit, admin: asyncpg.Connection
 ) -> None:
     sku = await create_product(admin, price_cents=250, on_hand=3)
     order = make_order([(sku, 1)], token="tok_transient_gateway")
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.path) == ("completed", HAPPY_PATH)
@@ -431,7 +474,11 @@ async def test_transient_provider_error_is_retried(
 
 
 async def test_expired_credential_is_retried_not_a_business_outcome(
-    client: Client, workers: None, source: GroupRoleSource, admin: asyncpg.Connection
+    client: Client,
+    workers: None,
+    sealer: VaultTransit,
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
 ) -> None:
     """An InvalidPasswordError (a revoked or expired credential) is an infrastructure
     failure: the activity is retried and the order completes, it is never declined."""
@@ -444,7 +491,7 @@ async def test_expired_credential_is_retried_not_a_business_outcome(
             times=2,
         )
 
-    result = (await submit_order(client, order, wait=True)).result
+    result = (await submit_order(client, order, wait=True, transit=sealer)).result
 
     assert result is not None
     assert (result.status, result.path, result.reason_code) == ("completed", HAPPY_PATH, None)
@@ -456,19 +503,22 @@ async def test_expired_credential_is_retried_not_a_business_outcome(
 
 
 async def test_every_activity_called_twice_changes_nothing_the_second_time(
-    source: GroupRoleSource, admin: asyncpg.Connection
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
 ) -> None:
     """A retry after a worker died after committing, or a duplicate delivery,
     must not double anything: call each activity twice directly."""
     env = ActivityEnvironment()
     sku = await create_product(admin, price_cents=1000, on_hand=10)
-    order = make_order([(sku, 3)])
+    order = await seal_order(make_order([(sku, 3)]), sealer)
     oid = order.order_id
     v = ValidateActivities(source)
     inv = InventoryActivities(source)
-    pay = PaymentActivities(source, SimulatedProvider())
-    ful = FulfillActivities(source)
-    ntf = NotifyActivities(source)
+    pay = PaymentActivities(source, SimulatedProvider(), opener["payment"])
+    ful = FulfillActivities(source, opener["fulfill"])
+    ntf = NotifyActivities(source, opener["notify"])
 
     for _ in range(2):
         priced = await env.run(v.validate_order, validate.ValidateOrderInput(order=order))
@@ -484,7 +534,7 @@ async def test_every_activity_called_twice_changes_nothing_the_second_time(
     assert first.lines == second.lines == (OrderLine(sku, 3),)
     assert await stock(admin, sku) == 7
 
-    charge = payment.ProcessPaymentInput(order_id=oid, payment_token="tok_visa")
+    charge = payment.ProcessPaymentInput(order_id=oid, payment_token=order.payment_token)
     c1 = await env.run(pay.process_payment, charge)
     c2 = await env.run(pay.process_payment, charge)
     assert c1 == c2
@@ -518,27 +568,32 @@ async def test_every_activity_called_twice_changes_nothing_the_second_time(
 
 
 async def test_declined_charge_stays_declined_on_retry(
-    source: GroupRoleSource, admin: asyncpg.Connection
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
 ) -> None:
     env = ActivityEnvironment()
     sku = await create_product(admin, price_cents=100, on_hand=1)
-    order = make_order([(sku, 1)], token="tok_decline")
+    order = await seal_order(make_order([(sku, 1)], token="tok_decline"), sealer)
     await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
-    pay = PaymentActivities(source, SimulatedProvider())
+    pay = PaymentActivities(source, SimulatedProvider(), opener["payment"])
     for _ in range(2):
         with pytest.raises(PaymentDeclined):
             await env.run(
                 pay.process_payment,
-                payment.ProcessPaymentInput(order_id=order.order_id, payment_token="tok_decline"),
+                payment.ProcessPaymentInput(
+                    order_id=order.order_id, payment_token=order.payment_token
+                ),
             )
     assert [p[:2] for p in await payments(admin, order.order_id)] == [("charge", "declined")]
 
 
 async def test_concurrent_duplicate_reservations_take_stock_once(
-    source: GroupRoleSource, admin: asyncpg.Connection
+    source: GroupRoleSource, admin: asyncpg.Connection, sealer: VaultTransit
 ) -> None:
     sku = await create_product(admin, price_cents=100, on_hand=10)
-    order = make_order([(sku, 4)])
+    order = await seal_order(make_order([(sku, 4)]), sealer)
     await ActivityEnvironment().run(
         ValidateActivities(source).validate_order, validate.ValidateOrderInput(order)
     )

@@ -156,7 +156,7 @@ def test_write_tokens_is_private_and_fresh(local_settings: StackSettings) -> Non
     issuer.ensure_signing_key(local_settings)
     assert issuer.tokens_fresh(local_settings) is False  # nothing written yet
     paths = issuer.write_tokens(local_settings, ttl=100)
-    assert sorted(p.name for p in paths) == sorted(f"{s}.jwt" for s in SERVICES)
+    assert sorted(p.name for p in paths) == sorted(f"{s}.jwt" for s in (*SERVICES, "client"))
     assert stat.S_IMODE(local_settings.identity_dir.stat().st_mode) == 0o700
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -98,6 +98,9 @@ def test_client_and_reader_policies() -> None:
         "transit/encrypt/orders-seal-*",
         f"transit/datakey/plaintext/{PAYLOAD_KEY}",
         f"transit/decrypt/{PAYLOAD_KEY}",
+        "auth/token/lookup-self",
+        "auth/token/renew-self",
+        "auth/token/revoke-self",
     }
     assert _paths(all_policies()[PAYLOAD_READER_POLICY]) == {f"transit/decrypt/{PAYLOAD_KEY}"}
 

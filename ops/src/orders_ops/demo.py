@@ -11,24 +11,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import re
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
+from orders_ops.identities import local_session
+from orders_ops.issuer import mint_user
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.stack import Stack, StackError
-from orders_shared.catalog import group_role
-from orders_shared.client import submit_order
+from orders_shared.catalog import SERVICES, group_role
+from orders_shared.client import connect, submit_order
+from orders_shared.codec import TransitDenied, VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
+from orders_shared.logging import configure_logging
 from orders_shared.order_input import parse_order
+from orders_shared.sealing import SEALED_FIELDS, seal_key
 
 
 @dataclass(frozen=True)
@@ -252,12 +262,24 @@ def _say(message: str) -> None:
 async def run_orders(
     settings: StackSettings, run: str, say: Callable[[str], None]
 ) -> list[tuple[Scenario, OrderWorkflowResult]]:
-    client = await Client.connect(settings.temporal_address)
+    # the demo submits as the client identity: it seals the sensitive fields to their
+    # consumers and encrypts every payload, exactly as 'orders submit' does
+    session = await local_session(settings, "client")
+    try:
+        return await _run_orders(settings, run, say, VaultTransit(session))
+    finally:
+        await session.close()
+
+
+async def _run_orders(
+    settings: StackSettings, run: str, say: Callable[[str], None], transit: VaultTransit
+) -> list[tuple[Scenario, OrderWorkflowResult]]:
+    client = await connect(settings.temporal_address, transit)
     results: list[tuple[Scenario, OrderWorkflowResult]] = []
 
     async def one(s: Scenario) -> None:
         t0 = time.monotonic()
-        submitted = await submit_order(client, parse_order(s.order), wait=True)
+        submitted = await submit_order(client, parse_order(s.order), wait=True, transit=transit)
         assert submitted.result is not None
         results.append((s, submitted.result))
         say(
@@ -324,12 +346,109 @@ async def report(
     return ok
 
 
+# ------------------------------------------------------------------------ what history holds
+
+SAMPLE_VALUES = ("Ada Lovelace", "ada@example.com", "12 Analytical Way", "tok_visa_4242")
+
+
+async def _stored_input(settings: StackSettings, order_id: str) -> Payload:
+    """The workflow input exactly as Temporal stores it (a client with no codec)."""
+    raw = await Client.connect(settings.temporal_address)
+    async for event in raw.get_workflow_handle(order_id).fetch_history_events():
+        if event.HasField("workflow_execution_started_event_attributes"):
+            payload: Payload = event.workflow_execution_started_event_attributes.input.payloads[0]
+            return payload
+    raise RuntimeError(f"no start event in the history of {order_id}")
+
+
+def _codec_decode(settings: StackSettings, payload: Payload, bearer: str) -> dict[str, Any]:
+    body = json.dumps({"payloads": [json.loads(json_format.MessageToJson(payload))]}).encode()
+    request = urllib.request.Request(  # noqa: S310 (the stack's loopback codec server)
+        f"{settings.codec_url}/decode",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Namespace": "default",
+            "Authorization": f"Bearer {bearer}",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        decoded = json.loads(resp.read())["payloads"][0]
+    result: dict[str, Any] = json.loads(base64.b64decode(decoded["data"]))
+    return result
+
+
+async def who_can_unseal(
+    settings: StackSettings, order: dict[str, Any]
+) -> list[tuple[str, dict[str, str]]]:
+    """For each sealed field, which identity Vault lets open it (tried for real)."""
+    names = [*SERVICES, "client"]
+    sessions = {name: await local_session(settings, name) for name in names}
+    try:
+        rows = []
+        for field, consumer in SEALED_FIELDS.items():
+            verdicts: dict[str, str] = {}
+            for name, session in sessions.items():
+                try:
+                    await VaultTransit(session).decrypt(seal_key(consumer), order[field])
+                    verdicts[name] = "opens"
+                except TransitDenied:
+                    verdicts[name] = "403"
+            rows.append((field, verdicts))
+        return rows
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
+async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]) -> bool:
+    settings = stack.settings
+    stored = await _stored_input(settings, order_id)
+    say(f"\n== What Temporal stores for {order_id}'s input ==")
+    meta = {
+        k: v.decode(errors="replace")
+        for k, v in stored.metadata.items()
+        if k in ("encoding", "encryption-key-id")
+    }
+    say(f"  metadata: {meta}")
+    say(f"  data:     {base64.b64encode(stored.data).decode()[:72]}... ({len(stored.data)} bytes)")
+    history_bytes = stored.SerializeToString()
+    leaked = [v for v in SAMPLE_VALUES if v.encode() in history_bytes]
+    say(f"  sample personal values found in it: {leaked or 'none'}")
+
+    reader = mint_user(settings, "ada-auditor")
+    decoded = await asyncio.to_thread(_codec_decode, settings, stored, reader)
+    order = decoded["order"]
+    say("\n== What the codec server shows an authorised reader (payload-reader policy) ==")
+    shown = {
+        k: (v[:24] + "..." if isinstance(v, str) and v.startswith("vault:") else v)
+        for k, v in order.items()
+    }
+    say(f"  {json.dumps(shown)}")
+    say("  the order is readable; its sensitive fields stay sealed to the services that use them")
+
+    say("\n== Who can unseal which field (each tried against Vault) ==")
+    rows = await who_can_unseal(settings, order)
+    names = list(rows[0][1])
+    say(f"  {'field':<18}" + "".join(f"{n:<13}" for n in names))
+    ok = not leaked and all(
+        isinstance(v, str) and v.startswith("vault:")
+        for f, v in order.items()
+        if f in SEALED_FIELDS
+    )
+    for field, verdicts in rows:
+        say(f"  {field:<18}" + "".join(f"{verdicts[n]:<13}" for n in names))
+        ok &= [n for n, v in verdicts.items() if v == "opens"] == [SEALED_FIELDS[field]]
+    return ok
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="orders-demo", description=__doc__)
     parser.add_argument(
         "--keep", action="store_true", help="leave the stack and workers running afterwards"
     )
     args = parser.parse_args(argv)
+    configure_logging("demo", "WARNING")  # the report is the output; library chatter is not
     started = time.monotonic()
     try:
         stack = Stack(StackSettings.from_env())
@@ -347,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = asyncio.run(run_orders(stack.settings, run, _say))
         _say("[4/4] report")
         ok = asyncio.run(report(stack, results, _say))
+        ok &= asyncio.run(payload_report(stack, results[0][1].order_id, _say))
     except StackError as exc:
         _say(f"orders-demo: error: {exc}")
     finally:

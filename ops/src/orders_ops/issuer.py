@@ -7,6 +7,13 @@ a local key that Vault's ``jwt`` auth trusts, and keeps one token file per
 service fresh. Workers read their own file and nothing else; the same worker
 code therefore runs in both modes.
 
+Besides the six services it issues the ``client`` identity (``orders-client``:
+whoever submits orders; it seals fields and encrypts payloads, and is kept
+apart from :data:`orders_shared.catalog.SERVICES`, which are the workers), and,
+on request, *user* identity tokens (``mint-user``): the stand-in for an OIDC
+provider's ID token, which the codec server exchanges at the ``oidc-readers``
+JWT auth mount for a short-lived reader token.
+
 The signing key lives with the root-only secrets (``settings.issuer_key_file``)
 and is created once by the bootstrap: creating a new key silently would leave
 Vault trusting the old one, so ``serve`` refuses to start without it.
@@ -52,6 +59,20 @@ REFRESH_AT = 0.8
 # every cycle; half of that margin says "the loop is on schedule" and still
 # leaves a worker reading the file a usable token.
 FRESH_SHARE_LEFT = (1 - REFRESH_AT) / 2
+
+CLIENT = "client"
+"""The identity that submits orders (``orders-client``): not a worker, not in SERVICES."""
+IDENTITIES: dict[str, str] = {
+    **{name: spec.identity for name, spec in SERVICES.items()},
+    CLIENT: f"orders-{CLIENT}",
+}
+"""Every ServiceAccount-shaped identity the issuer keeps a token file for."""
+
+USER_ISSUER = f"{ISSUER}/users"
+"""Issuer of user identity tokens (the local stand-in for an OIDC provider)."""
+READER_AUDIENCE = "orders-codec"
+READER_GROUP = "payload-readers"
+DEFAULT_USER_TTL = 3600
 
 # uuid5 namespace for ServiceAccount uids: stable per (namespace, service), so
 # a token re-minted after a restart names the same account.
@@ -176,9 +197,42 @@ def mint(
 
 
 def _identity(name: str) -> str:
-    if name not in SERVICES:
-        raise IssuerError(f"unknown service {name!r}; known services: {', '.join(SERVICES)}")
-    return SERVICES[name].identity
+    if name not in IDENTITIES:
+        raise IssuerError(f"unknown service {name!r}; known services: {', '.join(IDENTITIES)}")
+    return IDENTITIES[name]
+
+
+def user_claims(
+    user: str,
+    groups: Sequence[str] = (READER_GROUP,),
+    ttl: int = DEFAULT_USER_TTL,
+    *,
+    issuer: str = USER_ISSUER,
+    audience: str = READER_AUDIENCE,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The claims of a user's identity token, as an OIDC provider would issue them."""
+    issued = int(time.time() if now is None else now)
+    return {
+        "iss": issuer,
+        "sub": user,
+        "aud": audience,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "email": f"{user}@orders.local",
+        "groups": list(groups),
+    }
+
+
+def mint_user(
+    settings: StackSettings,
+    user: str,
+    groups: Sequence[str] = (READER_GROUP,),
+    ttl: int = DEFAULT_USER_TTL,
+) -> str:
+    """A user identity token signed by the local issuer (local mode of the codec server)."""
+    return sign(load_signing_key(settings), user_claims(user, groups, ttl))
 
 
 def _write_atomic(path: Path, content: str) -> None:
@@ -203,7 +257,7 @@ def write_tokens(settings: StackSettings, ttl: int = DEFAULT_TTL) -> list[Path]:
     key = load_signing_key(settings)
     now = int(time.time())  # the iat every token carries; serve schedules from it
     written: list[Path] = []
-    for name in SERVICES:
+    for name in IDENTITIES:
         token = sign(key, claims_for(settings.namespace, name, ttl, now=now))
         path = settings.token_file(name)
         _write_atomic(path, token + "\n")
@@ -243,7 +297,7 @@ def token_share_left(
 
 def tokens_fresh(settings: StackSettings) -> bool:
     """Health check: every token file exists, verifies and is not overdue for re-minting."""
-    return all(token_share_left(settings, name) > FRESH_SHARE_LEFT for name in SERVICES)
+    return all(token_share_left(settings, name) > FRESH_SHARE_LEFT for name in IDENTITIES)
 
 
 # --------------------------------------------------------------------------- serve
@@ -271,7 +325,7 @@ def serve(settings: StackSettings, ttl: int, stop: threading.Event) -> None:
     """Re-mint every token at :data:`REFRESH_AT` of its lifetime until ``stop`` is set."""
     load_signing_key(settings)  # fail now, clearly, rather than on the first refresh
     interval = max(1.0, ttl * REFRESH_AT)
-    _log(f"issuing {len(SERVICES)} tokens to {settings.identity_dir} (ttl {ttl}s)")
+    _log(f"issuing {len(IDENTITIES)} tokens to {settings.identity_dir} (ttl {ttl}s)")
     while not stop.is_set():
         # iat is whole seconds (up to 1 s before now): count from it, not from now
         issued = int(time.time())
@@ -294,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="orders-identity",
         description="Local identity issuer: ServiceAccount-shaped JWTs for process mode.",
         epilog=f"Token lifetime: {TTL_ENV} (default {DEFAULT_TTL}s). Services: "
-        + ", ".join(SERVICES),
+        + ", ".join(IDENTITIES),
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("serve", help="keep every service's token file fresh until SIGTERM")
@@ -302,6 +356,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     mint_cmd = sub.add_parser("mint", help="print one service's token (for people)")
     mint_cmd.add_argument("service")
     sub.add_parser("public-key", help="print the public key Vault trusts (PEM)")
+    user_cmd = sub.add_parser(
+        "mint-user", help="print a user identity token (a payload reader, for the codec server)"
+    )
+    user_cmd.add_argument("user")
+    user_cmd.add_argument(
+        "--group", action="append", help=f"group claim (repeatable; default {READER_GROUP})"
+    )
+    user_cmd.add_argument("--ttl", type=int, default=DEFAULT_USER_TTL, help="seconds")
     args = parser.parse_args(argv)
 
     try:
@@ -321,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"orders-identity: wrote {len(paths)} tokens to {settings.identity_dir}")
         elif args.cmd == "mint":
             print(mint(settings, args.service, ttl))
+        elif args.cmd == "mint-user":
+            print(mint_user(settings, args.user, args.group or [READER_GROUP], args.ttl))
         elif args.cmd == "public-key":
             print(public_key_pem(settings), end="")
     except (IssuerError, SettingsError) as exc:

@@ -40,6 +40,8 @@ class StackSettings:
     temporal_metrics_port: int
     vault_port: int
     postgres_port: int
+    worker_metrics_port: int = 9464  # the first of six: one /metrics port per worker
+    codec_port: int = 8081
     namespace: str = "orders"
     database: str = "orders"
 
@@ -54,6 +56,8 @@ class StackSettings:
             temporal_metrics_port=_port("ORDERS_TEMPORAL_METRICS_PORT", 7244),
             vault_port=_port("ORDERS_VAULT_PORT", 8200),
             postgres_port=_port("ORDERS_POSTGRES_PORT", 5433),
+            worker_metrics_port=_port("ORDERS_WORKER_METRICS_PORT", 9464),
+            codec_port=_port("ORDERS_CODEC_PORT", 8081),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
         )
 
@@ -87,6 +91,10 @@ class StackSettings:
     @property
     def temporal_ui_url(self) -> str:
         return f"http://{HOST}:{self.temporal_ui_port}"
+
+    @property
+    def codec_url(self) -> str:
+        return f"http://{HOST}:{self.codec_port}"
 
     @property
     def root_token_file(self) -> Path:

@@ -213,20 +213,25 @@ class Server:
             self.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, self.expect, timeout):
+        if not wait_gone(pid, timeout):
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, self.expect, 5)
+            wait_gone(pid, 5)
         self.pid_file.unlink(missing_ok=True)
         return True
 
 
-def _wait_gone(pid: int, expect: str, timeout: float) -> bool:
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has fully exited (gone or a zombie), so its ports are free.
+
+    Only called for a PID already identified as ours; an exiting process can show
+    an empty command line before it is a zombie, so identity is not checked here.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # reap if it is our child (the CLI process that started it may still be alive)
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
-        if not _pid_alive(pid, expect):
+        if not _pid_alive(pid, ""):
             return True
         time.sleep(0.05)
     return False
@@ -374,7 +379,7 @@ class Postgres(Server):
         pid = self.pid()
         if pid is not None:  # pg_ctl could not stop it: be firm
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, self.expect, 5)
+            wait_gone(pid, 5)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -465,9 +470,9 @@ class Temporal(Server):
             "--log-level",
             "warn",
         ]
-        codec = os.environ.get("ORDERS_UI_CODEC_ENDPOINT")
-        if codec:
-            argv += ["--ui-codec-endpoint", codec]
+        # the UI decodes payloads through the local codec server (the stack runs it)
+        codec = os.environ.get("ORDERS_UI_CODEC_ENDPOINT") or self.settings.codec_url
+        argv += ["--ui-codec-endpoint", codec]
         self._spawn(argv)
 
     def healthy(self) -> bool:
@@ -510,6 +515,10 @@ class IdentityIssuer(Server):
 SERVICE_NAMES = tuple(SERVICES)
 
 
+def worker_metrics_port(settings: StackSettings, service: str) -> int:
+    return settings.worker_metrics_port + SERVICE_NAMES.index(service)
+
+
 def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
     """The whole environment a worker gets: addresses and its own identity token file.
 
@@ -526,6 +535,8 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
         "VAULT_AUTH_ROLE": f"orders-{service}",
         "VAULT_TOKEN_FILE": str(settings.token_file(service)),
         "TEMPORAL_ADDRESS": settings.temporal_address,
+        "ORDERS_METRICS_HOST": HOST,
+        "ORDERS_METRICS_PORT": str(worker_metrics_port(settings, service)),
     }
     if SERVICES[service].db_roles:  # the orchestrator is not even told where Postgres is
         env |= {
@@ -541,7 +552,17 @@ class WorkerProcess(Server):
 
     def __init__(self, settings: StackSettings, service: str) -> None:
         self.service = service
-        super().__init__(f"worker-{service}", settings, {}, expect=f"orders_{service}.worker")
+        port = worker_metrics_port(settings, service)
+        super().__init__(
+            f"worker-{service}",
+            settings,
+            {"metrics": port, "sdk-metrics": port + 1000},
+            expect=f"orders_{service}.worker",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.ports['metrics']}"
 
     def _launch(self) -> None:
         if self.log_file.exists():  # keep the previous run's log for post-mortems
@@ -553,13 +574,67 @@ class WorkerProcess(Server):
 
     def healthy(self) -> bool:
         try:
-            return '"worker.started"' in self.log_file.read_text(errors="replace")
-        except OSError:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=3) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
             return False
 
     def stop(self, timeout: float = 30.0) -> bool:
         # SIGTERM lets in-flight activities finish and leases be revoked
         return super().stop(timeout)
+
+
+class LocalCodecServer(Server):
+    """The codec server in explicit local mode, for the dev server's UI (which sends no
+    token): loopback only, acting as the reader ``local-developer`` (payload-reader
+    policy: it can read payloads, not the services' sealed fields)."""
+
+    READER = "local-developer"
+
+    def __init__(self, settings: StackSettings) -> None:
+        super().__init__(
+            "codec", settings, {"http": settings.codec_port}, expect="orders_codec_server"
+        )
+
+    @property
+    def reader_token_file(self) -> Path:
+        return self.settings.identity_dir / "local-reader.jwt"
+
+    def _launch(self) -> None:
+        from orders_ops.issuer import mint_user
+
+        _write_secret(self.reader_token_file, mint_user(self.settings, self.READER))
+        ui = self.settings.temporal_ui_port
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "orders_codec_server",
+                "--host",
+                HOST,
+                "--port",
+                str(self.settings.codec_port),
+                "--vault-addr",
+                self.settings.vault_addr,
+                "--cors-origin",
+                f"http://{HOST}:{ui}",
+                "--cors-origin",
+                f"http://localhost:{ui}",
+                "--local",
+                "--local-reader-token-file",
+                str(self.reader_token_file),
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 (loopback URL we built)
+                f"{self.settings.codec_url}/healthz", timeout=1
+            ) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
 
 # --------------------------------------------------------------------------- the stack
@@ -572,16 +647,30 @@ class Stack:
         self.vault = Vault(settings)
         self.temporal = Temporal(settings)
         self.identity = IdentityIssuer(settings)
+        self.codec = LocalCodecServer(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
 
     @property
     def servers(self) -> list[Server]:
-        return [self.postgres, self.vault, self.temporal, self.identity, *self.workers]
+        return [self.postgres, self.vault, self.temporal, self.identity, self.codec, *self.workers]
 
     def workers_up(self, timeout: float = 60.0, echo: Callable[[str], None] = print) -> None:
         """Start the six workers as separate processes, each with only its identity."""
         t0 = time.monotonic()
         started = [w for w in self.workers if w.pid() is None]
+        for worker in started:
+            # a worker that just exited may hold its ports for a moment longer
+            deadline = time.monotonic() + 10
+            while True:
+                busy = [f"{k} port {p}" for k, p in worker.ports.items() if not _port_free(p)]
+                if not busy or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            if busy:
+                raise StackError(
+                    f"{worker.name}: {', '.join(busy)} on {HOST} is already in use; stop that "
+                    f"process or set ORDERS_WORKER_METRICS_PORT to another base port"
+                )
         for worker in started:
             worker.settings.log_dir.mkdir(parents=True, exist_ok=True)
             worker.settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -635,10 +724,17 @@ class Stack:
                 f"  {'identity':<9} {verb:<16} tokens in {self.settings.identity_dir}"
                 f"  ({time.monotonic() - t0:.1f}s)"
             )
+            t0 = time.monotonic()
+            started = self.codec.start(timeout)
+            verb = "started" if started else "already running"
+            echo(
+                f"  {'codec':<9} {verb:<16} {self.settings.codec_url} (local mode, reader "
+                f"{self.codec.READER}) ({time.monotonic() - t0:.1f}s)"
+            )
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         self.workers_down(echo)
-        for server in (self.identity, self.temporal, self.vault, self.postgres):
+        for server in (self.codec, self.identity, self.temporal, self.vault, self.postgres):
             stopped = server.stop()
             echo(f"  {server.name:<9} {'stopped' if stopped else 'not running'}")
 
@@ -726,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.add_argument(
         "server",
         nargs="?",
-        choices=["postgres", "vault", "temporal", "identity"]
+        choices=["postgres", "vault", "temporal", "identity", "codec"]
         + [f"worker-{name}" for name in SERVICE_NAMES],
     )
     logs.add_argument("-n", type=int, default=40, help="lines per log")

@@ -23,11 +23,14 @@ import hvac.exceptions
 import requests
 
 from orders_ops import issuer
-from orders_ops.policies import TRANSIT_MOUNT, all_policies, transit_keys
+from orders_ops.policies import PAYLOAD_READER_POLICY, TRANSIT_MOUNT, all_policies, transit_keys
 from orders_ops.settings import SettingsError, StackSettings
 from orders_shared.catalog import SERVICES, ServiceSpec
 
 JWT_MOUNT = "jwt"
+READER_MOUNT = "oidc-readers"
+"""JWT auth for people: their OIDC identity token, exchanged by the codec server."""
+READER_ROLE = "payload-reader"
 KUBERNETES_MOUNT = "kubernetes"
 AUDIT_DEVICE_PATH = "file"
 TRANSIT_KEY_TYPE = "aes256-gcm96"
@@ -260,6 +263,10 @@ def ensure_policies(client: hvac.Client) -> list[str]:
 # --------------------------------------------------------------------------- auth
 
 
+CLIENT_SPEC = ServiceSpec(issuer.CLIENT, task_queue="", db_roles=())
+"""The client identity (``orders-client``): auth roles like a service's, but no worker."""
+
+
 def _token_params(spec: ServiceSpec, ttls: TokenTTLs) -> dict[str, Any]:
     return {
         "token_policies": [spec.identity],
@@ -315,7 +322,7 @@ def ensure_jwt_auth(
             "jwt_supported_algs": [issuer.ALGORITHM],
         },
     )
-    for spec in SERVICES.values():
+    for spec in (*SERVICES.values(), CLIENT_SPEC):
         changes += _write_if_changed(
             client,
             f"auth/{mount}/role/{spec.identity}",
@@ -352,10 +359,91 @@ def ensure_kubernetes_auth(
                 "ORDERS_KUBERNETES_CA_FILE is not set (process mode logs in with jwt auth; "
                 "set ORDERS_KUBERNETES_CA_FILE and ORDERS_KUBERNETES_HOST to use it)"
             )
-    for spec in SERVICES.values():
+    for spec in (*SERVICES.values(), CLIENT_SPEC):
         changes += _write_if_changed(
             client, f"auth/{mount}/role/{spec.identity}", kubernetes_role(settings, spec, ttls)
         )
+    return changes
+
+
+@dataclass(frozen=True)
+class ReaderAuthConfig:
+    """Who may read payloads through the codec server: users of an OIDC provider in a group.
+
+    Either ``oidc_discovery_url`` (a real provider: Vault fetches its keys) or
+    ``pubkeys`` (PEM public keys; by default the local issuer's, which signs
+    ``orders-identity mint-user`` tokens). Environment:
+    ``ORDERS_READER_OIDC_DISCOVERY_URL``, ``ORDERS_READER_ISSUER``,
+    ``ORDERS_READER_AUDIENCE`` [orders-codec], ``ORDERS_READER_GROUP`` [payload-readers],
+    ``ORDERS_READER_GROUPS_CLAIM`` [groups].
+    """
+
+    bound_issuer: str = issuer.USER_ISSUER
+    pubkeys: tuple[str, ...] = ()
+    oidc_discovery_url: str | None = None
+    audience: str = issuer.READER_AUDIENCE
+    group: str = issuer.READER_GROUP
+    groups_claim: str = "groups"
+    token_ttl: int = 300
+    token_max_ttl: int = 900
+
+    @classmethod
+    def from_env(cls, settings: StackSettings) -> ReaderAuthConfig:
+        discovery = os.environ.get("ORDERS_READER_OIDC_DISCOVERY_URL") or None
+        return cls(
+            bound_issuer=os.environ.get("ORDERS_READER_ISSUER") or issuer.USER_ISSUER,
+            pubkeys=() if discovery else (issuer.public_key_pem(settings),),
+            oidc_discovery_url=discovery,
+            audience=os.environ.get("ORDERS_READER_AUDIENCE") or issuer.READER_AUDIENCE,
+            group=os.environ.get("ORDERS_READER_GROUP") or issuer.READER_GROUP,
+            groups_claim=os.environ.get("ORDERS_READER_GROUPS_CLAIM") or "groups",
+        )
+
+    def as_config(self) -> dict[str, Any]:
+        if self.oidc_discovery_url:
+            return {
+                "oidc_discovery_url": self.oidc_discovery_url,
+                "bound_issuer": self.bound_issuer,
+            }
+        return {
+            "jwt_validation_pubkeys": list(self.pubkeys),
+            "bound_issuer": self.bound_issuer,
+            "jwt_supported_algs": [issuer.ALGORITHM],
+        }
+
+    def reader_role(self) -> dict[str, Any]:
+        return {
+            "role_type": "jwt",
+            "bound_audiences": [self.audience],
+            "user_claim": "sub",
+            "groups_claim": self.groups_claim,
+            # only members of the reader group; any one of the user's groups may match
+            "bound_claims": {self.groups_claim: [self.group]},
+            "bound_claims_type": "string",
+            "token_policies": [PAYLOAD_READER_POLICY],
+            "token_no_default_policy": True,
+            "token_ttl": self.token_ttl,
+            "token_max_ttl": self.token_max_ttl,
+            "token_type": "service",
+        }
+
+
+def ensure_reader_auth(
+    client: hvac.Client, config: ReaderAuthConfig, *, mount: str = READER_MOUNT
+) -> list[str]:
+    """JWT auth for people who read payloads: role ``payload-reader`` for the reader group.
+
+    The codec server exchanges a user's identity token here for a short-lived
+    token with policy ``payload-reader`` and decrypts with it.
+    """
+    changes = _ensure_auth_method(client, mount, "jwt")
+    changes += _write_if_changed(client, f"auth/{mount}/config", config.as_config())
+    changes += _write_if_changed(
+        client,
+        f"auth/{mount}/role/{READER_ROLE}",
+        config.reader_role(),
+        extra={"allowed_redirect_uris": []},
+    )
     return changes
 
 
@@ -424,4 +512,5 @@ def configure_vault(
     changes += ensure_policies(client)
     changes += ensure_jwt_auth(client, settings, ttls)
     changes += ensure_kubernetes_auth(client, settings, ttls, kubernetes, notes=notes)
+    changes += ensure_reader_auth(client, ReaderAuthConfig.from_env(settings))
     return changes

@@ -15,16 +15,28 @@ doing anything twice.
 
 The dedup is by id only: a resubmit with the same id but other content gets
 the original order's outcome, not a new order.
+
+Payload protection: the order's sensitive fields are sealed to their consuming
+services before the workflow starts (:mod:`orders_shared.sealing`); a plain
+order is never submitted. The client itself runs as the ``orders-client``
+identity (:func:`client_vault_config`) and connects with the encrypting data
+converter (:func:`connect`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from orders_shared.codec import TransitClient, data_converter
+from orders_shared.config import ConfigError, VaultConfig
 from orders_shared.contracts.common import Order
 from orders_shared.contracts.orchestrator import (
     CURRENT_STEP_QUERY,
@@ -34,6 +46,64 @@ from orders_shared.contracts.orchestrator import (
     OrderWorkflowInput,
     OrderWorkflowResult,
 )
+from orders_shared.sealing import is_sealed_order, seal_order
+
+CLIENT_IDENTITY = "orders-client"
+"""The Vault auth role and policy of whoever submits orders (not one of the six workers)."""
+
+
+class OrderNotSealedError(ValueError):
+    """An order with plain sensitive fields and no Transit client to seal them with."""
+
+
+def client_vault_config(
+    env: Mapping[str, str] | None = None,
+    *,
+    default_addr: str | None = None,
+    default_token_file: Path | None = None,
+) -> VaultConfig:
+    """How the client logs in to Vault, from the environment.
+
+    ``VAULT_ADDR``, ``VAULT_AUTH_METHOD`` [jwt], ``VAULT_AUTH_MOUNT`` [the method],
+    ``VAULT_AUTH_ROLE`` [orders-client], ``VAULT_TOKEN_FILE`` (the client's identity
+    token; locally ``<state>/identity/client.jwt``), ``VAULT_TOKEN`` (method token only).
+    """
+    e = os.environ if env is None else env
+    addr = (e.get("VAULT_ADDR") or default_addr or "").strip()
+    if not addr:
+        raise ConfigError("VAULT_ADDR is not set: the client seals order fields with Vault")
+    method = (e.get("VAULT_AUTH_METHOD") or "jwt").strip()
+    if method not in ("jwt", "kubernetes", "token"):
+        raise ConfigError(f"VAULT_AUTH_METHOD={method!r} is not supported: use jwt, kubernetes")
+    raw_file = (e.get("VAULT_TOKEN_FILE") or "").strip()
+    token_file = Path(raw_file) if raw_file else default_token_file
+    if method != "token" and (token_file is None or not token_file.is_file()):
+        raise ConfigError(
+            f"VAULT_TOKEN_FILE={str(token_file) if token_file else ''!r} does not exist: point "
+            "it at the client's identity token (locally 'orders-stack up' writes "
+            "<state>/identity/client.jwt)"
+        )
+    static = (e.get("VAULT_TOKEN") or "").strip() or None if method == "token" else None
+    if method == "token" and static is None:
+        raise ConfigError("VAULT_TOKEN is not set (VAULT_AUTH_METHOD=token)")
+    return VaultConfig(
+        addr=addr.rstrip("/"),
+        auth_method=method,  # type: ignore[arg-type]
+        auth_mount=(e.get("VAULT_AUTH_MOUNT") or method).strip(),
+        auth_role=(e.get("VAULT_AUTH_ROLE") or CLIENT_IDENTITY).strip(),
+        token_file=token_file or Path("/nonexistent"),
+        request_timeout=5.0,
+        static_token=static,
+    )
+
+
+async def connect(
+    address: str, transit: TransitClient, *, namespace: str = "default", **options: Any
+) -> Client:
+    """A Temporal client whose payloads and failures are encrypted (see orders_shared.codec)."""
+    return await Client.connect(
+        address, namespace=namespace, data_converter=data_converter(transit, **options)
+    )
 
 
 @dataclass(frozen=True)
@@ -60,9 +130,25 @@ class OrderStatus:
 
 
 async def submit_order(
-    client: Client, order: Order, *, wait: bool, task_queue: str = TASK_QUEUE
+    client: Client,
+    order: Order,
+    *,
+    wait: bool,
+    task_queue: str = TASK_QUEUE,
+    transit: TransitClient | None = None,
 ) -> SubmittedOrder:
-    """Start the order's workflow (once per order id); with ``wait``, return its result too."""
+    """Start the order's workflow (once per order id); with ``wait``, return its result too.
+
+    Plain sensitive fields are sealed first with ``transit`` (the client's
+    identity); without it only an already sealed order is accepted.
+    """
+    if not is_sealed_order(order):
+        if transit is None:
+            raise OrderNotSealedError(
+                "the order's sensitive fields are not sealed: pass transit= (the client's "
+                "Transit access) or seal it with orders_shared.sealing.seal_order"
+            )
+        order = await seal_order(order, transit)
     deduplicated = False
     handle: WorkflowHandle[object, OrderWorkflowResult]
     try:

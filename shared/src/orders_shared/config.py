@@ -20,6 +20,12 @@ Variables (defaults in brackets):
 ``ORDERS_DB_POOL_MAX``          connections per database role [10]
 ``TEMPORAL_ADDRESS``            host:port of the Temporal frontend [127.0.0.1:7233]
 ``TEMPORAL_NAMESPACE``          [default]
+``ORDERS_METRICS_HOST`` / ``ORDERS_METRICS_PORT``
+                                where /healthz, /readyz and /metrics listen [0.0.0.0 / 9464]
+``ORDERS_SDK_METRICS_PORT``     loopback port of the Temporal SDK's own metrics, which
+                                /metrics re-exports [ORDERS_METRICS_PORT + 1000]
+``ORDERS_SHUTDOWN_GRACE``       seconds in-flight activities get after SIGTERM [20]
+``ORDERS_LOG_LEVEL``            [INFO]
 
 There is deliberately no variable for a database password: credentials only
 ever come from Vault.
@@ -167,6 +173,32 @@ class TemporalConfig:
 
 
 @dataclass(frozen=True)
+class OperationsConfig:
+    metrics_host: str
+    metrics_port: int
+    sdk_metrics_port: int
+    shutdown_grace: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperationsConfig:
+        e = _Env(os.environ if env is None else env)
+        port = e.whole("ORDERS_METRICS_PORT", 9464, 1, 65535)
+        level = e.text("ORDERS_LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"ORDERS_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            metrics_host=e.text("ORDERS_METRICS_HOST", "0.0.0.0"),  # noqa: S104 (probes)
+            metrics_port=port,
+            sdk_metrics_port=e.whole(
+                "ORDERS_SDK_METRICS_PORT", port + 1000 if port <= 64535 else port - 1000, 1, 65535
+            ),
+            shutdown_grace=e.seconds("ORDERS_SHUTDOWN_GRACE", 20.0, 0.0, 3600.0),
+            log_level=level,
+        )
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Everything one service's worker process needs, validated at start."""
 
@@ -174,6 +206,7 @@ class WorkerConfig:
     vault: VaultConfig
     database: DatabaseConfig
     temporal: TemporalConfig
+    operations: OperationsConfig
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -183,4 +216,5 @@ class WorkerConfig:
             vault=VaultConfig.from_env(service, env),
             database=DatabaseConfig.from_env(env),
             temporal=TemporalConfig.from_env(env),
+            operations=OperationsConfig.from_env(env),
         )

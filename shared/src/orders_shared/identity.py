@@ -28,6 +28,12 @@ import requests
 import structlog
 
 from orders_shared.config import VaultConfig
+from orders_shared.metrics import (
+    VAULT_LOGINS,
+    VAULT_REQUESTS,
+    VAULT_TOKEN_RENEWALS,
+    VAULT_TOKEN_SECONDS_LEFT,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -80,12 +86,27 @@ class VaultSession:
         self.logins = 0
         self.renewals = 0
         self._login_listeners: list[Callable[[], None]] = []
+        VAULT_TOKEN_SECONDS_LEFT.set_function(lambda: self.token_seconds_left)
 
     # -- calls ---------------------------------------------------------------------
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a blocking hvac call on the Vault thread pool."""
+        """Run a blocking hvac call on the Vault thread pool (metrics label: its name)."""
+        return await self.request(getattr(fn, "__name__", "call"), fn, *args, **kwargs)
+
+    async def request(
+        self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Like :meth:`call`, with an explicit operation name for the metrics."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            result = await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
+        except BaseException as exc:
+            VAULT_REQUESTS.labels(operation, _outcome(exc)).inc()
+            raise
+        VAULT_REQUESTS.labels(operation, "ok").inc()
+        return result
 
     @property
     def client(self) -> hvac.Client:
@@ -155,6 +176,7 @@ class VaultSession:
         self._set_token_state(float(auth["lease_duration"]), bool(auth["renewable"]))
         self.policies = tuple(auth.get("token_policies") or auth.get("policies") or ())
         self.logins += 1
+        VAULT_LOGINS.inc()
         if self.logins > 1:
             for callback in list(self._login_listeners):
                 callback()
@@ -217,6 +239,7 @@ class VaultSession:
         auth = resp["auth"]
         granted = float(auth["lease_duration"])
         self.renewals += 1
+        VAULT_TOKEN_RENEWALS.inc()
         if granted < self.token_ttl / 3:
             # capped by the token's max TTL: a fresh login costs less than running dry
             await self.login()
@@ -238,6 +261,16 @@ class VaultSession:
             except (*VAULT_UNAVAILABLE, hvac.exceptions.VaultError) as exc:
                 log.warning("vault.revoke_self_failed", error=type(exc).__name__)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, VAULT_UNAVAILABLE):
+        return "unavailable"
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return "denied"
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        return "invalid"
+    return "error"
 
 
 def _first_error(exc: hvac.exceptions.VaultError) -> str:

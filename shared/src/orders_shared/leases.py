@@ -33,6 +33,12 @@ import structlog
 from orders_shared.config import DatabaseConfig
 from orders_shared.db import Connection
 from orders_shared.identity import VAULT_UNAVAILABLE, Backoff, VaultSession
+from orders_shared.metrics import (
+    DB_CREDENTIALS_ISSUED,
+    DB_LEASE_RENEWALS,
+    DB_LEASE_ROTATIONS,
+    DB_LEASE_SECONDS_LEFT,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +91,11 @@ class RolePool:
         self.issued = 0
         self.renewals = 0
         self.rotations = 0
+        for counter in (DB_CREDENTIALS_ISSUED, DB_LEASE_RENEWALS, DB_LEASE_ROTATIONS):
+            counter.labels(db_role)  # exported at 0 from the start, not only once it moves
+        DB_LEASE_SECONDS_LEFT.labels(db_role).set_function(
+            lambda: self._cred.seconds_left if self._cred else 0.0
+        )
 
     # -- public ------------------------------------------------------------------------
     @property
@@ -122,7 +133,8 @@ class RolePool:
         self._in_flight[generation] += 1
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                with structlog.contextvars.bound_contextvars(db_role=self.db_role):
+                    yield conn
         except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
             # Postgres refused the credential (revoked out of band, or expired while
             # Vault was away): ask for a new one now rather than at the next renewal.
@@ -155,6 +167,7 @@ class RolePool:
         self._cred = new
         self._generation += 1
         self.rotations += 1
+        DB_LEASE_ROTATIONS.labels(self.db_role).inc()
         log.info("db.credential_rotated", db_role=self.db_role, lease_ttl=new.ttl)
         if old is not None:
             task = asyncio.create_task(self._drain_then_revoke(old, old_generation))
@@ -199,6 +212,7 @@ class RolePool:
                 f"Vault could not issue a credential for {self.db_role}: {exc}"
             ) from None
         self.issued += 1
+        DB_CREDENTIALS_ISSUED.labels(self.db_role).inc()
         ttl = float(resp["lease_duration"])
         log.info("db.credential_issued", db_role=self.db_role, lease_ttl=ttl)
         return Credential(
@@ -214,7 +228,8 @@ class RolePool:
     async def _renew(self, cred: Credential) -> float:
         # The URL form (sys/leases/renew/<lease id>) lets the policy scope renewal to
         # this role's own leases; the body form would need renew rights on every lease.
-        resp = await self.vault.call(
+        resp = await self.vault.request(
+            "lease_renew",
             self.vault.client.adapter.put,
             f"/v1/sys/leases/renew/{cred.lease_id}",
             json={"increment": int(cred.ttl)},
@@ -222,13 +237,16 @@ class RolePool:
         granted = float(resp["lease_duration"])
         cred.expires_at = time.monotonic() + granted
         self.renewals += 1
+        DB_LEASE_RENEWALS.labels(self.db_role).inc()
         return granted
 
     async def _revoke(self, cred: Credential) -> None:
         for attempt in range(5):
             try:
-                await self.vault.call(
-                    self.vault.client.adapter.put, f"/v1/sys/leases/revoke/{cred.lease_id}"
+                await self.vault.request(
+                    "lease_revoke",
+                    self.vault.client.adapter.put,
+                    f"/v1/sys/leases/revoke/{cred.lease_id}",
                 )
                 log.info("db.credential_revoked", db_role=self.db_role)
                 return

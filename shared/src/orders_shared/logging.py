@@ -41,6 +41,33 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class CurrentStderr:
+    """A file object that writes to whatever ``sys.stderr`` is at the time of writing.
+
+    A logger configured once keeps its file object; test runners (and some
+    embedding hosts) swap ``sys.stderr`` later, and a log line from a background
+    task must never fail on a stream that has since been closed.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler bound to the current ``sys.stderr`` at each record."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON logs on stderr for ``service``; also routes stdlib logging (Temporal SDK) there."""
     numeric = logging.getLevelName(level.upper())
@@ -59,11 +86,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

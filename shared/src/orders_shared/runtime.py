@@ -1,9 +1,13 @@
-"""The boilerplate every worker shares: config, identity, credentials, Temporal, shutdown.
+"""The boilerplate every worker shares: config, identity, credentials, Temporal, operations.
 
-A service's ``worker.py`` is three lines: it names itself and hands over its
-activities (or workflows). Everything a worker is given comes from its own
-identity: it logs in to Vault with its identity token, gets credentials only
-for its own database roles, and polls only its own task queue.
+A service's ``worker.py`` only names itself and hands over its activities (or
+workflows). Everything a worker is given comes from its own identity: it logs
+in to Vault with its identity token, gets credentials only for its own
+database roles, and polls only its own task queue.
+
+Shutdown (SIGTERM or SIGINT): stop polling, give in-flight activities the
+grace period to finish, close the pools and revoke every lease, revoke the
+Vault token, exit 0.
 """
 
 from __future__ import annotations
@@ -17,20 +21,50 @@ from typing import Any
 
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from orders_shared.catalog import service as lookup_service
+from orders_shared.codec import TransitClient, VaultTransit, data_converter
 from orders_shared.config import ConfigError, WorkerConfig
 from orders_shared.db import ConnectionSource
+from orders_shared.health import HealthServer
 from orders_shared.identity import VaultLoginError, VaultSession
+from orders_shared.interceptors import ObservabilityInterceptor
 from orders_shared.leases import CredentialError, LeasedPools
 from orders_shared.logging import configure_logging
 
 log = structlog.get_logger(__name__)
 
-ActivityFactory = Callable[[ConnectionSource], Sequence[Callable[..., Any]]]
+ActivityFactory = Callable[[ConnectionSource, TransitClient], Sequence[Callable[..., Any]]]
+"""``build_activities(db, transit)``: a service's activities, bound to its database roles
+and to Transit as its own identity (to open the sealed fields that are its to read)."""
 
-GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+
+def readiness_checks(
+    vault: VaultSession, pools: LeasedPools, client: Client
+) -> dict[str, Callable[[], Any]]:
+    """What /readyz asks: can this worker do its job right now?"""
+
+    async def temporal() -> None:
+        if not await client.service_client.check_health(timeout=timedelta(seconds=2)):
+            raise RuntimeError("Temporal frontend reports not serving")
+
+    async def vault_check() -> None:
+        if not vault.logged_in:
+            raise RuntimeError("no valid Vault token")
+        # the token is checked with Vault itself: a paused or sealed Vault is not ready
+        await vault.request("readiness", vault.client.auth.token.lookup_self)
+
+    checks: dict[str, Callable[[], Any]] = {"temporal": temporal, "vault": vault_check}
+    for role in pools.pools:
+
+        async def database(role: str = role) -> None:
+            async with pools.connection(role) as conn:
+                await conn.fetchval("SELECT 1")
+
+        checks[f"database:{role}"] = database
+    return checks
 
 
 async def serve(
@@ -42,36 +76,62 @@ async def serve(
 ) -> None:
     """Run one service's worker until ``stop`` is set (SIGTERM/SIGINT set it)."""
     config = WorkerConfig.from_env(service)
+    ops = config.operations
     spec = lookup_service(service)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{ops.sdk_metrics_port}"),
+            global_tags={"service": service},
+        )
+    )
     vault = VaultSession(config.vault)
-    await vault.login()
-    vault.start()
     pools = LeasedPools(vault, config.database, spec.db_roles)
+    health: HealthServer | None = None
     try:
+        await vault.login()
+        vault.start()
         await pools.open()
-        client = await Client.connect(config.temporal.address, namespace=config.temporal.namespace)
+        transit = VaultTransit(vault)
+        # every payload and failure this worker writes to history is encrypted
+        client = await Client.connect(
+            config.temporal.address,
+            namespace=config.temporal.namespace,
+            runtime=runtime,
+            data_converter=data_converter(transit),
+        )
+        health = HealthServer(
+            ops.metrics_host,
+            ops.metrics_port,
+            readiness_checks(vault, pools, client),
+            sdk_metrics_url=f"http://127.0.0.1:{ops.sdk_metrics_port}/metrics",
+        )
+        await health.start()
         worker = Worker(
             client,
             task_queue=spec.task_queue,
-            activities=list(activities(pools)) if activities else [],
+            activities=list(activities(pools, transit)) if activities else [],
             workflows=list(workflows),
-            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=[ObservabilityInterceptor()],
+            graceful_shutdown_timeout=timedelta(seconds=ops.shutdown_grace),
         )
         log.info(
             "worker.started",
             task_queue=spec.task_queue,
             db_roles=list(spec.db_roles),
             vault_policies=list(vault.policies),
+            metrics_port=ops.metrics_port,
         )
         async with worker:
             await stop.wait()
-            log.info("worker.stopping", grace_seconds=GRACEFUL_SHUTDOWN.total_seconds())
+            log.info("worker.stopping", grace_seconds=ops.shutdown_grace)
     finally:
+        if health is not None:
+            await health.stop()
         await pools.close()
         await vault.close()
         log.info("worker.stopped")
@@ -84,12 +144,14 @@ def run_service(
     workflows: Sequence[type] = (),
 ) -> None:
     """Entry point for ``orders-<service>-worker``: exit 0 on SIGTERM, 2 on bad config."""
-    configure_logging(service)
     try:
-        asyncio.run(serve(service, activities=activities, workflows=workflows))
+        level = WorkerConfig.from_env(service).operations.log_level
     except ConfigError as exc:
         print(f"orders-{service}-worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    configure_logging(service, level)
+    try:
+        asyncio.run(serve(service, activities=activities, workflows=workflows))
     except (VaultLoginError, CredentialError) as exc:
         log.error("worker.start_failed", error=str(exc))
         sys.exit(3)

@@ -9,6 +9,9 @@ order id, so a retry or a duplicate computes the same row and the table's
 An address containing ``UNDELIVERABLE`` is refused with
 :class:`FulfillmentFailed`: the simulated carrier will not take it. It comes
 after payment, so it drives the refund path.
+
+The address on file is sealed to this service (Transit key
+``orders-seal-fulfill``); it is opened with the service's own identity.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import hashlib
 
 from temporalio import activity
 
+from orders_shared.codec import TransitClient
 from orders_shared.contracts.fulfill import FULFILL_ORDER, FulfillOrderInput, FulfillOrderOutput
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import FulfillmentFailed, OrderStateConflict
+from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-fulfill"
 CARRIER = "sim-post"
@@ -32,8 +37,9 @@ def tracking_id_for(order_id: str) -> str:
 
 
 class FulfillActivities:
-    def __init__(self, db: ConnectionSource) -> None:
+    def __init__(self, db: ConnectionSource, transit: TransitClient) -> None:
         self.db = db
+        self.transit = transit  # opens the address sealed to this service
 
     @activity.defn(name=FULFILL_ORDER)
     async def fulfill_order(self, inp: FulfillOrderInput) -> FulfillOrderOutput:
@@ -43,12 +49,13 @@ class FulfillActivities:
                 inp.order_id,
             )
             if shipped is None:
-                address = await conn.fetchval(
+                sealed = await conn.fetchval(
                     "SELECT shipping_address FROM app.customer_contacts WHERE order_id = $1",
                     inp.order_id,
                 )
-                if address is None:
+                if sealed is None:
                     raise OrderStateConflict("order has no shipping address on file")
+                address = await open_in_activity(self.transit, "fulfill", sealed)
                 if UNDELIVERABLE_MARKER in address.upper():
                     raise FulfillmentFailed("the carrier cannot deliver to the address on file")
                 await conn.execute(

@@ -10,14 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from orders_fulfill.activities import FulfillActivities
+from orders_shared.codec import TransitClient
 from orders_shared.db import ConnectionSource
 
 SERVICE = "fulfill"
 
 
-def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
-    """The activities this service hosts, bound to a connection source."""
-    acts = FulfillActivities(db)
+def build_activities(db: ConnectionSource, transit: TransitClient) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source and to Transit
+    as this service's own identity (it opens the sealed field that is its to read)."""
+    acts = FulfillActivities(db, transit)
     return [acts.fulfill_order]
 
 

@@ -10,13 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 from orders_inventory.activities import InventoryActivities
+from orders_shared.codec import TransitClient
 from orders_shared.db import ConnectionSource
 
 SERVICE = "inventory"
 
 
-def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
-    """The activities this service hosts, bound to a connection source."""
+def build_activities(
+    db: ConnectionSource, transit: TransitClient | None = None
+) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source.
+
+    ``transit`` is part of every service's factory signature; this service opens
+    no sealed field, so it does not use it.
+    """
     acts = InventoryActivities(db)
     return [acts.reserve_inventory, acts.release_inventory]
 

@@ -15,12 +15,17 @@ recorded as ``failed`` cannot become ``completed``
 The message text is chosen from the reason *code*: no internal error text and
 no other customer data than the name reaches the body. Nothing is sent: a
 separate sender would deliver from the outbox.
+
+The customer's name and email are stored sealed to this service (Transit key
+``orders-seal-notify``); they are opened with the service's own identity to
+write the outbox message (the sender needs the address).
 """
 
 from __future__ import annotations
 
 from temporalio import activity
 
+from orders_shared.codec import TransitClient
 from orders_shared.contracts.common import OrderOutcome
 from orders_shared.contracts.notify import (
     NOTIFY_CUSTOMER,
@@ -35,6 +40,7 @@ from orders_shared.errors import (
     OutOfStock,
     PaymentDeclined,
 )
+from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-notify"
 
@@ -93,8 +99,9 @@ def _status_reason(inp: NotifyCustomerInput) -> str | None:
 
 
 class NotifyActivities:
-    def __init__(self, db: ConnectionSource) -> None:
+    def __init__(self, db: ConnectionSource, transit: TransitClient) -> None:
         self.db = db
+        self.transit = transit  # opens the name and email sealed to this service
 
     @activity.defn(name=NOTIFY_CUSTOMER)
     async def notify_customer(self, inp: NotifyCustomerInput) -> NotifyCustomerOutput:
@@ -109,9 +116,9 @@ class NotifyActivities:
                 return NotifyCustomerOutput(
                     order_id=inp.order_id, notified=False, already_notified=False
                 )
-            kind, subject, body = compose(
-                inp.order_id, contact["customer_name"], inp.outcome, inp.reason_code
-            )
+            name = await open_in_activity(self.transit, "notify", contact["customer_name"])
+            email = await open_in_activity(self.transit, "notify", contact["email"])
+            kind, subject, body = compose(inp.order_id, name, inp.outcome, inp.reason_code)
             inserted = await conn.fetchval(
                 """
                 INSERT INTO app.notifications (order_id, kind, recipient, subject, body)
@@ -121,7 +128,7 @@ class NotifyActivities:
                 """,
                 inp.order_id,
                 kind,
-                contact["email"],
+                email,
                 subject,
                 body,
             )

@@ -10,14 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from orders_notify.activities import NotifyActivities
+from orders_shared.codec import TransitClient
 from orders_shared.db import ConnectionSource
 
 SERVICE = "notify"
 
 
-def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
-    """The activities this service hosts, bound to a connection source."""
-    acts = NotifyActivities(db)
+def build_activities(db: ConnectionSource, transit: TransitClient) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source and to Transit
+    as this service's own identity (it opens the sealed field that is its to read)."""
+    acts = NotifyActivities(db, transit)
     return [acts.notify_customer]
 
 

@@ -7,6 +7,10 @@ the table's ``UNIQUE (order_id, kind)``. The provider is called *outside* any
 database transaction, so no connection is held across a network call; if the
 worker dies after the provider call, the retry calls the provider again with
 the same key, gets the same answer and records it.
+
+The payment token arrives sealed to this service (Transit key
+``orders-seal-payment``): it is opened with the service's own identity right
+before the provider call and goes nowhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 from temporalio import activity
 
 from orders_payment.provider import ChargeRequest, PaymentProvider, RefundRequest
+from orders_shared.codec import TransitClient
 from orders_shared.contracts.payment import (
     PROCESS_PAYMENT,
     REFUND_PAYMENT,
@@ -26,6 +31,7 @@ from orders_shared.contracts.payment import (
 )
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import OrderStateConflict, PaymentDeclined
+from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-process-payment"
 
@@ -46,9 +52,12 @@ def _key(order_id: str, kind: str) -> str:
 
 
 class PaymentActivities:
-    def __init__(self, db: ConnectionSource, provider: PaymentProvider) -> None:
+    def __init__(
+        self, db: ConnectionSource, provider: PaymentProvider, transit: TransitClient
+    ) -> None:
         self.db = db
         self.provider = provider
+        self.transit = transit  # opens the payment token sealed to this service
 
     async def _recorded(
         self, conn: asyncpg.Connection | PoolConnectionProxy, order_id: str, kind: str
@@ -72,11 +81,12 @@ class PaymentActivities:
                         "order is not recorded as an accepted order; nothing to charge"
                     )
                 key = _key(inp.order_id, "charge")
+                payment_token = await open_in_activity(self.transit, "payment", inp.payment_token)
                 # Outside a transaction: the connection is idle while we wait for the provider.
                 result = await self.provider.charge(
                     ChargeRequest(
                         idempotency_key=key,
-                        payment_token=inp.payment_token,
+                        payment_token=payment_token,
                         amount_cents=order["total_cents"],
                         currency=order["currency"],
                     )

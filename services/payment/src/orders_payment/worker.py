@@ -11,14 +11,16 @@ from typing import Any
 
 from orders_payment.activities import PaymentActivities
 from orders_payment.provider import SimulatedProvider
+from orders_shared.codec import TransitClient
 from orders_shared.db import ConnectionSource
 
 SERVICE = "payment"
 
 
-def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
-    """The activities this service hosts, bound to a connection source."""
-    acts = PaymentActivities(db, SimulatedProvider())
+def build_activities(db: ConnectionSource, transit: TransitClient) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source and to Transit
+    as this service's own identity (it opens the sealed field that is its to read)."""
+    acts = PaymentActivities(db, SimulatedProvider(), transit)
     return [acts.process_payment, acts.refund_payment]
 
 

@@ -13,6 +13,11 @@ the contact kept so the customer can be told) and refused with
 :class:`OrderRejected`. An order that breaks a shape rule (possible only when
 the workflow was started around the client's checks) is refused without being
 recorded: its fields may not fit the table's constraints.
+
+The sensitive fields (name, email, address, payment token) arrive sealed to
+the services that consume them (:mod:`orders_shared.sealing`): this service
+cannot read them, checks only that they are sealed, and stores the contact
+fields as given. A plain (unsealed) order is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from orders_shared.contracts.validate import (
 )
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import OrderRejected
-from orders_shared.order_input import OrderInputError, check_order
+from orders_shared.order_input import OrderInputError
+from orders_shared.sealing import check_sealed_order
 
 DB_ROLE = "order-validate"
 
@@ -93,7 +99,7 @@ class ValidateActivities:
     async def validate_order(self, inp: ValidateOrderInput) -> ValidateOrderOutput:
         order = inp.order
         try:
-            check_order(order)
+            check_sealed_order(order)
         except OrderInputError as bad:
             raise OrderRejected(f"invalid order: {bad}") from None
 

@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orders_shared.codec import TransitClient
 from orders_shared.db import ConnectionSource
 from orders_validate.activities import ValidateActivities
 
 SERVICE = "validate"
 
 
-def build_activities(db: ConnectionSource) -> list[Callable[..., Any]]:
-    """The activities this service hosts, bound to a connection source."""
+def build_activities(
+    db: ConnectionSource, transit: TransitClient | None = None
+) -> list[Callable[..., Any]]:
+    """The activities this service hosts, bound to a connection source.
+
+    ``transit`` is part of every service's factory signature; this service opens
+    no sealed field, so it does not use it.
+    """
     acts = ValidateActivities(db)
     return [acts.validate_order]
 

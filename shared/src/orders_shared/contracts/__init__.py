@@ -7,9 +7,10 @@ modules are the one source of truth both sides compile against. They import
 nothing but the standard library and :mod:`orders_shared.catalog`, so they
 are safe inside Temporal's workflow sandbox.
 
-Sensitive fields (payment token, email, shipping address) travel as plain
-strings here; field sealing to their consuming service is layered on by the
-payload codec, not by changing these types.
+Sensitive fields (payment token, email, shipping address, customer name) are
+``str`` here but carry Transit ciphertext (``vault:v1:...``) sealed to the
+service that consumes them (:mod:`orders_shared.sealing`); the payload codec
+encrypts every payload on top of that.
 
 (No ``from __future__ import annotations`` in these modules: Temporal's data
 converter resolves dataclass field types with ``typing.get_type_hints``, which

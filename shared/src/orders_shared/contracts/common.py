@@ -29,6 +29,10 @@ class Order:
     There are no prices here on purpose: the validate step prices the order
     from ``app.products`` and the payment step charges the total recorded in
     the database, never an amount carried in the workflow input.
+
+    Once submitted, ``customer_name``, ``email``, ``shipping_address`` and
+    ``payment_token`` hold sealed strings (``vault:v1:...``) that only their
+    consuming service can open (:mod:`orders_shared.sealing`).
     """
 
     order_id: str

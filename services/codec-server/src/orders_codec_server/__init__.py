@@ -1,0 +1,1 @@
+"""Codec server: Temporal UI/CLI decode and encode with the caller's own Vault identity."""

@@ -1,0 +1,864 @@
+"""Payload protection: Temporal payloads encrypted with keys that Vault owns.
+
+Two codecs behind one interface (:class:`temporalio.converter.PayloadCodec`),
+chosen by configuration so a benchmark can swap them without forking a service:
+
+* :class:`TransitEnvelopeCodec` (the default, ``secured``): envelope encryption.
+  A 256-bit data key comes from Transit ``datakey/plaintext/orders-payload``;
+  payloads are encrypted locally with AES-256-GCM; the *wrapped* data key (the
+  Transit ciphertext ``vault:vN:...``), the Transit key name and a format
+  version travel in the payload metadata, as Temporal's encryption samples do
+  (``encoding: binary/encrypted``, ``encryption-key-id``). Unwrapped keys are
+  cached with a bound on age and on uses, so in steady state a process makes
+  almost no Vault calls (:attr:`CodecStats.vault_calls` counts them).
+* :class:`TransitPerCallCodec` (``per-call``): one Transit ``encrypt`` or
+  ``decrypt`` call per payload, no envelope, no cache; for comparisons.
+
+Envelope format ``orders-envelope/1``::
+
+    metadata  encoding                 = "binary/encrypted"
+              encryption-key-id        = Transit key name ("orders-payload")
+              encryption-format        = "orders-envelope/1"
+              encryption-wrapped-key   = "vault:v<n>:<base64>" (the data key, wrapped by Transit)
+              encryption-compression   = "none" | "zlib"
+    data      nonce (12 bytes) || AES-256-GCM(ciphertext || tag)
+
+The plaintext is the original payload, serialised (metadata and data), so its
+encoding is hidden too. The GCM associated data binds the format, the key name
+and the compression flag. It does not bind the wrapped key, so the wrapped key
+can be *rewrapped* to a newer Transit key version (:func:`rewrap_payload`)
+without re-encrypting the data: the wrapped key is authenticated by Transit's
+own AES-GCM, it must be in canonical form (strict base64, so no two spellings
+reach Vault as the same ciphertext), and a different data key fails the
+payload's GCM tag. Every change to any byte of the data, the metadata or the
+wrapped key therefore fails to decode, with a :class:`PayloadDecodeError`
+naming the cause, never with plaintext or a crash.
+
+Plain (unencrypted) payloads on decode: refused by default
+(``allow_plaintext=False``): a worker must not act on input that bypassed
+encryption (a workflow started or signalled by a client without the codec).
+The codec server passes them through (``allow_plaintext=True``): they are
+already readable in history (e.g. written before encryption was turned on), and
+hiding them helps nobody. Turn it on in workers only while migrating a
+namespace whose open workflows were started before encryption.
+
+Rotation: after ``transit/keys/orders-payload/rotate`` a process uses the new
+version for its *next* data key (when the cached one reaches its age or use
+bound, or at once after :meth:`TransitEnvelopeCodec.forget_keys`); payloads
+wrapped with older versions keep decoding until ``min_decryption_version``
+is raised past them, after which they fail with a clear error. Temporal
+history is immutable: there is no way to rewrap the keys inside stored
+history, so ``min_decryption_version`` must stay at or below the oldest
+version referenced by any history still within retention.
+:func:`rewrap_history_json` rewraps payloads stored *outside* Temporal
+(exported histories, archives).
+
+hvac is synchronous: :class:`VaultTransit` runs it through
+:meth:`orders_shared.identity.VaultSession.call` (a thread pool). Workflow
+modules never import this module: the codec runs outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Protocol, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
+
+from orders_shared.identity import VaultSession
+from orders_shared.metrics import CODEC_BYTES, CODEC_SECONDS
+
+T = TypeVar("T")
+
+TRANSIT_MOUNT = "transit"
+PAYLOAD_KEY = "orders-payload"
+
+ENCODING = b"binary/encrypted"
+META_ENCODING = "encoding"
+META_KEY_ID = "encryption-key-id"
+META_FORMAT = "encryption-format"
+META_WRAPPED_KEY = "encryption-wrapped-key"
+META_COMPRESSION = "encryption-compression"
+ENVELOPE_FORMAT = b"orders-envelope/1"
+PER_CALL_FORMAT = b"orders-transit/1"
+
+NONCE_BYTES = 12
+TAG_BYTES = 16
+DATA_KEY_BYTES = 32
+
+_WRAPPED_RE = re.compile(rb"vault:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class PayloadDecodeError(ValueError):
+    """A payload cannot be decoded. ``cause`` is a short machine-readable reason;
+    the message names it and the fix. Never carries plaintext or key material."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(f"cannot decode payload ({cause}): {message}")
+        self.cause = cause
+
+
+class PayloadAccessDenied(PayloadDecodeError):
+    """Vault refused the caller: its policy does not allow this Transit operation."""
+
+
+class TransitError(RuntimeError):
+    """Base of the errors a :class:`TransitClient` raises (never with key material)."""
+
+
+class TransitDenied(TransitError):
+    """Vault answered 403: the token is invalid, expired or lacks the capability."""
+
+
+class TransitRejected(TransitError):
+    """Vault answered 400/404: bad ciphertext, unknown key, version too old or too new."""
+
+
+class TransitUnavailable(TransitError):
+    """Vault did not answer (connection refused, timeout, 5xx); worth retrying."""
+
+
+# --------------------------------------------------------------------------- Transit
+
+
+class TransitClient(Protocol):
+    """What the codecs and field sealing need from Vault's Transit engine."""
+
+    async def datakey(self, key_name: str) -> tuple[bytes, str]:
+        """A fresh 256-bit data key: (plaintext key, the key wrapped by Transit)."""
+        ...
+
+    async def decrypt(self, key_name: str, ciphertext: str) -> bytes: ...
+
+    async def encrypt(self, key_name: str, plaintext: bytes) -> str: ...
+
+    async def rewrap(self, key_name: str, ciphertext: str) -> str:
+        """``ciphertext`` re-encrypted with the key's latest version."""
+        ...
+
+
+CallRunner = Callable[..., Any]
+
+
+class HvacTransit:
+    """:class:`TransitClient` over an hvac client; ``run(fn, *args)`` awaits a blocking call."""
+
+    def __init__(self, client: hvac.Client, run: CallRunner, *, mount: str = TRANSIT_MOUNT) -> None:
+        self._client = client
+        self._run = run
+        self.mount = mount
+
+    async def _call(self, fn: Callable[..., dict[str, Any]], *args: Any, **kw: Any) -> Any:
+        try:
+            response = await self._run(fn, *args, mount_point=self.mount, **kw)
+        except hvac.exceptions.Forbidden:
+            raise TransitDenied(
+                f"Vault refused {fn.__name__} (403: the token is invalid or expired, or its "
+                "policy does not grant this Transit path)"
+            ) from None
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as exc:
+            raise TransitRejected(_vault_message(exc)) from None
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            hvac.exceptions.VaultDown,
+            hvac.exceptions.InternalServerError,
+            hvac.exceptions.BadGateway,
+        ) as exc:
+            raise TransitUnavailable(f"Vault is not answering ({type(exc).__name__})") from None
+        return response["data"]
+
+    async def datakey(self, key_name: str) -> tuple[bytes, str]:
+        data = await self._call(
+            self._client.secrets.transit.generate_data_key, key_name, "plaintext"
+        )
+        return base64.b64decode(data["plaintext"]), str(data["ciphertext"])
+
+    async def decrypt(self, key_name: str, ciphertext: str) -> bytes:
+        data = await self._call(self._client.secrets.transit.decrypt_data, key_name, ciphertext)
+        return base64.b64decode(data["plaintext"])
+
+    async def encrypt(self, key_name: str, plaintext: bytes) -> str:
+        data = await self._call(
+            self._client.secrets.transit.encrypt_data,
+            key_name,
+            base64.b64encode(plaintext).decode(),
+        )
+        return str(data["ciphertext"])
+
+    async def rewrap(self, key_name: str, ciphertext: str) -> str:
+        data = await self._call(self._client.secrets.transit.rewrap_data, key_name, ciphertext)
+        return str(data["ciphertext"])
+
+
+class VaultTransit(HvacTransit):
+    """Transit as a worker's own identity: the token its :class:`VaultSession` keeps alive."""
+
+    def __init__(self, session: VaultSession, *, mount: str = TRANSIT_MOUNT) -> None:
+        super().__init__(session.client, session.call, mount=mount)
+
+
+_TOKEN_EXECUTOR = ThreadPoolExecutor(8, thread_name_prefix="vault-token")
+
+
+class TokenTransit(HvacTransit):
+    """Transit with a caller's own Vault token (the codec server decrypts as its caller)."""
+
+    def __init__(
+        self,
+        addr: str,
+        token: str,
+        *,
+        mount: str = TRANSIT_MOUNT,
+        timeout: float = 10.0,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self._executor = executor or _TOKEN_EXECUTOR
+        client = hvac.Client(url=addr, token=token, timeout=timeout)
+        super().__init__(client, self._run_blocking, mount=mount)
+
+    async def _run_blocking(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kw))
+
+    def close(self) -> None:
+        self._client.adapter.close()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"TokenTransit(mount={self.mount!r})"
+
+
+def _vault_message(exc: hvac.exceptions.VaultError) -> str:
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
+    return text.split(", on post ")[0].split(", on get ")[0] or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclasses.dataclass
+class CodecStats:
+    """Counters for benchmarks and tests (no timings: those are the benchmark's job)."""
+
+    vault_calls: int = 0
+    datakeys: int = 0
+    unwraps: int = 0
+    transit_encrypts: int = 0
+    transit_decrypts: int = 0
+    key_cache_hits: int = 0
+    encoded: int = 0
+    decoded: int = 0
+    passed_through: int = 0
+    compressed: int = 0
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def is_encrypted(payload: Payload) -> bool:
+    return payload.metadata.get(META_ENCODING) == ENCODING
+
+
+def _meta(payload: Payload, name: str) -> bytes:
+    value = payload.metadata.get(name)
+    if value is None:
+        raise PayloadDecodeError(
+            "missing-metadata",
+            f"metadata field {name!r} is missing; the payload was not written by this codec "
+            "or was altered",
+        )
+    return value
+
+
+def _aad(fmt: bytes, key_name: bytes, compression: bytes) -> bytes:
+    """Length-prefixed, so no two (format, key, compression) triples share an encoding."""
+    out = bytearray()
+    for part in (fmt, key_name, compression):
+        out += len(part).to_bytes(2, "big") + part
+    return bytes(out)
+
+
+def parse_wrapped_key(wrapped: bytes) -> tuple[int, bytes]:
+    """(Transit key version, ciphertext) of a ``vault:vN:<base64>`` string in canonical form."""
+    match = _WRAPPED_RE.fullmatch(wrapped)
+    if match is None:
+        raise PayloadDecodeError(
+            "malformed-wrapped-key", "the wrapped data key is not a Transit ciphertext"
+        )
+    try:
+        raw = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadDecodeError(
+            "malformed-wrapped-key", "the wrapped data key is not valid base64"
+        ) from None
+    if base64.b64encode(raw) != match.group(2):
+        raise PayloadDecodeError(
+            "malformed-wrapped-key", "the wrapped data key is not in canonical base64 form"
+        )
+    return int(match.group(1)), raw
+
+
+def _transit_failure(exc: TransitError, what: str) -> PayloadDecodeError:
+    if isinstance(exc, TransitDenied):
+        return PayloadAccessDenied(
+            "access-denied",
+            f"Vault refused to {what}: {exc}. A reader needs policy payload-reader "
+            "(transit/decrypt/orders-payload)",
+        )
+    text = str(exc)
+    if "too old" in text:
+        return PayloadDecodeError(
+            "key-version-retired",
+            f"Vault refused to {what}: the key version that wrapped it is below the key's "
+            "min_decryption_version ({text}); lower min_decryption_version to read it, or "
+            "rewrap stored data before retiring versions",
+        )
+    if "too new" in text:
+        return PayloadDecodeError(
+            "unknown-key-version", f"Vault refused to {what}: no such key version ({text})"
+        )
+    if "key not found" in text:
+        return PayloadDecodeError("unknown-key", f"Vault has no such Transit key ({text})")
+    return PayloadDecodeError(
+        "wrapped-key-rejected", f"Vault refused to {what}: {text} (tampered or corrupted)"
+    )
+
+
+# --------------------------------------------------------------------------- envelope codec
+
+
+@dataclasses.dataclass
+class _CachedKey:
+    key: AESGCM
+    created: float
+    uses: int = 0
+
+
+class TransitEnvelopeCodec(PayloadCodec):
+    """Envelope encryption with Transit data keys and local AES-256-GCM (see module doc).
+
+    ``max_key_age`` (seconds) and ``max_key_uses`` bound how long a data key is used
+    to encrypt and how long an unwrapped key stays cached for decryption;
+    ``cache_size`` bounds how many unwrapped keys are kept. ``compress_over``
+    (bytes): payloads larger than this are zlib-compressed before encryption
+    (``None``: never). ``decrypt_keys`` names the Transit keys whose wrapped data
+    keys this codec will ask Vault to unwrap (default: ``key_name`` only), so a
+    crafted payload cannot make a worker decrypt with another key (a sealing key).
+    """
+
+    def __init__(
+        self,
+        transit: TransitClient,
+        *,
+        key_name: str = PAYLOAD_KEY,
+        decrypt_keys: Sequence[str] | None = None,
+        max_key_age: float = 300.0,
+        max_key_uses: int = 100_000,
+        cache_size: int = 1024,
+        compress_over: int | None = 4096,
+        allow_plaintext: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_key_uses < 1 or max_key_age <= 0 or cache_size < 1:
+            raise ValueError("max_key_uses, max_key_age and cache_size must be positive")
+        self.transit = transit
+        self.key_name = key_name
+        self.decrypt_keys = frozenset(decrypt_keys or (key_name,))
+        self.max_key_age = max_key_age
+        self.max_key_uses = max_key_uses
+        self.cache_size = cache_size
+        self.compress_over = compress_over
+        self.allow_plaintext = allow_plaintext
+        self.stats = CodecStats()
+        self._clock = clock
+        self._current: tuple[_CachedKey, bytes] | None = None  # (key, wrapped)
+        self._datakey_lock = asyncio.Lock()
+        self._unwrapped: OrderedDict[tuple[bytes, bytes], _CachedKey] = OrderedDict()
+        self._inflight: dict[tuple[bytes, bytes], asyncio.Future[_CachedKey]] = {}
+
+    # -- keys -----------------------------------------------------------------------
+    def _fresh(self, entry: _CachedKey) -> bool:
+        return entry.uses < self.max_key_uses and self._clock() - entry.created < self.max_key_age
+
+    def forget_keys(self) -> None:
+        """Drop every cached key: the next encode fetches a new data key (after a rotation)."""
+        self._current = None
+        self._unwrapped.clear()
+
+    async def _encryption_key(self) -> tuple[_CachedKey, bytes]:
+        current = self._current
+        if current is not None and self._fresh(current[0]):
+            current[0].uses += 1
+            self.stats.key_cache_hits += 1
+            return current
+        async with self._datakey_lock:
+            current = self._current
+            if current is None or not self._fresh(current[0]):
+                self.stats.vault_calls += 1
+                self.stats.datakeys += 1
+                plain, wrapped = await self.transit.datakey(self.key_name)
+                if len(plain) != DATA_KEY_BYTES:
+                    raise TransitRejected(f"Transit returned a {len(plain) * 8}-bit data key")
+                entry = _CachedKey(AESGCM(plain), self._clock())
+                current = (entry, wrapped.encode())
+                self._current = current
+                # the same key decrypts what it encrypted, without asking Vault
+                self._remember((self.key_name.encode(), current[1]), entry)
+            current[0].uses += 1
+            return current
+
+    def _remember(self, cache_key: tuple[bytes, bytes], entry: _CachedKey) -> None:
+        self._unwrapped[cache_key] = entry
+        self._unwrapped.move_to_end(cache_key)
+        while len(self._unwrapped) > self.cache_size:
+            self._unwrapped.popitem(last=False)
+
+    async def _decryption_key(self, key_name: bytes, wrapped: bytes) -> _CachedKey:
+        cache_key = (key_name, wrapped)
+        entry = self._unwrapped.get(cache_key)
+        if entry is not None and self._fresh(entry):
+            entry.uses += 1
+            self.stats.key_cache_hits += 1
+            self._unwrapped.move_to_end(cache_key)
+            return entry
+        pending = self._inflight.get(cache_key)
+        if pending is not None:  # another decode is unwrapping the same key right now
+            entry = await asyncio.shield(pending)
+            entry.uses += 1
+            return entry
+        future: asyncio.Future[_CachedKey] = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            self.stats.vault_calls += 1
+            self.stats.unwraps += 1
+            try:
+                plain = await self.transit.decrypt(key_name.decode(), wrapped.decode())
+            except (TransitDenied, TransitRejected) as exc:
+                raise _transit_failure(exc, "unwrap the payload's data key") from None
+            if len(plain) != DATA_KEY_BYTES:
+                raise PayloadDecodeError(
+                    "malformed-wrapped-key", "the unwrapped data key is not 256 bits"
+                )
+            entry = _CachedKey(AESGCM(plain), self._clock())
+            self._remember(cache_key, entry)
+            future.set_result(entry)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody warns
+            raise
+        finally:
+            del self._inflight[cache_key]
+        entry.uses += 1
+        return entry
+
+    # -- codec ------------------------------------------------------------------------
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        with CODEC_SECONDS.labels("encode").time():
+            CODEC_BYTES.labels("encode").inc(sum(len(p.data) for p in payloads))
+            return [await self._encode_one(p) for p in payloads]
+
+    async def _encode_one(self, payload: Payload) -> Payload:
+        plain = payload.SerializeToString()
+        compression = b"none"
+        if self.compress_over is not None and len(plain) > self.compress_over:
+            packed = zlib.compress(plain, 6)
+            if len(packed) < len(plain):
+                plain, compression = packed, b"zlib"
+                self.stats.compressed += 1
+        entry, wrapped = await self._encryption_key()
+        key_name = self.key_name.encode()
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = entry.key.encrypt(nonce, plain, _aad(ENVELOPE_FORMAT, key_name, compression))
+        self.stats.encoded += 1
+        return Payload(
+            metadata={
+                META_ENCODING: ENCODING,
+                META_KEY_ID: key_name,
+                META_FORMAT: ENVELOPE_FORMAT,
+                META_WRAPPED_KEY: wrapped,
+                META_COMPRESSION: compression,
+            },
+            data=nonce + sealed,
+        )
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        with CODEC_SECONDS.labels("decode").time():
+            decoded = [await self._decode_one(p) for p in payloads]
+            CODEC_BYTES.labels("decode").inc(sum(len(p.data) for p in decoded))
+            return decoded
+
+    async def _decode_one(self, payload: Payload) -> Payload:
+        if not is_encrypted(payload):
+            if self.allow_plaintext:
+                self.stats.passed_through += 1
+                return payload
+            raise PayloadDecodeError(
+                "not-encrypted",
+                "the payload is not encrypted and this codec refuses plain payloads "
+                "(allow_plaintext=False); start workflows through a client with the "
+                "payload codec",
+            )
+        fmt = _meta(payload, META_FORMAT)
+        if fmt != ENVELOPE_FORMAT:
+            raise PayloadDecodeError(
+                "unknown-format",
+                f"format {fmt[:40]!r} is not {ENVELOPE_FORMAT.decode()!r} (a payload from "
+                "another codec configuration?)",
+            )
+        key_name = _meta(payload, META_KEY_ID)
+        if key_name.decode(errors="replace") not in self.decrypt_keys:
+            raise PayloadDecodeError(
+                "unknown-key",
+                f"encryption-key-id {key_name[:60]!r} is not a payload key this codec "
+                f"accepts ({', '.join(sorted(self.decrypt_keys))})",
+            )
+        wrapped = _meta(payload, META_WRAPPED_KEY)
+        compression = _meta(payload, META_COMPRESSION)
+        if compression not in (b"none", b"zlib"):
+            raise PayloadDecodeError(
+                "unknown-compression", f"compression {compression[:20]!r} is not none or zlib"
+            )
+        parse_wrapped_key(wrapped)
+        data = payload.data
+        if len(data) < NONCE_BYTES + TAG_BYTES:
+            raise PayloadDecodeError(
+                "truncated", f"{len(data)} bytes is shorter than a nonce and a tag"
+            )
+        entry = await self._decryption_key(key_name, wrapped)
+        try:
+            plain = entry.key.decrypt(
+                data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(fmt, key_name, compression)
+            )
+        except InvalidTag:
+            raise PayloadDecodeError(
+                "authentication-failed",
+                "AES-GCM authentication failed: the ciphertext or its metadata was altered "
+                "or truncated",
+            ) from None
+        if compression == b"zlib":
+            try:
+                plain = zlib.decompress(plain)
+            except zlib.error:
+                raise PayloadDecodeError("corrupt", "compressed content is corrupt") from None
+        inner = Payload()
+        try:
+            inner.ParseFromString(plain)
+        except DecodeError:
+            raise PayloadDecodeError("corrupt", "decrypted content is not a payload") from None
+        self.stats.decoded += 1
+        return inner
+
+
+# --------------------------------------------------------------------------- per-call codec
+
+
+class TransitPerCallCodec(PayloadCodec):
+    """One Transit ``encrypt``/``decrypt`` call per payload, no envelope, no cache.
+
+    The ``per-call`` benchmark configuration. Same metadata conventions; the
+    data is the Transit ciphertext itself (``vault:vN:...``).
+    """
+
+    def __init__(
+        self,
+        transit: TransitClient,
+        *,
+        key_name: str = PAYLOAD_KEY,
+        allow_plaintext: bool = False,
+    ) -> None:
+        self.transit = transit
+        self.key_name = key_name
+        self.allow_plaintext = allow_plaintext
+        self.stats = CodecStats()
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            self.stats.vault_calls += 1
+            self.stats.transit_encrypts += 1
+            ciphertext = await self.transit.encrypt(self.key_name, payload.SerializeToString())
+            self.stats.encoded += 1
+            out.append(
+                Payload(
+                    metadata={
+                        META_ENCODING: ENCODING,
+                        META_KEY_ID: self.key_name.encode(),
+                        META_FORMAT: PER_CALL_FORMAT,
+                    },
+                    data=ciphertext.encode(),
+                )
+            )
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            if not is_encrypted(payload):
+                if not self.allow_plaintext:
+                    raise PayloadDecodeError(
+                        "not-encrypted",
+                        "the payload is not encrypted and this codec refuses plain payloads",
+                    )
+                self.stats.passed_through += 1
+                out.append(payload)
+                continue
+            if _meta(payload, META_FORMAT) != PER_CALL_FORMAT:
+                raise PayloadDecodeError(
+                    "unknown-format", f"format is not {PER_CALL_FORMAT.decode()!r}"
+                )
+            if _meta(payload, META_KEY_ID) != self.key_name.encode():
+                raise PayloadDecodeError("unknown-key", "encryption-key-id is not accepted")
+            parse_wrapped_key(payload.data)
+            self.stats.vault_calls += 1
+            self.stats.transit_decrypts += 1
+            try:
+                plain = await self.transit.decrypt(self.key_name, payload.data.decode())
+            except (TransitDenied, TransitRejected) as exc:
+                raise _transit_failure(exc, "decrypt the payload") from None
+            inner = Payload()
+            try:
+                inner.ParseFromString(plain)
+            except DecodeError:
+                raise PayloadDecodeError("corrupt", "decrypted content is not a payload") from None
+            self.stats.decoded += 1
+            out.append(inner)
+        return out
+
+
+# --------------------------------------------------------------------------- converter
+
+CodecMode = Literal["secured", "per-call", "plain"]
+CODEC_MODES: tuple[CodecMode, ...] = ("secured", "per-call", "plain")
+
+
+def make_codec(
+    transit: TransitClient, mode: CodecMode = "secured", **options: Any
+) -> TransitEnvelopeCodec | TransitPerCallCodec | None:
+    """The codec for a benchmark configuration (``plain``: none)."""
+    if mode == "secured":
+        return TransitEnvelopeCodec(transit, **options)
+    if mode == "per-call":
+        return TransitPerCallCodec(transit, **options)
+    if mode == "plain":
+        return None
+    raise ValueError(f"unknown codec mode {mode!r}; use one of {', '.join(CODEC_MODES)}")
+
+
+def data_converter(
+    transit: TransitClient, *, mode: CodecMode = "secured", **options: Any
+) -> DataConverter:
+    """The data converter for clients and workers: payloads *and* failures encrypted.
+
+    ``Client.connect(address, namespace=ns, data_converter=data_converter(VaultTransit(session)))``.
+    Failure messages and stack traces are moved into an encrypted payload
+    (``encode_common_attributes``). ``options`` go to the codec
+    (:class:`TransitEnvelopeCodec` or :class:`TransitPerCallCodec`).
+    """
+    codec = make_codec(transit, mode, **options)
+    if codec is None:
+        return DataConverter.default
+    return DataConverter(
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def codec_stats(converter: DataConverter) -> CodecStats | None:
+    """The counters of a converter built by :func:`data_converter` (None for plain)."""
+    codec = converter.payload_codec
+    stats = getattr(codec, "stats", None)
+    return stats if isinstance(stats, CodecStats) else None
+
+
+# --------------------------------------------------------------------------- rewrap
+
+
+async def rewrap_payload(payload: Payload, transit: TransitClient) -> Payload | None:
+    """The payload with its wrapped data key rewrapped to the key's latest version.
+
+    Only the wrapped key changes (Transit ``rewrap``: the plaintext key never
+    leaves Vault, the data is not touched). ``None`` when the payload is not an
+    envelope (plain, or per-call format, which would need re-encryption).
+    """
+    if not is_encrypted(payload) or payload.metadata.get(META_FORMAT) != ENVELOPE_FORMAT:
+        return None
+    key_name = _meta(payload, META_KEY_ID).decode()
+    wrapped = _meta(payload, META_WRAPPED_KEY)
+    parse_wrapped_key(wrapped)
+    try:
+        fresh = await transit.rewrap(key_name, wrapped.decode())
+    except (TransitDenied, TransitRejected) as exc:
+        raise _transit_failure(exc, "rewrap the payload's data key") from None
+    out = Payload()
+    out.CopyFrom(payload)
+    out.metadata[META_WRAPPED_KEY] = fresh.encode()
+    return out
+
+
+@dataclasses.dataclass
+class RewrapReport:
+    payloads: int = 0
+    rewrapped: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # not an envelope payload
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _payload_from_json(obj: Mapping[str, Any]) -> Payload:
+    metadata = obj.get("metadata") or {}
+    return Payload(
+        metadata={k: base64.b64decode(v) for k, v in metadata.items()},
+        data=base64.b64decode(obj.get("data") or ""),
+    )
+
+
+def _looks_like_payload(obj: Mapping[str, Any]) -> bool:
+    meta = obj.get("metadata")
+    return isinstance(meta, dict) and "encoding" in meta and set(obj) <= {"metadata", "data"}
+
+
+async def rewrap_history_json(
+    history: Any, transit: TransitClient, report: RewrapReport | None = None
+) -> RewrapReport:
+    """Rewrap, in place, every envelope payload in a JSON document (e.g. the output of
+    ``temporal workflow show -o json``, proto3 JSON: base64 metadata and data).
+
+    For data stored *outside* Temporal. Temporal's own history cannot be rewritten.
+    """
+    report = report or RewrapReport()
+
+    async def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if _looks_like_payload(node):
+                report.payloads += 1
+                payload = _payload_from_json(node)
+                fresh = await rewrap_payload(payload, transit)
+                if fresh is None:
+                    report.skipped += 1
+                elif fresh.metadata[META_WRAPPED_KEY] == payload.metadata[META_WRAPPED_KEY]:
+                    report.unchanged += 1
+                else:
+                    report.rewrapped += 1
+                    node["metadata"][META_WRAPPED_KEY] = _b64(fresh.metadata[META_WRAPPED_KEY])
+                return
+            for value in node.values():
+                await walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                await walk(value)
+
+    await walk(history)
+    return report
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+class InMemoryTransit:
+    """A :class:`TransitClient` that behaves like Vault's Transit (key versions, rotation,
+    ``min_decryption_version``, strict ciphertext checks, rewrap), with keys in process
+    memory. For unit tests and offline codec benchmarks only, never for real data.
+    """
+
+    def __init__(self, *key_names: str) -> None:
+        self._keys: dict[str, list[bytes]] = {}
+        self._min_version: dict[str, int] = {}
+        self.denied: set[tuple[str, str]] = set()  # (operation, key name) answered with 403
+        self.calls = 0
+        for name in key_names or (PAYLOAD_KEY,):
+            self.create_key(name)
+
+    def create_key(self, name: str) -> None:
+        self._keys[name] = [AESGCM.generate_key(bit_length=256)]
+        self._min_version[name] = 1
+
+    def rotate(self, name: str) -> int:
+        self._keys[name].append(AESGCM.generate_key(bit_length=256))
+        return len(self._keys[name])
+
+    def set_min_decryption_version(self, name: str, version: int) -> None:
+        self._min_version[name] = version
+
+    def _check(self, op: str, name: str) -> list[bytes]:
+        self.calls += 1
+        if (op, name) in self.denied:
+            raise TransitDenied(f"Vault refused {op} (403: permission denied)")
+        if name not in self._keys:
+            raise TransitRejected("encryption key not found")
+        return self._keys[name]
+
+    def _seal(self, name: str, plaintext: bytes) -> str:
+        versions = self._keys[name]
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(versions[-1]).encrypt(nonce, plaintext, None)
+        return f"vault:v{len(versions)}:{base64.b64encode(nonce + sealed).decode()}"
+
+    def _open(self, name: str, ciphertext: str) -> bytes:
+        versions = self._keys[name]
+        match = _WRAPPED_RE.fullmatch(ciphertext.encode(errors="replace"))
+        if match is None:
+            raise TransitRejected("invalid ciphertext: no prefix")
+        version = int(match.group(1))
+        if version > len(versions):
+            raise TransitRejected("invalid ciphertext: version is too new")
+        if version < self._min_version[name]:
+            raise TransitRejected(
+                "ciphertext or signature version is disallowed by policy (too old)"
+            )
+        try:
+            raw = base64.b64decode(match.group(2), validate=True)
+            return AESGCM(versions[version - 1]).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], None)
+        except (binascii.Error, ValueError, InvalidTag):
+            raise TransitRejected("cipher: message authentication failed") from None
+
+    async def datakey(self, key_name: str) -> tuple[bytes, str]:
+        self._check("datakey", key_name)
+        key = os.urandom(DATA_KEY_BYTES)
+        return key, self._seal(key_name, key)
+
+    async def decrypt(self, key_name: str, ciphertext: str) -> bytes:
+        self._check("decrypt", key_name)
+        return self._open(key_name, ciphertext)
+
+    async def encrypt(self, key_name: str, plaintext: bytes) -> str:
+        self._check("encrypt", key_name)
+        return self._seal(key_name, plaintext)
+
+    async def rewrap(self, key_name: str, ciphertext: str) -> str:
+        self._check("rewrap", key_name)
+        return self._seal(key_name, self._open(key_name, ciphertext))

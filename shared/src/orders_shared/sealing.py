@@ -1,0 +1,145 @@
+"""Field sealing: each sensitive order field readable only by the service that consumes it.
+
+The client checks the order (:func:`orders_shared.order_input.parse_order`),
+then seals each sensitive field with Transit ``encrypt`` under the consumer's
+key, and submits the order carrying the sealed strings (``vault:v1:...``):
+
+=================  ====================  ==========================
+field              consumer              Transit key
+=================  ====================  ==========================
+payment_token      payment               ``orders-seal-payment``
+shipping_address   fulfill               ``orders-seal-fulfill``
+email              notify                ``orders-seal-notify``
+customer_name      notify                ``orders-seal-notify``
+=================  ====================  ==========================
+
+The client's policy may only *encrypt* with these keys; each consumer's policy
+may only *decrypt* with its own. The orchestrator, validate and inventory
+carry and store the sealed strings without being able to read them (validate
+checks that they are sealed and stores them as given in
+``app.customer_contacts``). This is on top of the payload codec: a reader of
+history with the payload-reader policy sees the order, but its sensitive
+fields still sealed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
+
+from orders_shared.codec import TransitClient, TransitDenied, TransitRejected
+from orders_shared.contracts.common import Order
+from orders_shared.order_input import OrderInputError, check_order
+
+SEALED_FIELDS: dict[str, str] = {
+    "payment_token": "payment",
+    "shipping_address": "fulfill",
+    "email": "notify",
+    "customer_name": "notify",
+}
+"""Order field -> the service that consumes (and alone may open) it."""
+
+MAX_SEALED = 4096
+_SEALED_RE = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/]+={0,2}")
+
+# Values that satisfy order_input's rules, to check the rest of a sealed order.
+_PLACEHOLDERS: dict[str, Any] = {
+    "payment_token": "tok_sealed",
+    "shipping_address": "sealed",
+    "email": "sealed@sealed.invalid",
+    "customer_name": "sealed",
+}
+
+
+class SealedFieldError(ValueError):
+    """A sealed field cannot be opened: it is not sealed, or sealed to another key,
+    or altered. Not retryable (the same value fails every time)."""
+
+
+def seal_key(service: str) -> str:
+    """The Transit key fields for ``service`` are sealed with (ops.policies names the same)."""
+    if service not in set(SEALED_FIELDS.values()):
+        raise KeyError(f"service {service!r} consumes no sealed field")
+    return f"orders-seal-{service}"
+
+
+def is_sealed(value: str) -> bool:
+    return len(value) <= MAX_SEALED and _SEALED_RE.fullmatch(value) is not None
+
+
+def is_sealed_order(order: Order) -> bool:
+    return all(is_sealed(getattr(order, f)) for f in SEALED_FIELDS)
+
+
+async def seal_order(order: Order, transit: TransitClient) -> Order:
+    """``order`` with every sensitive field sealed to its consumer (one Transit call each).
+
+    The order is checked first: after sealing nobody upstream of the consumer
+    can check a field's shape any more. Already sealed fields are kept.
+    """
+    fields = [f for f in SEALED_FIELDS if not is_sealed(getattr(order, f))]
+    done: dict[str, Any] = {f: _PLACEHOLDERS[f] for f in SEALED_FIELDS if f not in fields}
+    check_order(dataclasses.replace(order, **done))
+    sealed = await asyncio.gather(
+        *(transit.encrypt(seal_key(SEALED_FIELDS[f]), getattr(order, f).encode()) for f in fields)
+    )
+    changes: dict[str, Any] = dict(zip(fields, sealed, strict=True))
+    return dataclasses.replace(order, **changes)
+
+
+def check_sealed_order(order: Order) -> None:
+    """Validate's check: every sensitive field is sealed, everything else follows the rules.
+
+    Raises :class:`OrderInputError` (naming the field, never the value).
+    """
+    for field, service in SEALED_FIELDS.items():
+        if not is_sealed(getattr(order, field)):
+            raise OrderInputError(
+                field,
+                f"must be sealed to the {service} service (Transit key {seal_key(service)}); "
+                "plain values are refused: submit with orders_shared.client.submit_order",
+            )
+    check_order(dataclasses.replace(order, **_PLACEHOLDERS))
+
+
+async def open_field(transit: TransitClient, service: str, value: str) -> str:
+    """Open a field sealed to ``service`` with the caller's own identity.
+
+    :class:`SealedFieldError` when the value is not a field sealed to this
+    service; Vault being down (:class:`orders_shared.codec.TransitUnavailable`)
+    or refusing the identity (:class:`orders_shared.codec.TransitDenied`, a
+    policy problem) propagate, so the activity is retried.
+    """
+    if not is_sealed(value):
+        raise SealedFieldError(f"the field is not sealed to the {service} service")
+    try:
+        plain = await transit.decrypt(seal_key(service), value)
+    except TransitRejected as exc:
+        raise SealedFieldError(
+            f"the field does not open with {seal_key(service)} ({exc}): sealed to another "
+            "service or altered"
+        ) from None
+    except TransitDenied:
+        raise
+    try:
+        return plain.decode()
+    except UnicodeDecodeError:
+        raise SealedFieldError("the opened field is not text") from None
+
+
+SEALED_FIELD_INVALID = "SealedFieldInvalid"
+"""Error type of an activity that was given a field it cannot open (never retried)."""
+
+
+async def open_in_activity(transit: TransitClient, service: str, value: str) -> str:
+    """:func:`open_field` for activity code: a field that cannot be opened is a
+    non-retryable ``ApplicationError`` of type :data:`SEALED_FIELD_INVALID`;
+    infrastructure failures stay retryable."""
+    try:
+        return await open_field(transit, service, value)
+    except SealedFieldError as exc:
+        raise ApplicationError(str(exc), type=SEALED_FIELD_INVALID, non_retryable=True) from None

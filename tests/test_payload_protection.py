@@ -1,0 +1,1072 @@
+"""Payload protection proved on the real stack: real Temporal, OpenBao, PostgreSQL, the
+real ``temporal`` CLI and the Temporal UI in headless Chromium.
+
+Every process runs as its own identity: each in-process worker's data converter
+uses Transit with *that service's* Vault token, the client seals and encrypts
+as ``orders-client``, and readers decrypt through the codec server with their
+own token. Sensitive sample values never appear in history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import hvac
+import hvac.exceptions
+import jwt as pyjwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from temporalio.api.common.v1 import Payload
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from orders_codec_server.app import RunningServer, ServerConfig, start
+from orders_fulfill import worker as fulfill_worker
+from orders_inventory import worker as inventory_worker
+from orders_notify import worker as notify_worker
+from orders_ops import issuer
+from orders_ops.database import bootstrap_database
+from orders_ops.policies import PAYLOAD_KEY, SEALED_SERVICES, seal_key
+from orders_ops.stack import Stack
+from orders_ops.vault_bootstrap import ReaderAuthConfig, ensure_reader_auth, root_client
+from orders_orchestrator import worker as orchestrator_worker
+from orders_payment import worker as payment_worker
+from orders_shared.client import submit_order
+from orders_shared.codec import (
+    META_WRAPPED_KEY,
+    CodecMode,
+    PayloadDecodeError,
+    TokenTransit,
+    TransitDenied,
+    TransitEnvelopeCodec,
+    codec_stats,
+    data_converter,
+    parse_wrapped_key,
+    rewrap_payload,
+)
+from orders_shared.contracts import fulfill, inventory, notify, payment, validate
+from orders_shared.contracts.common import Order, OrderLine
+from orders_shared.contracts.orchestrator import (
+    ORDER_WORKFLOW,
+    TASK_QUEUE,
+    OrderWorkflowInput,
+    OrderWorkflowResult,
+)
+from orders_shared.sealing import seal_order
+from orders_validate import worker as validate_worker
+
+
+def _load_support() -> ModuleType:
+    path = Path(__file__).with_name("support.py")
+    spec = importlib.util.spec_from_file_location("orders_tests_support_payload", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+support = _load_support()
+
+pytestmark = [pytest.mark.stack]
+
+NAMESPACE = "orders-payload-tests"
+PER_CALL_NAMESPACE = "orders-payload-percall"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+TEMPORAL = str(Path(sys.executable).with_name("temporal"))
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVICES_WITH_QUEUES = (
+    ("orchestrator", TASK_QUEUE),
+    ("validate", validate.TASK_QUEUE),
+    ("inventory", inventory.TASK_QUEUE),
+    ("payment", payment.TASK_QUEUE),
+    ("fulfill", fulfill.TASK_QUEUE),
+    ("notify", notify.TASK_QUEUE),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sample_order(tag: str = "", *, sku: str = "WIDGET-1", token: str = "tok_visa") -> Order:  # noqa: S107
+    """An order whose sensitive values are unique, so a search for them means something."""
+    marker = uuid.uuid4().hex[:8]
+    return Order(
+        order_id=f"ord-pp{tag}-{marker}",
+        customer_id=f"cust-visible-{marker}",  # not sensitive: readable after decoding
+        customer_name=f"Grace Hopper {marker}",
+        email=f"grace.{marker}@example.com",
+        shipping_address=f"{marker} Cobol Avenue, Arlington",
+        payment_token=token,
+        lines=(OrderLine(sku=sku, quantity=1),),
+    )
+
+
+def sensitive(order: Order) -> list[str]:
+    return [order.customer_name, order.email, order.shipping_address, order.payment_token]
+
+
+# --------------------------------------------------------------------------- history helpers
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def history_text(history: Any) -> str:
+    """Everything in a JSON history, with every base64 string also decoded."""
+    parts = []
+    for text in _strings(history):
+        parts.append(text)
+        with contextlib.suppress(binascii.Error, ValueError):
+            if len(text) >= 4:
+                parts.append(base64.b64decode(text, validate=True).decode("latin-1"))
+    return "\n".join(parts)
+
+
+def payload_dicts(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        meta = node.get("metadata")
+        if isinstance(meta, dict) and "encoding" in meta:
+            yield path, node
+            return
+        for key, value in node.items():
+            yield from payload_dicts(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from payload_dicts(value, f"{path}[{i}]")
+
+
+async def temporal_cli(address: str, namespace: str, *args: str) -> tuple[int, str, str]:
+    """The real ``temporal`` CLI, run without blocking the loop (it may call our codec server)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    proc = await asyncio.create_subprocess_exec(
+        TEMPORAL,
+        *args,
+        "--address",
+        address,
+        "--namespace",
+        namespace,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def show_history(
+    address: str, namespace: str, workflow_id: str, *extra: str
+) -> tuple[int, str, str]:
+    return await temporal_cli(
+        address,
+        namespace,
+        "workflow",
+        "show",
+        "-w",
+        workflow_id,
+        "-o",
+        "json",
+        "--no-json-shorthand-payloads",
+        *extra,
+    )
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+async def _namespace(address: str, namespace: str) -> None:
+    root = await Client.connect(address)
+    try:
+        await root.workflow_service.register_namespace(
+            RegisterNamespaceRequest(
+                namespace=namespace,
+                workflow_execution_retention_period=Duration(seconds=24 * 3600),
+            )
+        )
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+
+
+@pytest.fixture(scope="module")
+def root(stack: Stack) -> Iterator[hvac.Client]:
+    client = root_client(stack.settings)
+    yield client
+    client.adapter.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def identities(stack: Stack) -> AsyncIterator[Any]:
+    ids = support.Identities(stack.settings)
+    yield ids
+    await ids.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def source(stack: Stack) -> AsyncIterator[Any]:
+    await bootstrap_database(stack.settings)
+    src = await support.GroupRoleSource.create(stack.settings.admin_dsn(stack.settings.database))
+    yield src
+    await src.close()
+
+
+class Deployment:
+    """Six workers and a client, each with its own identity's data converter."""
+
+    def __init__(self, client: Client, clients: dict[str, Client]) -> None:
+        self.client = client
+        self.clients = clients
+
+    def codecs(self) -> list[Any]:
+        return [c.data_converter.payload_codec for c in (self.client, *self.clients.values())]
+
+    def vault_calls(self) -> int:
+        total = 0
+        for c in (self.client, *self.clients.values()):
+            stats = codec_stats(c.data_converter)
+            assert stats is not None
+            total += stats.vault_calls
+        return total
+
+    def reset(self) -> None:
+        for c in (self.client, *self.clients.values()):
+            stats = codec_stats(c.data_converter)
+            assert stats is not None
+            stats.reset()
+
+    def forget_keys(self) -> None:
+        for codec in self.codecs():
+            if isinstance(codec, TransitEnvelopeCodec):
+                codec.forget_keys()
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    stack: Stack,
+    identities: Any,
+    source: Any,
+    namespace: str,
+    mode: CodecMode,
+    codec_transits: dict[str, Any] | None = None,
+) -> AsyncIterator[Deployment]:
+    """``codec_transits``: the Transit client each identity's *codec* uses (default: its
+    own Vault session); sealed fields are always opened with the service's own session."""
+    address = stack.settings.temporal_address
+    await _namespace(address, namespace)
+    base = await Client.connect(address, namespace=namespace)
+    transits = {name: await identities.transit(name) for name, _ in SERVICES_WITH_QUEUES}
+    if codec_transits is None:
+        codec_transits = {**transits, "client": await identities.transit("client")}
+
+    def converter(name: str) -> Any:
+        return data_converter(codec_transits[name], mode=mode)
+
+    clients = {
+        name: Client(**{**base.config(), "data_converter": converter(name)}) for name in transits
+    }
+    client = Client(**{**base.config(), "data_converter": converter("client")})
+    activities = {
+        "validate": validate_worker.build_activities(source),
+        "inventory": inventory_worker.build_activities(source),
+        "payment": payment_worker.build_activities(source, transits["payment"]),
+        "fulfill": fulfill_worker.build_activities(source, transits["fulfill"]),
+        "notify": notify_worker.build_activities(source, transits["notify"]),
+    }
+    async with AsyncExitStack() as exits:
+        for name, queue in SERVICES_WITH_QUEUES:
+            if name == "orchestrator":
+                worker = Worker(
+                    clients[name], task_queue=queue, workflows=orchestrator_worker.WORKFLOWS
+                )
+            else:
+                worker = Worker(clients[name], task_queue=queue, activities=activities[name])
+            await exits.enter_async_context(worker)
+        yield Deployment(client, clients)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def secured(stack: Stack, identities: Any, source: Any) -> AsyncIterator[Deployment]:
+    async with deployment(stack, identities, source, NAMESPACE, "secured") as d:
+        yield d
+
+
+async def run_order(d: Deployment, order: Order, identities: Any) -> OrderWorkflowResult:
+    submitted = await submit_order(
+        d.client, order, wait=True, transit=await identities.transit("client")
+    )
+    assert submitted.result is not None
+    return submitted.result
+
+
+def reader_vault_token(stack: Stack) -> str:
+    """A payload reader's Vault token, obtained as a person would: a user identity token
+    (local issuer) exchanged at the oidc-readers mount."""
+    user = issuer.mint_user(stack.settings, "test-reader", ttl=300)
+    auth = hvac.Client(url=stack.settings.vault_addr).auth.jwt.jwt_login(
+        "payload-reader", user, path="oidc-readers"
+    )["auth"]
+    assert auth["policies"] == ["payload-reader"]
+    token: str = auth["client_token"]
+    return token
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def codec_server(stack: Stack) -> AsyncIterator[RunningServer]:
+    """The codec server, token required (no local mode)."""
+    server = await start(
+        ServerConfig(vault_addr=stack.settings.vault_addr, port=free_port(), cors_origins=())
+    )
+    yield server
+    await server.stop()
+
+
+# --------------------------------------------------------------------------- CLI and history
+
+
+async def test_history_holds_only_ciphertext_and_readers_decode_it(
+    stack: Stack, secured: Deployment, identities: Any, codec_server: RunningServer
+) -> None:
+    order = sample_order("cli")
+    declined = sample_order("cli-declined", token="tok_decline_insufficient_funds")
+    result = await run_order(secured, order, identities)
+    assert result.status == "completed"
+    failed = await run_order(secured, declined, identities)
+    assert (failed.status, failed.reason_code) == ("failed", "PaymentDeclined")
+
+    address = stack.settings.temporal_address
+    for o in (order, declined):
+        code, out, err = await show_history(address, NAMESPACE, o.order_id)
+        assert code == 0, err
+        history = json.loads(out)
+        payloads = list(payload_dicts(history))
+        assert len(payloads) >= 8
+        for path, p in payloads:
+            encoding = base64.b64decode(p["metadata"]["encoding"])
+            assert encoding == b"binary/encrypted", (path, encoding)
+        text = history_text(history)
+        for value in sensitive(o):
+            assert value not in text, "a sensitive value is readable in history"
+        assert o.customer_id not in text  # the whole input is encrypted
+        if o is declined:
+            # failure messages and stack traces are encrypted too
+            assert "Encoded failure" in text
+            assert "declined the charge" not in text
+        (ARTIFACTS / "histories").mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "histories" / f"{o.order_id}.encrypted.json").write_text(out)
+
+    endpoint = ["--codec-endpoint", codec_server.url]
+    reader = f"Bearer {reader_vault_token(stack)}"
+    code, out, err = await show_history(
+        address, NAMESPACE, order.order_id, *endpoint, "--codec-auth", reader
+    )
+    assert code == 0, err
+    decoded = history_text(json.loads(out))
+    assert order.customer_id in decoded  # the reader sees the order...
+    assert result.tracking_id and result.tracking_id in decoded
+    for value in sensitive(order):  # ...with its sensitive fields still sealed to consumers
+        assert value not in decoded
+    assert "vault:v" in decoded
+
+    code, out, err = await show_history(address, NAMESPACE, order.order_id, *endpoint)
+    assert order.customer_id not in out  # no token: 401 from the codec server, nothing shown
+    assert code != 0 or order.customer_id not in history_text(json.loads(out or "{}"))
+
+
+async def test_each_service_opens_only_its_own_seal_key(identities: Any) -> None:
+    """Each seal key opens for its consumer's identity and is 403 for every other one."""
+    plain = sample_order("seal")
+    sealed = await seal_order(plain, await identities.transit("client"))
+    owners = {"payment_token": "payment", "shipping_address": "fulfill", "email": "notify"}
+    for field, owner in owners.items():
+        for name in ("orchestrator", "validate", "inventory", *SEALED_SERVICES, "client"):
+            transit = await identities.transit(name)
+            if name == owner:
+                opened = await transit.decrypt(seal_key(owner), getattr(sealed, field))
+                assert opened.decode() == getattr(plain, field)
+            else:
+                with pytest.raises(TransitDenied):
+                    await transit.decrypt(seal_key(owner), getattr(sealed, field))
+
+
+# --------------------------------------------------------------------------- codec server HTTP
+
+
+def _test_idp() -> tuple[rsa.RSAPrivateKey, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return key, pem
+
+
+TEST_IDP = "https://idp.test.invalid"
+
+
+def user_token(key: rsa.RSAPrivateKey, user: str, groups: list[str], ttl: int = 300) -> str:
+    claims = issuer.user_claims(user, groups, ttl, issuer=TEST_IDP)
+    return pyjwt.encode(claims, key, algorithm="RS256", headers={"kid": "test-idp"})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def idp_server(
+    stack: Stack, root: hvac.Client
+) -> AsyncIterator[tuple[RunningServer, rsa.RSAPrivateKey]]:
+    """A codec server whose reader mount trusts a test identity provider."""
+    key, pem = _test_idp()
+    mount = "oidc-readers-test"
+    config = ReaderAuthConfig(bound_issuer=TEST_IDP, pubkeys=(pem,))
+    ensure_reader_auth(root, config, mount=mount)
+    assert ensure_reader_auth(root, config, mount=mount) == []  # idempotent
+    origin = "http://127.0.0.1:8999"
+    server = await start(
+        ServerConfig(
+            vault_addr=stack.settings.vault_addr,
+            port=free_port(),
+            cors_origins=(origin,),
+            reader_mount=mount,
+            max_body=64 * 1024,
+        )
+    )
+    try:
+        yield server, key
+    finally:
+        await server.stop()
+        root.sys.disable_auth_method(mount)
+
+
+async def _encrypted_order_payload(identities: Any) -> tuple[dict[str, Any], str]:
+    """One payload as a worker would write it, in proto3 JSON, and a marker inside it."""
+    marker = f"visible-{uuid.uuid4().hex[:8]}"
+    codec = TransitEnvelopeCodec(await identities.transit("orchestrator"))
+    (encoded,) = await codec.encode(
+        [Payload(metadata={"encoding": b"json/plain"}, data=json.dumps({"m": marker}).encode())]
+    )
+    return json_format.MessageToDict(encoded), marker
+
+
+async def _post(
+    url: str, body: Any, *, token: str | None = None, **headers: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    hdrs = {"Content-Type": "application/json", "X-Namespace": NAMESPACE, **headers}
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as http, http.post(url, data=data, headers=hdrs) as r:
+        payload = await r.json(content_type=None)
+        return r.status, payload, dict(r.headers)
+
+
+async def test_identity_exchange_and_refusals(
+    identities: Any, idp_server: tuple[RunningServer, rsa.RSAPrivateKey], root: hvac.Client
+) -> None:
+    server, key = idp_server
+    payload, marker = await _encrypted_order_payload(identities)
+    body = {"payloads": [payload]}
+    url = f"{server.url}/decode?preserveStorageRefs=true"
+
+    status, out, _ = await _post(url, body, token=user_token(key, "ada", ["payload-readers"]))
+    assert status == 200, out
+    decoded = json_format.ParseDict(out["payloads"][0], Payload())
+    assert json.loads(decoded.data) == {"m": marker}
+    assert server.server.auth.exchanges == 1
+
+    status, out, _ = await _post(url, body, token=user_token(key, "eve", ["staff"]))
+    assert status == 403, out
+    assert "reader group" in out["error"]
+
+    status, out, _ = await _post(url, body)
+    assert status == 401 and "Authorization" in out["error"]
+
+    other_key, _ = _test_idp()  # signed by an issuer Vault does not trust
+    status, out, _ = await _post(url, body, token=user_token(other_key, "ada", ["payload-readers"]))
+    assert status == 401, out
+
+    no_rights = root.auth.token.create(policies=["default"], ttl="5m")["auth"]["client_token"]
+    status, out, _ = await _post(url, body, token=no_rights)
+    assert status == 403 and "payload-reader" in out["error"]
+
+    reader = user_token(key, "ada", ["payload-readers"])
+    status, out, _ = await _post(f"{server.url}/encode", body, token=reader)
+    assert status == 403, out  # a reader writes nothing
+
+
+async def test_malformed_requests_and_cors(
+    identities: Any, idp_server: tuple[RunningServer, rsa.RSAPrivateKey]
+) -> None:
+    server, key = idp_server
+    token = user_token(key, "ada", ["payload-readers"])
+    url = f"{server.url}/decode"
+    status, out, _ = await _post(url, b"{not json", token=token)
+    assert status == 400 and "not valid JSON" in out["error"]
+    status, out, _ = await _post(url, {"payloads": [{"data": 5}]}, token=token)
+    assert status == 400 and "Payloads" in out["error"]
+    status, out, _ = await _post(url, {"nope": []}, token=token)
+    assert status == 400
+    status, out, _ = await _post(
+        url, {"payloads": []}, token=token, **{"Content-Type": "text/plain"}
+    )
+    assert status == 415 and "application/json" in out["error"]
+    big = {"payloads": [{"metadata": {}, "data": base64.b64encode(b"x" * 100_000).decode()}]}
+    status, out, _ = await _post(url, big, token=token)
+    assert status == 413 and "over" in out["error"]
+
+    payload, _ = await _encrypted_order_payload(identities)
+    payload["data"] = base64.b64encode(b"\x00" * 40).decode()  # tampered
+    status, out, _ = await _post(url, {"payloads": [payload]}, token=token)
+    assert status == 422 and "authentication-failed" in out["error"]
+
+    origin = "http://127.0.0.1:8999"
+    preflight = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace,authorization",
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.options(url, headers=preflight) as r:
+            assert r.status == 204
+            assert r.headers["Access-Control-Allow-Origin"] == origin
+            allowed = r.headers["Access-Control-Allow-Headers"]
+            assert {"content-type", "x-namespace", "authorization"} <= set(allowed.split(","))
+        async with http.options(url, headers={**preflight, "Origin": "http://evil.test"}) as r:
+            assert r.status == 403
+            assert "Access-Control-Allow-Origin" not in r.headers
+    status, _, headers = await _post(url, {"payloads": []}, token=token, Origin=origin)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
+
+
+def test_local_mode_only_on_loopback(tmp_path: Path) -> None:
+    from orders_codec_server.app import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="loopback"):
+        ServerConfig(
+            vault_addr="http://127.0.0.1:1",
+            host="0.0.0.0",  # noqa: S104
+            local_mode=True,
+            local_reader_token_file=tmp_path / "t",
+        ).check()
+    with pytest.raises(ConfigurationError, match="mint-user"):
+        ServerConfig(vault_addr="http://127.0.0.1:1", local_mode=True).check()
+    with pytest.raises(ConfigurationError, match="'\\*'"):
+        ServerConfig(vault_addr="http://127.0.0.1:1", cors_origins=("*",)).check()
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("orders-codec-server")),
+            "--local",
+            "--host",
+            "0.0.0.0",  # noqa: S104
+        ],
+        env={**os.environ, "VAULT_ADDR": "http://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 2 and "loopback" in out.stderr
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+async def test_rotation_histories_before_and_after_decode(
+    stack: Stack,
+    secured: Deployment,
+    identities: Any,
+    codec_server: RunningServer,
+    root: hvac.Client,
+    tmp_path: Path,
+) -> None:
+    before = sample_order("rot-before")
+    assert (await run_order(secured, before, identities)).status == "completed"
+    root.secrets.transit.rotate_key(PAYLOAD_KEY)
+    latest = root.secrets.transit.read_key(PAYLOAD_KEY)["data"]["latest_version"]
+    secured.forget_keys()  # else each process switches at its cache bound (max_key_age)
+    after = sample_order("rot-after")
+    assert (await run_order(secured, after, identities)).status == "completed"
+
+    address = stack.settings.temporal_address
+    versions = {}
+    for o in (before, after):
+        code, out, err = await show_history(address, NAMESPACE, o.order_id)
+        assert code == 0, err
+        history = json.loads(out)
+        versions[o.order_id] = {
+            parse_wrapped_key(base64.b64decode(p["metadata"][META_WRAPPED_KEY]))[0]
+            for _, p in payload_dicts(history)
+        }
+        (tmp_path / f"{o.order_id}.json").write_text(out)
+    assert max(versions[before.order_id]) < latest
+    assert versions[after.order_id] == {latest}
+
+    reader = f"Bearer {reader_vault_token(stack)}"
+    for o in (before, after):
+        code, out, err = await show_history(
+            address,
+            NAMESPACE,
+            o.order_id,
+            "--codec-endpoint",
+            codec_server.url,
+            "--codec-auth",
+            reader,
+        )
+        assert code == 0, err
+        assert o.customer_id in history_text(json.loads(out))
+
+    # rewrap an exported history to the latest version (the real CLI)
+    exported = tmp_path / f"{before.order_id}.json"
+    rewrapped = tmp_path / "rewrapped.json"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("orders-codec")),
+        "rewrap",
+        str(exported),
+        "-o",
+        str(rewrapped),
+        env={
+            **os.environ,
+            "VAULT_ADDR": stack.settings.vault_addr,
+            "VAULT_TOKEN": stack.settings.root_token(),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out_b, err_b = await proc.communicate()
+    assert proc.returncode == 0, err_b.decode()
+    assert "rewrapped" in out_b.decode()
+    history = json.loads(rewrapped.read_text())
+    payloads = [json_format.ParseDict(p, Payload()) for _, p in payload_dicts(history)]
+    assert {parse_wrapped_key(p.metadata[META_WRAPPED_KEY])[0] for p in payloads} == {latest}
+    reader_codec = TransitEnvelopeCodec(
+        TokenTransit(stack.settings.vault_addr, reader_vault_token(stack))
+    )
+    decoded = await reader_codec.decode(payloads)
+    assert before.customer_id in b"".join(p.data for p in decoded).decode()
+
+
+async def test_retired_key_version_fails_clearly(
+    stack: Stack, identities: Any, root: hvac.Client
+) -> None:
+    """min_decryption_version on a test-only key (the real one stays as it is)."""
+    key = f"orders-payload-test-{uuid.uuid4().hex[:6]}"
+    root.secrets.transit.create_key(key, key_type="aes256-gcm96")
+    transit = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
+    try:
+        codec = TransitEnvelopeCodec(transit, key_name=key)
+        (old,) = await codec.encode([Payload(metadata={"encoding": b"x"}, data=b"old secret")])
+        root.secrets.transit.rotate_key(key)
+        codec.forget_keys()
+        (new,) = await codec.encode([Payload(metadata={"encoding": b"x"}, data=b"new secret")])
+        rewrapped = await rewrap_payload(old, transit)
+        assert rewrapped is not None
+        root.secrets.transit.update_key_configuration(key, min_decryption_version=2)
+        fresh = TransitEnvelopeCodec(transit, key_name=key)
+        with pytest.raises(PayloadDecodeError) as info:
+            await fresh.decode([old])
+        assert info.value.cause == "key-version-retired"
+        assert "min_decryption_version" in str(info.value)
+        assert [p.data for p in await fresh.decode([new, rewrapped])] == [
+            b"new secret",
+            b"old secret",
+        ]
+    finally:
+        root.secrets.transit.update_key_configuration(key, deletion_allowed=True)
+        root.secrets.transit.delete_key(key)
+        transit.close()
+
+
+# --------------------------------------------------------------------------- properties on Vault
+
+
+_REAL = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def real_codecs(stack: Stack, identities: Any) -> tuple[TransitEnvelopeCodec, TokenTransit]:
+    writer = TransitEnvelopeCodec(await identities.transit("orchestrator"))
+    return writer, TokenTransit(stack.settings.vault_addr, reader_vault_token(stack))
+
+
+async def test_property_real_vault_roundtrip_and_flips(
+    real_codecs: tuple[TransitEnvelopeCodec, TokenTransit],
+) -> None:
+    writer, reader_transit = real_codecs
+
+    @_REAL
+    @given(
+        data=st.binary(max_size=3000),
+        where=st.sampled_from(["data", "wrapped"]),
+        position=st.integers(min_value=0),
+        mask=st.integers(min_value=1, max_value=255),
+    )
+    def check(data: bytes, where: str, position: int, mask: int) -> None:
+        async def body() -> None:
+            payload = Payload(metadata={"encoding": b"binary/plain"}, data=data)
+            (encoded,) = await writer.encode([payload])
+            reader = TransitEnvelopeCodec(reader_transit)  # fresh: asks Vault to unwrap
+            assert await reader.decode([encoded]) == [payload]
+            target = bytearray(
+                encoded.data if where == "data" else encoded.metadata[META_WRAPPED_KEY]
+            )
+            target[position % len(target)] ^= mask
+            if where == "data":
+                encoded.data = bytes(target)
+            else:
+                encoded.metadata[META_WRAPPED_KEY] = bytes(target)
+            with pytest.raises(PayloadDecodeError):
+                await TransitEnvelopeCodec(reader_transit).decode([encoded])
+
+        future = asyncio.run_coroutine_threadsafe(body(), loop)
+        future.result(60)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(check)
+
+
+# --------------------------------------------------------------------------- Vault calls
+
+
+def _totals(d: Deployment) -> tuple[int, int]:
+    encoded = decoded = 0
+    for c in (d.client, *d.clients.values()):
+        stats = codec_stats(c.data_converter)
+        assert stats is not None
+        encoded += stats.encoded
+        decoded += stats.decoded
+    return encoded, decoded
+
+
+async def test_vault_calls_per_workflow_envelope_vs_per_call(
+    stack: Stack, secured: Deployment, identities: Any, source: Any, root: hvac.Client
+) -> None:
+    """Steady state, same run: envelope codec vs one Transit call per payload.
+
+    Figures are printed and saved (artifacts/payload-vault-calls.json); the
+    assertions are on counts only, never on time.
+    """
+    runs = 5
+    figures: dict[str, Any] = {}
+    # The secured policies deliberately grant no transit/encrypt/orders-payload (data keys
+    # only); the per-call configuration needs it, so this test adds it on top of each
+    # identity's own policy (a benchmark overlay), and removes it after.
+    bench_policy = "orders-payload-per-call-test"
+    root.sys.create_or_update_policy(
+        bench_policy,
+        policy='path "transit/encrypt/orders-payload" { capabilities = ["update"] }\n'
+        'path "transit/decrypt/orders-payload" { capabilities = ["update"] }\n',
+    )
+    per_call_transits: dict[str, Any] = {}
+    for name in (*(n for n, _ in SERVICES_WITH_QUEUES), "client"):
+        token = root.auth.token.create(
+            policies=[f"orders-{name}", bench_policy], no_default_policy=True, ttl="10m"
+        )["auth"]["client_token"]
+        per_call_transits[name] = TokenTransit(stack.settings.vault_addr, token)
+    try:
+        async with deployment(
+            stack, identities, source, PER_CALL_NAMESPACE, "per-call", per_call_transits
+        ) as per_call:
+            for name, d in (("envelope", secured), ("per-call", per_call)):
+                await run_order(d, sample_order(f"warm-{name}"), identities)  # warm caches
+                d.reset()
+                for i in range(runs):
+                    result = await run_order(d, sample_order(f"m{i}-{name}"), identities)
+                    assert result.status == "completed"
+                calls = d.vault_calls()
+                encoded, decoded = _totals(d)
+                figures[name] = {
+                    "workflows": runs,
+                    "vault_calls": calls,
+                    "vault_calls_per_workflow": calls / runs,
+                    "payloads_encoded_per_workflow": encoded / runs,
+                    "payloads_decoded_per_workflow": decoded / runs,
+                }
+    finally:
+        root.sys.delete_policy(bench_policy)
+        for transit in per_call_transits.values():
+            transit.close()
+    figures["note"] = (
+        "payload codec Vault calls only, summed over the client and six workers, each with "
+        "its own codec; field sealing adds 4 Transit encrypts (client) and 4 decrypts "
+        "(payment, fulfill, notify) per order in every configuration"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "payload-vault-calls.json").write_text(json.dumps(figures, indent=2))
+    print("\nVault calls per workflow (steady state):", json.dumps(figures, indent=2))
+    assert figures["envelope"]["vault_calls_per_workflow"] < 1
+    per_call_figures = figures["per-call"]
+    assert per_call_figures["vault_calls_per_workflow"] == (
+        per_call_figures["payloads_encoded_per_workflow"]
+        + per_call_figures["payloads_decoded_per_workflow"]
+    )
+
+
+# --------------------------------------------------------------------------- the UI
+
+
+class DevServer:
+    """A Temporal dev server of the test's own (own ports, own db file), UI on."""
+
+    def __init__(self, tmp: Path, codec_endpoint: str | None, name: str = "ui-test") -> None:
+        self.grpc, self.ui, self.http, self.metrics = (free_port() for _ in range(4))
+        self.db = tmp / f"{name}.db"
+        self.log = tmp / f"{name}-temporal.log"
+        self.codec_endpoint = codec_endpoint
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui}"
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    TEMPORAL,
+                    "server",
+                    "start-dev",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.grpc),
+                    "--ui-port",
+                    str(self.ui),
+                    "--http-port",
+                    str(self.http),
+                    "--metrics-port",
+                    str(self.metrics),
+                    "--db-filename",
+                    str(self.db),
+                    "--namespace",
+                    "default",
+                    "--ui-disable-news-fetch",
+                    *(["--ui-codec-endpoint", self.codec_endpoint] if self.codec_endpoint else []),
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            ok = subprocess.run(
+                [
+                    TEMPORAL,
+                    "operator",
+                    "namespace",
+                    "describe",
+                    "-n",
+                    "default",
+                    "--address",
+                    self.address,
+                ],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            if ok.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError("the UI test's Temporal dev server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+async def _page_text_after(page: Any, url: str, marker: str, *, expect: bool, shot: Path) -> str:
+    await page.goto(url, wait_until="domcontentloaded")
+    deadline = time.monotonic() + (20 if expect else 8)
+    text = ""
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        text = await page.content()
+        if expect and marker in text:
+            break
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(shot), full_page=True)
+    return text
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: ops/scripts/install-browser.sh")
+async def test_ui_shows_ciphertext_unless_the_codec_server_decodes(
+    stack: Stack, secured: Deployment, identities: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    codec_port = free_port()
+    endpoint = f"http://127.0.0.1:{codec_port}"
+    dev = DevServer(tmp_path, endpoint)
+    plain_dev = DevServer(tmp_path, None, name="ui-plain")
+    dev.start()
+    shots = ARTIFACTS / "ui"
+    try:
+        # an order started on the test's server (no workers needed: the input is in history)
+        plain = sample_order("ui")
+        order = await seal_order(plain, await identities.transit("client"))
+        client = await Client.connect(
+            dev.address,
+            data_converter=data_converter(await identities.transit("client")),
+        )
+        handle = await client.start_workflow(
+            ORDER_WORKFLOW,
+            OrderWorkflowInput(order=order),
+            id=order.order_id,
+            task_queue=TASK_QUEUE,
+        )
+        page_url = (
+            f"{dev.ui_url}/namespaces/default/workflows/{order.order_id}/"
+            f"{handle.result_run_id}/history"
+        )
+        # the same order in a UI with no codec endpoint (the stack's own UI has one)
+        plain_dev.start()
+        plain_client = await Client.connect(
+            plain_dev.address,
+            data_converter=data_converter(await identities.transit("client")),
+        )
+        plain_handle = await plain_client.start_workflow(
+            ORDER_WORKFLOW,
+            OrderWorkflowInput(order=order),
+            id=order.order_id,
+            task_queue=TASK_QUEUE,
+        )
+
+        origins = (dev.ui_url, f"http://localhost:{dev.ui}")
+        reader_file = tmp_path / "reader.jwt"
+        reader_file.write_text(issuer.mint_user(stack.settings, "local-developer", ttl=600))
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await (await browser.new_context()).new_page()
+                settings_json = await (
+                    await page.request.get(f"{dev.ui_url}/api/v1/settings")
+                ).json()
+                assert endpoint in json.dumps(settings_json)
+
+                # 1. no codec endpoint: ciphertext only
+                text = await _page_text_after(
+                    page,
+                    f"{plain_dev.ui_url}/namespaces/default/workflows/{order.order_id}/"
+                    f"{plain_handle.result_run_id}/history",
+                    plain.customer_id,
+                    expect=False,
+                    shot=shots / "1-no-codec-endpoint.png",
+                )
+                assert plain.customer_id not in text
+                for value in sensitive(plain):
+                    assert value not in text
+
+                # 2. codec endpoint, but the codec server requires a token (the UI sends none)
+                strict = await start(
+                    ServerConfig(
+                        vault_addr=stack.settings.vault_addr, port=codec_port, cors_origins=origins
+                    )
+                )
+                try:
+                    text = await _page_text_after(
+                        page,
+                        page_url,
+                        order.customer_id,
+                        expect=False,
+                        shot=shots / "2-codec-server-requires-token.png",
+                    )
+                    assert strict.server.requests >= 1  # the browser did call it
+                finally:
+                    await strict.stop()
+                assert order.customer_id not in text
+
+                # 3. codec server in local mode: the decoded order
+                local = await start(
+                    ServerConfig(
+                        vault_addr=stack.settings.vault_addr,
+                        port=codec_port,
+                        cors_origins=origins,
+                        local_mode=True,
+                        local_reader_token_file=reader_file,
+                    )
+                )
+                try:
+                    page = await (await browser.new_context()).new_page()
+                    text = await _page_text_after(
+                        page,
+                        page_url,
+                        order.customer_id,
+                        expect=True,
+                        shot=shots / "3-codec-server-local-mode.png",
+                    )
+                finally:
+                    await local.stop()
+                assert order.customer_id in text
+                for value in sensitive(plain):  # still sealed to their consumers
+                    assert value not in text
+            finally:
+                await browser.close()
+        await handle.terminate("UI test done")
+    finally:
+        dev.stop()
+        plain_dev.stop()
+        shutil.rmtree(tmp_path / "ui-test.db", ignore_errors=True)
