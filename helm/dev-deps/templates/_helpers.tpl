@@ -20,7 +20,7 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{- define "dev-deps.containerSecurityContext" -}}
+{{- define "dev-deps.container-security" -}}
 runAsNonRoot: true
 runAsUser: {{ .Values.runAsUser }}
 runAsGroup: {{ .Values.runAsUser }}

@@ -53,13 +53,7 @@ async def _vault_session() -> VaultSession:
     config = client_vault_config(
         default_addr=settings.vault_addr, default_token_file=settings.token_file("client")
     )
-    session = VaultSession(config)
-    try:
-        await session.login()
-    except BaseException:
-        await session.close(revoke=False)
-        raise
-    return session
+    return await VaultSession.open(config)
 
 
 async def _connect(transit: VaultTransit) -> Client:

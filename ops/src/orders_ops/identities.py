@@ -24,10 +24,4 @@ async def local_session(
         token_file=settings.token_file(name),
         request_timeout=request_timeout,
     )
-    session = VaultSession(config)
-    try:
-        await session.login()
-    except BaseException:
-        await session.close(revoke=False)
-        raise
-    return session
+    return await VaultSession.open(config)

@@ -273,8 +273,22 @@ class Postgres(Server):
             return None
         return pid if _pid_alive(pid, self.expect) else None
 
+    def _check_reachable(self, base: Path) -> None:
+        """As root the server runs as nobody, who must be able to reach its folder."""
+        if not _is_root():
+            return
+        for parent in reversed(base.parents):
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                raise StackError(
+                    f"postgres: the server runs as 'nobody' (PostgreSQL refuses root) and "
+                    f"cannot reach {base}: {parent} is not searchable by other users. "
+                    f"Set ORDERS_STATE_DIR to a folder under a world-searchable path, or "
+                    f"'chmod o+x {parent}'."
+                )
+
     def _init(self) -> None:
         base = self.data_dir.parent
+        self._check_reachable(base)
         base.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         if not self.settings.pg_password_file.exists():

@@ -88,6 +88,17 @@ class VaultSession:
         self._login_listeners: list[Callable[[], None]] = []
         VAULT_TOKEN_SECONDS_LEFT.set_function(lambda: self.token_seconds_left)
 
+    @classmethod
+    async def open(cls, config: VaultConfig, **options: Any) -> VaultSession:
+        """A session already logged in (closed again, without revoking, if login fails)."""
+        session = cls(config, **options)
+        try:
+            await session.login()
+        except BaseException:
+            await session.close(revoke=False)
+            raise
+        return session
+
     # -- calls ---------------------------------------------------------------------
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking hvac call on the Vault thread pool (metrics label: its name)."""

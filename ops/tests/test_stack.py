@@ -1,0 +1,107 @@
+"""orders-stack on a stack of its own (other ports, other state folder): up, status, env,
+busy ports, down. The servers are real; bootstrap is left out (tested elsewhere)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orders_ops.settings import StackSettings
+from orders_ops.stack import Stack, StackError, _pid_alive, _port_free, main
+
+pytestmark = pytest.mark.stack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _settings(state: Path) -> StackSettings:
+    return StackSettings(
+        state_dir=state,
+        temporal_port=_free_port(),
+        temporal_ui_port=_free_port(),
+        temporal_http_port=_free_port(),
+        temporal_metrics_port=_free_port(),
+        vault_port=_free_port(),
+        postgres_port=_free_port(),
+    )
+
+
+@pytest.fixture
+def own_stack() -> Iterator[Stack]:
+    # under /tmp itself: as root, postgres runs as nobody and must reach its folder
+    # (pytest's own tmp_path sits in a 0700 folder)
+    state = Path(tempfile.mkdtemp(prefix="orders-stack-test-"))
+    state.chmod(0o755)
+    stack = Stack(_settings(state))
+    yield stack
+    stack.down(echo=lambda _line: None)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as nobody")
+def test_a_state_folder_nobody_can_reach_is_refused_with_the_fix(tmp_path: Path) -> None:
+    stack = Stack(_settings(tmp_path / "state"))  # pytest's tmp_path parents are 0700
+    with pytest.raises(StackError, match=r"cannot reach .* is not searchable by other users"):
+        stack.postgres.start(timeout=10)
+    assert stack.postgres.pid() is None
+
+
+def test_up_twice_status_env_and_down_leave_nothing(own_stack: Stack) -> None:
+    own_stack.up(timeout=60, bootstrap=False, echo=lambda _line: None)
+    servers = [own_stack.postgres, own_stack.vault, own_stack.temporal]
+    pids = [s.pid() for s in servers]
+    assert all(pids)
+    own_stack.up(timeout=60, bootstrap=False, echo=lambda _line: None)  # harmless
+    assert [s.pid() for s in servers] == pids
+
+    rows = {r["server"]: r for r in own_stack.status()}
+    for server, pid in zip(servers, pids, strict=True):
+        assert (rows[server.name]["pid"], rows[server.name]["health"]) == (pid, "up")
+    assert rows["identity"]["health"] == "down"
+
+    env = own_stack.env()
+    assert env["VAULT_ADDR"] == f"http://127.0.0.1:{own_stack.settings.vault_port}"
+    assert env["TEMPORAL_ADDRESS"] == f"127.0.0.1:{own_stack.settings.temporal_port}"
+    assert env["VAULT_TOKEN"] == own_stack.settings.root_token()
+    assert env["ORDERS_ADMIN_DATABASE_URL"].endswith(
+        f"@127.0.0.1:{own_stack.settings.postgres_port}/orders"
+    )
+
+    own_stack.down(echo=lambda _line: None)
+    for server, pid in zip(servers, pids, strict=True):
+        assert pid is not None and not _pid_alive(pid, ""), f"{server.name} still runs"
+        assert server.pid() is None
+        assert all(_port_free(p) for p in server.ports.values()), f"{server.name} port held"
+
+
+def test_a_busy_port_is_refused_by_number_and_variable(own_stack: Stack) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", own_stack.settings.vault_port))
+        squatter.listen()
+        with pytest.raises(StackError) as err:
+            own_stack.vault.start(timeout=10)
+    message = str(err.value)
+    assert f"api port {own_stack.settings.vault_port}" in message
+    assert "ORDERS_VAULT_" in message
+    assert own_stack.vault.pid() is None
+
+
+def test_bad_port_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ORDERS_VAULT_PORT", "eighty")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["status"])
+    assert exit_info.value.code == 1
+    assert "ORDERS_VAULT_PORT='eighty' is not a port number" in capsys.readouterr().err
