@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orders_ops import issuer
-from orders_ops.database import bootstrap_database
+from orders_ops.database import DatabaseBootstrapError, bootstrap_database
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault, root_client
 from orders_ops.vault_database import configure_database_engine
@@ -36,11 +36,16 @@ class BootstrapReport:
 
 
 def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> BootstrapReport:
+    """Configure the database and Vault. In cluster mode (the bootstrap Job) there is
+    no local identity issuer: workers log in with Kubernetes auth, generated
+    passwords are kept in Vault (``orders-bootstrap`` KV) and nothing is written to
+    disk."""
     report = BootstrapReport()
+    local = settings.mode == "local"
 
     report.changes += asyncio.run(bootstrap_database(settings, vault_is_new=vault_is_new))
 
-    if issuer.ensure_signing_key(settings):
+    if local and issuer.ensure_signing_key(settings):
         report.changes.append(f"identity: created signing key {settings.issuer_key_file}")
 
     client = root_client(settings)
@@ -51,7 +56,7 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
         client.adapter.close()
 
     # Tokens are ephemeral (the issuer re-mints them), so writing them is not a change.
-    if not issuer.tokens_fresh(settings):
+    if local and not issuer.tokens_fresh(settings):
         issuer.write_tokens(settings, issuer.ttl_from_env())
     return report
 
@@ -62,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         report = bootstrap(StackSettings.from_env())
-    except (VaultBootstrapError, SettingsError, issuer.IssuerError) as exc:
+    except (VaultBootstrapError, SettingsError, issuer.IssuerError, DatabaseBootstrapError) as exc:
         print(f"orders-bootstrap: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"orders-bootstrap: {report.summary()}")

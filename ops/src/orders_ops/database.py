@@ -37,8 +37,8 @@ from typing import TypeAlias
 import asyncpg
 
 from orders_ops.grants import GRANT_MATRIX, SCHEMA
-from orders_ops.secretfiles import read_or_create_secret
-from orders_ops.settings import HOST, StackSettings
+from orders_ops.secretfiles import SecretStore, secret_store
+from orders_ops.settings import StackSettings
 from orders_shared.catalog import DB_ROLES, group_role
 
 OWNER_ROLE = "orders_owner"
@@ -75,17 +75,13 @@ def vault_admin_password_file(settings: StackSettings) -> Path:
     return settings.secrets_dir / "postgres-vault-admin-password"
 
 
-def vault_admin_password(settings: StackSettings) -> str:
+def vault_admin_password(settings: StackSettings, store: SecretStore | None = None) -> str:
     """The password Vault's database connection logs in with (set by :func:`bootstrap_database`)."""
-    path = vault_admin_password_file(settings)
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        value = ""
+    value = (store or secret_store(settings)).read(vault_admin_password_file(settings).name)
     if not value:
         raise DatabaseBootstrapError(
-            f"{path} is missing: run the database bootstrap first ('orders-bootstrap'), "
-            "it creates vault_admin and its password"
+            f"the password of {VAULT_ADMIN_ROLE} is missing: run the database bootstrap first "
+            "('orders-bootstrap'), it creates vault_admin and its password"
         )
     return value
 
@@ -136,7 +132,7 @@ def _quote_literal(value: str) -> str:
 async def _connect(settings: StackSettings, user: str, password: str, database: str) -> Connection:
     try:
         conn: Connection = await asyncpg.connect(
-            host=HOST,
+            host=settings.db_host,
             port=settings.postgres_port,
             user=user,
             password=password,
@@ -145,7 +141,7 @@ async def _connect(settings: StackSettings, user: str, password: str, database: 
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseBootstrapError(
-            f"cannot log in to Postgres at {HOST}:{settings.postgres_port} as {user} "
+            f"cannot log in to Postgres at {settings.db_host}:{settings.postgres_port} as {user} "
             f"(database {database}): {type(exc).__name__}: {exc}. Is the stack up "
             "('orders-stack up')? If the password file under "
             f"{settings.secrets_dir} was replaced, run the bootstrap again to reset it."
@@ -592,6 +588,7 @@ async def bootstrap_database(
     *,
     vault_is_new: bool = False,
     migrations_dir: Traversable | None = None,
+    store: SecretStore | None = None,
 ) -> list[str]:
     """Bring roles, database, schema and privileges to the described state.
 
@@ -601,8 +598,9 @@ async def bootstrap_database(
     to drop. ``migrations_dir`` replaces the packaged SQL files (tests).
     """
     migrations = load_migrations(migrations_dir)  # a bad file fails before anything changes
-    owner_pw, owner_new = read_or_create_secret(owner_password_file(settings))
-    admin_pw, admin_new = read_or_create_secret(vault_admin_password_file(settings))
+    store = store or secret_store(settings)
+    owner_pw, owner_new = store.read_or_create(owner_password_file(settings).name)
+    admin_pw, admin_new = store.read_or_create(vault_admin_password_file(settings).name)
     database = settings.database
     changes: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Root-only secret files under ``<state>/secrets``: written once, read back, never printed.
+"""Generated secrets: root-only files locally, a Vault KV mount in cluster mode; never printed.
 
 The stack manager, the database bootstrap and the Vault bootstrap all keep
 generated passwords here; one helper keeps the file mode (0600, folder 0700)
@@ -10,6 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import hvac
+import hvac.exceptions
+
+if TYPE_CHECKING:
+    from orders_ops.settings import StackSettings
 
 
 def write_secret(path: Path, value: str) -> None:
@@ -35,3 +42,72 @@ def read_or_create_secret(path: Path, nbytes: int = 24) -> tuple[str, bool]:
     value = secrets.token_urlsafe(nbytes)
     write_secret(path, value)
     return value, True
+
+
+# --------------------------------------------------------------------------- where they live
+
+
+class SecretStore(Protocol):
+    """Where the bootstrap keeps the passwords it generates (never a worker's business)."""
+
+    def read_or_create(self, name: str) -> tuple[str, bool]: ...
+
+    def read(self, name: str) -> str | None: ...
+
+
+class FileSecrets:
+    """Local process mode: root-only files under ``<state>/secrets``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def read_or_create(self, name: str) -> tuple[str, bool]:
+        return read_or_create_secret(self.directory / name)
+
+    def read(self, name: str) -> str | None:
+        try:
+            return (self.directory / name).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
+class VaultKVSecrets:
+    """Cluster mode: a KV v2 mount only the bootstrap's admin token reads (no worker
+    policy names it). The Job's filesystem is ephemeral and its admin Secret mount
+    read-only, so generated passwords live in Vault, and a rerun finds them."""
+
+    MOUNT = "orders-bootstrap"
+
+    def __init__(self, client: hvac.Client, mount: str = MOUNT) -> None:
+        self.client = client
+        self.mount = mount
+        mounts = client.sys.list_mounted_secrets_engines()["data"]
+        if f"{mount}/" not in mounts:
+            client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+
+    def read(self, name: str) -> str | None:
+        try:
+            resp = self.client.secrets.kv.v2.read_secret_version(
+                path=name, mount_point=self.mount, raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        value = resp["data"]["data"].get("value")
+        return str(value) if value else None
+
+    def read_or_create(self, name: str) -> tuple[str, bool]:
+        value = self.read(name)
+        if value:
+            return value, False
+        value = secrets.token_urlsafe(24)
+        self.client.secrets.kv.v2.create_or_update_secret(
+            path=name, secret={"value": value}, mount_point=self.mount
+        )
+        return value, True
+
+
+def secret_store(settings: StackSettings) -> SecretStore:
+    """Files in local mode; Vault KV (as the admin token) in cluster mode."""
+    if settings.mode == "cluster":
+        return VaultKVSecrets(hvac.Client(url=settings.vault_addr, token=settings.root_token()))
+    return FileSecrets(settings.secrets_dir)

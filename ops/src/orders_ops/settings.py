@@ -7,6 +7,7 @@ another state folder).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,16 @@ class StackSettings:
     codec_port: int = 8081
     namespace: str = "orders"
     database: str = "orders"
+    # "local": the process stack on loopback. "cluster": the bootstrap Job, which
+    # reaches Vault and Postgres by service name and keeps no state on disk.
+    mode: str = "local"
+    db_host: str = HOST
+    vault_url: str | None = None
 
     @classmethod
     def from_env(cls) -> StackSettings:
         state = Path(os.environ.get("ORDERS_STATE_DIR") or Path.cwd() / ".local").resolve()
-        return cls(
+        local = cls(
             state_dir=state,
             temporal_port=_port("ORDERS_TEMPORAL_PORT", 7233),
             temporal_ui_port=_port("ORDERS_TEMPORAL_UI_PORT", 8233),
@@ -59,6 +65,22 @@ class StackSettings:
             worker_metrics_port=_port("ORDERS_WORKER_METRICS_PORT", 9464),
             codec_port=_port("ORDERS_CODEC_PORT", 8081),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
+        )
+        mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
+        if mode == "local":
+            return local
+        if mode != "cluster":
+            raise SettingsError(f"ORDERS_BOOTSTRAP_MODE={mode!r}: use local or cluster")
+        for name in ("VAULT_ADDR", "ORDERS_DB_HOST"):
+            if not os.environ.get(name):
+                raise SettingsError(f"{name} is required with ORDERS_BOOTSTRAP_MODE=cluster")
+        return dataclasses.replace(
+            local,
+            mode="cluster",
+            vault_url=os.environ["VAULT_ADDR"].rstrip("/"),
+            db_host=os.environ["ORDERS_DB_HOST"],
+            postgres_port=_port("ORDERS_DB_PORT", 5432),
+            database=os.environ.get("ORDERS_DB_NAME") or "orders",
         )
 
     # -- derived locations -------------------------------------------------
@@ -82,7 +104,7 @@ class StackSettings:
 
     @property
     def vault_addr(self) -> str:
-        return f"http://{HOST}:{self.vault_port}"
+        return self.vault_url or f"http://{HOST}:{self.vault_port}"
 
     @property
     def temporal_address(self) -> str:
@@ -117,7 +139,7 @@ class StackSettings:
 
     def admin_dsn(self, database: str = "postgres") -> str:
         return (
-            f"postgresql://postgres:{self.pg_superuser_password()}@{HOST}:"
+            f"postgresql://postgres:{self.pg_superuser_password()}@{self.db_host}:"
             f"{self.postgres_port}/{database}"
         )
 

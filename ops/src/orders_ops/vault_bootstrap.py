@@ -451,6 +451,11 @@ def ensure_reader_auth(
 
 
 def audit_log_file(settings: StackSettings) -> Path:
+    """Where Vault writes its audit log: the stack's state folder locally; in cluster
+    mode a path in *Vault's* pod (``ORDERS_VAULT_AUDIT_FILE``, default ``stdout``,
+    which the cluster's log pipeline collects)."""
+    if settings.mode == "cluster":
+        return Path(os.environ.get("ORDERS_VAULT_AUDIT_FILE") or "stdout")
     return settings.state_dir / "vault" / "audit.log"
 
 
@@ -480,7 +485,8 @@ def ensure_audit_device(
     for device in devices.values():
         if device.get("type") == "file" and device.get("options", {}).get("file_path") == wanted:
             return []
-    audit_log_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    if settings.mode == "local":
+        audit_log_file(settings).parent.mkdir(parents=True, exist_ok=True)
     try:
         client.sys.enable_audit_device(
             device_type="file", path=AUDIT_DEVICE_PATH, options={"file_path": wanted}
@@ -510,7 +516,16 @@ def configure_vault(
     changes = ensure_audit_device(client, settings, notes=notes)
     changes += ensure_transit(client)
     changes += ensure_policies(client)
-    changes += ensure_jwt_auth(client, settings, ttls)
+    if settings.mode == "local":
+        # process mode: workers present the local issuer's tokens at auth/jwt
+        changes += ensure_jwt_auth(client, settings, ttls)
     changes += ensure_kubernetes_auth(client, settings, ttls, kubernetes, notes=notes)
-    changes += ensure_reader_auth(client, ReaderAuthConfig.from_env(settings))
+    if settings.mode == "local" or os.environ.get("ORDERS_READER_OIDC_DISCOVERY_URL"):
+        changes += ensure_reader_auth(client, ReaderAuthConfig.from_env(settings))
+    elif notes is not None:
+        notes.append(
+            "vault: auth/oidc-readers left unset: set ORDERS_READER_OIDC_DISCOVERY_URL (and "
+            "ORDERS_READER_ISSUER) to your OIDC provider so people can read payloads through "
+            "the codec server"
+        )
     return changes

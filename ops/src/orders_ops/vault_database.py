@@ -30,7 +30,7 @@ import hvac
 import hvac.exceptions
 
 from orders_ops.database import VAULT_ADMIN_ROLE, quote_ident, vault_admin_password
-from orders_ops.settings import HOST, SettingsError, StackSettings
+from orders_ops.settings import SettingsError, StackSettings
 from orders_shared.catalog import DB_ROLES, group_role
 
 MOUNT = "database"
@@ -118,7 +118,10 @@ def renew_statements() -> list[str]:
 
 
 def _connection_url(settings: StackSettings) -> str:
-    return f"postgresql://{{{{username}}}}:{{{{password}}}}@{HOST}:{settings.postgres_port}/{settings.database}"
+    return (
+        f"postgresql://{{{{username}}}}:{{{{password}}}}@{settings.db_host}:"
+        f"{settings.postgres_port}/{settings.database}"
+    )
 
 
 def _fingerprint(password: str) -> str:
@@ -233,8 +236,8 @@ def configure_database_engine(client: hvac.Client, settings: StackSettings) -> l
         except hvac.exceptions.VaultError as exc:
             raise VaultDatabaseError(
                 f"Vault could not configure connection {CONNECTION} to Postgres at "
-                f"{HOST}:{settings.postgres_port} as {VAULT_ADMIN_ROLE}: {exc}. Run the "
-                "database bootstrap first (it creates vault_admin and its password)."
+                f"{settings.db_host}:{settings.postgres_port} as {VAULT_ADMIN_ROLE}: {exc}. "
+                "Run the database bootstrap first (it creates vault_admin and its password)."
             ) from exc
         verb = "configured" if current is None else "updated"
         changes.append(f"{verb} Vault database connection {CONNECTION} (as {VAULT_ADMIN_ROLE})")
