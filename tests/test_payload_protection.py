@@ -79,7 +79,7 @@ from orders_shared.contracts.orchestrator import (
     OrderWorkflowInput,
     OrderWorkflowResult,
 )
-from orders_shared.sealing import seal_order
+from orders_shared.sealing import seal_context, seal_order
 from orders_validate import worker as validate_worker
 
 
@@ -432,11 +432,15 @@ async def test_each_service_opens_only_its_own_seal_key(identities: Any) -> None
         for name in ("orchestrator", "validate", "inventory", *SEALED_SERVICES, "client"):
             transit = await identities.transit(name)
             if name == owner:
-                opened = await transit.decrypt(seal_key(owner), getattr(sealed, field))
+                opened = await transit.decrypt(
+                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                )
                 assert opened.decode() == getattr(plain, field)
             else:
                 with pytest.raises(TransitDenied):
-                    await transit.decrypt(seal_key(owner), getattr(sealed, field))
+                    await transit.decrypt(
+                        seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                    )
 
 
 # --------------------------------------------------------------------------- codec server HTTP

@@ -64,6 +64,10 @@ def test_up_twice_status_env_and_down_leave_nothing(own_stack: Stack) -> None:
     assert all(pids)
     own_stack.up(timeout=60, bootstrap=False, echo=lambda _line: None)  # harmless
     assert [s.pid() for s in servers] == pids
+    # the root token is in a root-only file, never on a command line anyone can read
+    vault_cmdline = Path(f"/proc/{pids[1]}/cmdline").read_bytes()
+    assert own_stack.settings.root_token().encode() not in vault_cmdline
+    assert own_stack.settings.root_token_file.stat().st_mode & 0o777 == 0o600
 
     rows = {r["server"]: r for r in own_stack.status()}
     for server, pid in zip(servers, pids, strict=True):

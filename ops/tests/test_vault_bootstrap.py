@@ -187,16 +187,24 @@ def _worker(stack: Stack, service_name: str) -> hvac.Client:
 def test_sealed_field_opens_only_for_its_consumer(stack: Stack, root: hvac.Client) -> None:
     client = _token_with(root, CLIENT_POLICY, stack.settings.vault_addr)
     plaintext = base64.b64encode(b"tok_visa_4242").decode()
-    sealed = client.secrets.transit.encrypt_data("orders-seal-payment", plaintext)["data"][
-        "ciphertext"
-    ]
+    order_a = base64.b64encode(b"order:A").decode()  # seal keys are derived: bound to an order
+    sealed = client.secrets.transit.encrypt_data("orders-seal-payment", plaintext, context=order_a)[
+        "data"
+    ]["ciphertext"]
     with pytest.raises(hvac.exceptions.Forbidden):  # the client seals, it cannot open
-        client.secrets.transit.decrypt_data("orders-seal-payment", sealed)
-    opened = _worker(stack, "payment").secrets.transit.decrypt_data("orders-seal-payment", sealed)
+        client.secrets.transit.decrypt_data("orders-seal-payment", sealed, context=order_a)
+    payment = _worker(stack, "payment").secrets.transit
+    opened = payment.decrypt_data("orders-seal-payment", sealed, context=order_a)
     assert opened["data"]["plaintext"] == plaintext
+    with pytest.raises(hvac.exceptions.InvalidRequest):  # replayed into order B: no
+        payment.decrypt_data(
+            "orders-seal-payment", sealed, context=base64.b64encode(b"order:B").decode()
+        )
     for other in ("orchestrator", "validate", "fulfill"):
         with pytest.raises(hvac.exceptions.Forbidden):
-            _worker(stack, other).secrets.transit.decrypt_data("orders-seal-payment", sealed)
+            _worker(stack, other).secrets.transit.decrypt_data(
+                "orders-seal-payment", sealed, context=order_a
+            )
 
 
 @pytest.mark.stack

@@ -58,10 +58,14 @@ async def test_seal_then_each_consumer_opens_its_own_fields() -> None:
     assert (sealed.order_id, sealed.customer_id, sealed.lines) == ("ord-1", "cust-1", order().lines)
     check_sealed_order(sealed)  # validate accepts it as given
     for field, service in SEALED_FIELDS.items():
-        assert await open_field(transit, service, getattr(sealed, field)) == getattr(order(), field)
+        opened = await open_field(transit, service, getattr(sealed, field), order_id="ord-1")
+        assert opened == getattr(order(), field)
     # sealed to payment, it does not open with the notify key
     with pytest.raises(SealedFieldError, match="orders-seal-notify"):
-        await open_field(transit, "notify", sealed.payment_token)
+        await open_field(transit, "notify", sealed.payment_token, order_id="ord-1")
+    # bound to its order: copied into another order, it does not open
+    with pytest.raises(SealedFieldError, match="another order"):
+        await open_field(transit, "payment", sealed.payment_token, order_id="ord-2")
     # sealing twice keeps what is sealed already
     assert await seal_order(sealed, transit) == sealed
 
@@ -83,14 +87,14 @@ async def test_plain_or_invalid_orders_are_refused_by_validate() -> None:
 async def test_open_in_activity_errors() -> None:
     transit = InMemoryTransit(*SEAL_KEYS)
     with pytest.raises(ApplicationError) as info:
-        await open_in_activity(transit, "payment", "tok_visa")
+        await open_in_activity(transit, "payment", "tok_visa", order_id="ord-1")
     assert info.value.type == SEALED_FIELD_INVALID
     assert info.value.non_retryable
     assert "tok_visa" not in str(info.value)
     sealed = await seal_order(order(), transit)
     transit.denied.add(("decrypt", "orders-seal-payment"))
     with pytest.raises(TransitDenied):  # a policy problem: retried, not a business outcome
-        await open_in_activity(transit, "payment", sealed.payment_token)
+        await open_in_activity(transit, "payment", sealed.payment_token, order_id="ord-1")
 
 
 def test_is_sealed() -> None:

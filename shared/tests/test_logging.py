@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import pytest
+
 from orders_shared.logging import REDACTED, redact
 
 
@@ -46,3 +48,37 @@ def test_secret_looking_values_are_redacted_under_any_key() -> None:
 def test_descriptive_keys_and_plain_values_are_kept() -> None:
     event = {"token_seconds_left": 12.5, "lease_ttl": 300, "db_role": "order-notify", "event": "e"}
     assert _redact(**event) == event
+
+
+def test_an_exception_is_logged_by_type_and_frames_never_by_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+    import logging
+
+    import structlog
+
+    from orders_shared.logging import configure_logging
+
+    try:
+        configure_logging("test")
+        try:
+            # built at run time: frames show source lines, and a message comes from data
+            card, email = "tok_" + "visa_4242", "alice" + "@example.com"
+            raise ValueError(f"card {card} for {email}")
+        except ValueError:
+            # the Temporal SDK logs failed attempts through stdlib logging, with exc_info
+            logging.getLogger("temporalio.activity").warning("activity failed", exc_info=True)
+            structlog.get_logger().error("ours", exc_info=True)
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert [(e["event"], e["error_type"]) for e in lines] == [
+        ("activity failed", "ValueError"),
+        ("ours", "ValueError"),
+    ]
+    for entry in lines:
+        text = json.dumps(entry)
+        assert "tok_visa" not in text and "alice@" not in text
+        assert "test_logging.py" in entry["stack"]  # where it happened is kept

@@ -18,7 +18,7 @@ from orders_ops import issuer
 from orders_ops.database import DatabaseBootstrapError, bootstrap_database
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault, root_client
-from orders_ops.vault_database import configure_database_engine
+from orders_ops.vault_database import VaultDatabaseError, configure_database_engine
 
 
 @dataclass
@@ -67,7 +67,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         report = bootstrap(StackSettings.from_env())
-    except (VaultBootstrapError, SettingsError, issuer.IssuerError, DatabaseBootstrapError) as exc:
+    except (
+        VaultBootstrapError,
+        VaultDatabaseError,
+        SettingsError,
+        issuer.IssuerError,
+        DatabaseBootstrapError,
+    ) as exc:
         print(f"orders-bootstrap: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"orders-bootstrap: {report.summary()}")

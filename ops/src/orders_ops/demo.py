@@ -38,7 +38,7 @@ from orders_shared.codec import TransitDenied, VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
 from orders_shared.logging import configure_logging
 from orders_shared.order_input import parse_order
-from orders_shared.sealing import SEALED_FIELDS, seal_key
+from orders_shared.sealing import SEALED_FIELDS, seal_context, seal_key
 
 
 @dataclass(frozen=True)
@@ -390,7 +390,9 @@ async def who_can_unseal(
             verdicts: dict[str, str] = {}
             for name, session in sessions.items():
                 try:
-                    await VaultTransit(session).decrypt(seal_key(consumer), order[field])
+                    await VaultTransit(session).decrypt(
+                        seal_key(consumer), order[field], seal_context(order["order_id"])
+                    )
                     verdicts[name] = "opens"
                 except TransitDenied:
                     verdicts[name] = "403"

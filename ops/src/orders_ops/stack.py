@@ -297,8 +297,7 @@ class Postgres(Server):
         if (self.data_dir / "PG_VERSION").exists():
             return
         pwfile = base / "initdb.pw"
-        pwfile.write_text(self.settings.pg_superuser_password() + "\n")
-        pwfile.chmod(0o600)
+        _write_secret(pwfile, self.settings.pg_superuser_password())  # 0600 from the start
         self._own(pwfile)
         try:
             result = subprocess.run(
@@ -423,14 +422,18 @@ class Vault(Server):
                 _bao_binary(),
                 "server",
                 "-dev",
-                f"-dev-root-token-id={token}",
                 f"-dev-listen-address={HOST}:{self.settings.vault_port}",
                 "-dev-no-store-token",
                 f"-config={config}",
                 "-log-level=warn",
             ],
-            # the dev server must not pick up a VAULT_/BAO_ token or address of the caller
-            env={k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
+            # the dev server must not pick up a VAULT_/BAO_ token or address of the caller;
+            # its root token goes in the environment, never on the command line (where
+            # every local user could read it in ps)
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
+                "BAO_DEV_ROOT_TOKEN_ID": token,
+            },
         )
 
     def healthy(self) -> bool:

@@ -23,7 +23,13 @@ import hvac.exceptions
 import requests
 
 from orders_ops import issuer
-from orders_ops.policies import PAYLOAD_READER_POLICY, TRANSIT_MOUNT, all_policies, transit_keys
+from orders_ops.policies import (
+    PAYLOAD_KEY,
+    PAYLOAD_READER_POLICY,
+    TRANSIT_MOUNT,
+    all_policies,
+    transit_keys,
+)
 from orders_ops.settings import SettingsError, StackSettings
 from orders_shared.catalog import SERVICES, ServiceSpec
 
@@ -230,14 +236,25 @@ def ensure_transit(client: hvac.Client) -> list[str]:
     """The Transit engine and its keys: one for payload data keys, one per sealed consumer."""
     changes = _ensure_secrets_engine(client, TRANSIT_MOUNT, "transit")
     for name in transit_keys():
+        # seal keys are derived: a sealed field is bound to its order (a context)
+        derived = name != PAYLOAD_KEY
         try:
             key = client.secrets.transit.read_key(name, mount_point=TRANSIT_MOUNT)["data"]
         except hvac.exceptions.InvalidPath:
             client.secrets.transit.create_key(
-                name, key_type=TRANSIT_KEY_TYPE, mount_point=TRANSIT_MOUNT
+                name, key_type=TRANSIT_KEY_TYPE, derived=derived, mount_point=TRANSIT_MOUNT
             )
-            changes.append(f"vault: created transit key {name} ({TRANSIT_KEY_TYPE})")
+            changes.append(
+                f"vault: created transit key {name} ({TRANSIT_KEY_TYPE}"
+                f"{', derived' if derived else ''})"
+            )
             continue
+        if bool(key.get("derived")) != derived:
+            raise VaultBootstrapError(
+                f"transit key {name} is {'' if key.get('derived') else 'not '}derived, but "
+                f"the code expects {'a derived' if derived else 'a plain'} key; derivation "
+                "cannot change: delete the key (losing what it encrypted) or rename it in code"
+            )
         if key["type"] != TRANSIT_KEY_TYPE:
             raise VaultBootstrapError(
                 f"transit key {name} is {key['type']!r}, not {TRANSIT_KEY_TYPE!r}; a key's type "

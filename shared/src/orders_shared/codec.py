@@ -152,9 +152,13 @@ class TransitClient(Protocol):
         """A fresh 256-bit data key: (plaintext key, the key wrapped by Transit)."""
         ...
 
-    async def decrypt(self, key_name: str, ciphertext: str) -> bytes: ...
+    async def decrypt(self, key_name: str, ciphertext: str, context: bytes | None = None) -> bytes:
+        """``context``: for a derived key, what the ciphertext was bound to at encryption."""
+        ...
 
-    async def encrypt(self, key_name: str, plaintext: bytes) -> str: ...
+    async def encrypt(
+        self, key_name: str, plaintext: bytes, context: bytes | None = None
+    ) -> str: ...
 
     async def rewrap(self, key_name: str, ciphertext: str) -> str:
         """``ciphertext`` re-encrypted with the key's latest version."""
@@ -198,15 +202,20 @@ class HvacTransit:
         )
         return base64.b64decode(data["plaintext"]), str(data["ciphertext"])
 
-    async def decrypt(self, key_name: str, ciphertext: str) -> bytes:
-        data = await self._call(self._client.secrets.transit.decrypt_data, key_name, ciphertext)
+    async def decrypt(self, key_name: str, ciphertext: str, context: bytes | None = None) -> bytes:
+        extra = {"context": base64.b64encode(context).decode()} if context is not None else {}
+        data = await self._call(
+            self._client.secrets.transit.decrypt_data, key_name, ciphertext, **extra
+        )
         return base64.b64decode(data["plaintext"])
 
-    async def encrypt(self, key_name: str, plaintext: bytes) -> str:
+    async def encrypt(self, key_name: str, plaintext: bytes, context: bytes | None = None) -> str:
+        extra = {"context": base64.b64encode(context).decode()} if context is not None else {}
         data = await self._call(
             self._client.secrets.transit.encrypt_data,
             key_name,
             base64.b64encode(plaintext).decode(),
+            **extra,
         )
         return str(data["ciphertext"])
 
@@ -822,13 +831,13 @@ class InMemoryTransit:
             raise TransitRejected("encryption key not found")
         return self._keys[name]
 
-    def _seal(self, name: str, plaintext: bytes) -> str:
+    def _seal(self, name: str, plaintext: bytes, context: bytes | None = None) -> str:
         versions = self._keys[name]
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(versions[-1]).encrypt(nonce, plaintext, None)
+        sealed = AESGCM(versions[-1]).encrypt(nonce, plaintext, context)
         return f"vault:v{len(versions)}:{base64.b64encode(nonce + sealed).decode()}"
 
-    def _open(self, name: str, ciphertext: str) -> bytes:
+    def _open(self, name: str, ciphertext: str, context: bytes | None = None) -> bytes:
         versions = self._keys[name]
         match = _WRAPPED_RE.fullmatch(ciphertext.encode(errors="replace"))
         if match is None:
@@ -842,7 +851,9 @@ class InMemoryTransit:
             )
         try:
             raw = base64.b64decode(match.group(2), validate=True)
-            return AESGCM(versions[version - 1]).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], None)
+            return AESGCM(versions[version - 1]).decrypt(
+                raw[:NONCE_BYTES], raw[NONCE_BYTES:], context
+            )
         except (binascii.Error, ValueError, InvalidTag):
             raise TransitRejected("cipher: message authentication failed") from None
 
@@ -851,13 +862,13 @@ class InMemoryTransit:
         key = os.urandom(DATA_KEY_BYTES)
         return key, self._seal(key_name, key)
 
-    async def decrypt(self, key_name: str, ciphertext: str) -> bytes:
+    async def decrypt(self, key_name: str, ciphertext: str, context: bytes | None = None) -> bytes:
         self._check("decrypt", key_name)
-        return self._open(key_name, ciphertext)
+        return self._open(key_name, ciphertext, context)
 
-    async def encrypt(self, key_name: str, plaintext: bytes) -> str:
+    async def encrypt(self, key_name: str, plaintext: bytes, context: bytes | None = None) -> str:
         self._check("encrypt", key_name)
-        return self._seal(key_name, plaintext)
+        return self._seal(key_name, plaintext, context)
 
     async def rewrap(self, key_name: str, ciphertext: str) -> str:
         self._check("rewrap", key_name)

@@ -18,6 +18,7 @@ Variables (defaults in brackets):
                                 where Postgres is [127.0.0.1 / 5432 / orders]
 ``ORDERS_DB_MOUNT``             database secrets engine mount [database]
 ``ORDERS_DB_POOL_MAX``          connections per database role [10]
+``ORDERS_DB_COMMAND_TIMEOUT``   seconds a statement may run before it fails (and is retried) [20]
 ``TEMPORAL_ADDRESS``            host:port of the Temporal frontend [127.0.0.1:7233]
 ``TEMPORAL_NAMESPACE``          [default]
 ``ORDERS_METRICS_HOST`` / ``ORDERS_METRICS_PORT``
@@ -144,6 +145,7 @@ class DatabaseConfig:
     name: str
     mount: str
     pool_max: int
+    command_timeout: float = 20.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseConfig:
@@ -154,6 +156,7 @@ class DatabaseConfig:
             name=e.text("ORDERS_DB_NAME", "orders"),
             mount=e.text("ORDERS_DB_MOUNT", "database"),
             pool_max=e.whole("ORDERS_DB_POOL_MAX", 10, 1, 500),
+            command_timeout=e.seconds("ORDERS_DB_COMMAND_TIMEOUT", 20.0, 0.1, 600.0),
         )
 
 

@@ -177,7 +177,11 @@ class VaultSession:
                 resp = await self.call(
                     self._client.auth.jwt.jwt_login, cfg.auth_role, jwt, path=cfg.auth_mount
                 )
-        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as exc:
+        except (
+            hvac.exceptions.InvalidRequest,
+            hvac.exceptions.Forbidden,
+            hvac.exceptions.InvalidPath,  # the auth mount is missing (Vault not bootstrapped)
+        ) as exc:
             raise VaultLoginError(
                 f"Vault refused login at auth/{cfg.auth_mount} as role {cfg.auth_role!r}: "
                 f"{_first_error(exc)}. Check that the token in {cfg.token_file} belongs to "
@@ -234,6 +238,9 @@ class VaultSession:
             except VaultLoginError as exc:
                 attempt += 1
                 log.error("vault.login_failed", error=str(exc), attempt=attempt)
+            except Exception as exc:  # never let the loop die: a dead loop means a dead token
+                attempt += 1
+                log.error("vault.renewal_error", error_type=type(exc).__name__, attempt=attempt)
 
     async def renew_or_login(self) -> None:
         """Renew the token; log in again when it is not renewable or near its max TTL."""

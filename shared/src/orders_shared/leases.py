@@ -114,6 +114,9 @@ class RolePool:
             password=cred.password,
             min_size=0,
             max_size=self.db.pool_max,
+            # a statement stuck on a paused database must fail (and be retried by
+            # Temporal) rather than hold a connection and an activity slot forever
+            command_timeout=self.db.command_timeout,
         )
         self._cred = cred
         self.vault.add_login_listener(self._on_vault_login)
@@ -162,6 +165,7 @@ class RolePool:
             database=self.db.name,
             user=new.username,
             password=new.password,
+            command_timeout=self.db.command_timeout,
         )
         await self._pool.expire_connections()
         self._cred = new
@@ -298,19 +302,27 @@ class RolePool:
                     attempt=attempt,
                 )
             except hvac.exceptions.Forbidden:
-                # our Vault token expired or was revoked: log in again, then retry
+                # our Vault token expired or was revoked: log in again (which asks for a
+                # new credential through the login listener), then retry
                 attempt += 1
                 with contextlib.suppress(Exception):
                     await self.vault.login()
             except hvac.exceptions.InvalidRequest:
-                # the lease is gone (revoked out of band): get a new credential
+                # the lease is gone (revoked out of band): get a new credential next round
                 attempt += 1
-                with contextlib.suppress(*VAULT_UNAVAILABLE, CredentialError):
-                    await self.rotate()
-                    attempt = 0
+                self._rotate_requested = True
             except CredentialError as exc:
                 attempt += 1
                 log.error("db.issue_failed", db_role=self.db_role, error=str(exc))
+            except Exception as exc:  # never let the loop die: the pool would run dry
+                attempt += 1
+                self._rotate_requested = True  # whatever it was, a fresh credential is safest
+                log.error(
+                    "db.maintenance_error",
+                    db_role=self.db_role,
+                    error_type=type(exc).__name__,
+                    attempt=attempt,
+                )
 
 
 class LeasedPools:

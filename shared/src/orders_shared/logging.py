@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -28,6 +29,27 @@ _SENSITIVE_VALUE = re.compile(
 )
 # keys that contain a sensitive word but only describe, never hold, a secret
 _SAFE_KEYS = frozenset({"token_seconds_left", "token_ttl", "token_file", "lease_ttl"})
+
+
+def exception_without_message(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Keep an exception's type and stack frames, drop its message.
+
+    Exception messages quote data (a driver's error can carry a value, a library's
+    can carry a URL with a token), so no log line carries one: the type and where
+    it was raised are what an operator acts on.
+    """
+    info = event.pop("exc_info", None)
+    if info is True:
+        info = sys.exc_info()
+    elif isinstance(info, BaseException):
+        info = (type(info), info, info.__traceback__)
+    if isinstance(info, tuple) and len(info) == 3 and info[0] is not None:
+        event["error_type"] = info[0].__name__
+        if info[2] is not None:
+            event["stack"] = "".join(traceback.format_tb(info[2]))
+    return event
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -77,12 +99,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        exception_without_message,
         redact,
     ]
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -96,6 +118,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exception_without_message,  # exc_info is added after the pre-chain
+                redact,
                 structlog.processors.JSONRenderer(),
             ],
         )

@@ -84,8 +84,12 @@ async def seal_order(order: Order, transit: TransitClient) -> Order:
     fields = [f for f in SEALED_FIELDS if not is_sealed(getattr(order, f))]
     done: dict[str, Any] = {f: _PLACEHOLDERS[f] for f in SEALED_FIELDS if f not in fields}
     check_order(dataclasses.replace(order, **done))
+    context = seal_context(order.order_id)
     sealed = await asyncio.gather(
-        *(transit.encrypt(seal_key(SEALED_FIELDS[f]), getattr(order, f).encode()) for f in fields)
+        *(
+            transit.encrypt(seal_key(SEALED_FIELDS[f]), getattr(order, f).encode(), context)
+            for f in fields
+        )
     )
     changes: dict[str, Any] = dict(zip(fields, sealed, strict=True))
     return dataclasses.replace(order, **changes)
@@ -106,8 +110,15 @@ def check_sealed_order(order: Order) -> None:
     check_order(dataclasses.replace(order, **_PLACEHOLDERS))
 
 
-async def open_field(transit: TransitClient, service: str, value: str) -> str:
-    """Open a field sealed to ``service`` with the caller's own identity.
+def seal_context(order_id: str) -> bytes:
+    """What a sealed field is bound to: its order. The seal keys are derived keys, so a
+    field opens only for the order it was sealed for; copied into another order (say a
+    payment token seen in history), it does not open."""
+    return f"order:{order_id}".encode()
+
+
+async def open_field(transit: TransitClient, service: str, value: str, *, order_id: str) -> str:
+    """Open a field sealed to ``service`` for order ``order_id``, with the caller's identity.
 
     :class:`SealedFieldError` when the value is not a field sealed to this
     service; Vault being down (:class:`orders_shared.codec.TransitUnavailable`)
@@ -117,11 +128,11 @@ async def open_field(transit: TransitClient, service: str, value: str) -> str:
     if not is_sealed(value):
         raise SealedFieldError(f"the field is not sealed to the {service} service")
     try:
-        plain = await transit.decrypt(seal_key(service), value)
+        plain = await transit.decrypt(seal_key(service), value, seal_context(order_id))
     except TransitRejected as exc:
         raise SealedFieldError(
             f"the field does not open with {seal_key(service)} ({exc}): sealed to another "
-            "service or altered"
+            "service or another order, or altered"
         ) from None
     except TransitDenied:
         raise
@@ -135,11 +146,13 @@ SEALED_FIELD_INVALID = "SealedFieldInvalid"
 """Error type of an activity that was given a field it cannot open (never retried)."""
 
 
-async def open_in_activity(transit: TransitClient, service: str, value: str) -> str:
+async def open_in_activity(
+    transit: TransitClient, service: str, value: str, *, order_id: str
+) -> str:
     """:func:`open_field` for activity code: a field that cannot be opened is a
     non-retryable ``ApplicationError`` of type :data:`SEALED_FIELD_INVALID`;
     infrastructure failures stay retryable."""
     try:
-        return await open_field(transit, service, value)
+        return await open_field(transit, service, value, order_id=order_id)
     except SealedFieldError as exc:
         raise ApplicationError(str(exc), type=SEALED_FIELD_INVALID, non_retryable=True) from None

@@ -81,7 +81,9 @@ class PaymentActivities:
                         "order is not recorded as an accepted order; nothing to charge"
                     )
                 key = _key(inp.order_id, "charge")
-                payment_token = await open_in_activity(self.transit, "payment", inp.payment_token)
+                payment_token = await open_in_activity(
+                    self.transit, "payment", inp.payment_token, order_id=inp.order_id
+                )
                 # Outside a transaction: the connection is idle while we wait for the provider.
                 result = await self.provider.charge(
                     ChargeRequest(
