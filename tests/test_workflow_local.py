@@ -27,6 +27,7 @@ import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
@@ -42,7 +43,13 @@ from orders_ops.stack import Stack
 from orders_orchestrator import worker as orchestrator_worker
 from orders_payment import worker as payment_worker
 from orders_payment.activities import PaymentActivities
-from orders_payment.provider import SimulatedProvider
+from orders_payment.provider import (
+    ChargeRequest,
+    ChargeResult,
+    RefundRequest,
+    RefundResult,
+    SimulatedProvider,
+)
 from orders_shared.client import OrderNotSealedError, order_status, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -587,6 +594,66 @@ async def test_declined_charge_stays_declined_on_retry(
                 ),
             )
     assert [p[:2] for p in await payments(admin, order.order_id)] == [("charge", "declined")]
+
+
+class CrashAfterCharging(SimulatedProvider):
+    """The provider charges, then our side dies before recording the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charged: list[str] = []
+        self.refunded_charges: list[str] = []
+        self.crash = True
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        result = await super().charge(request)
+        self.charged.append(request.idempotency_key)
+        if self.crash:
+            raise ConnectionResetError("worker lost its database after the provider charged")
+        return result
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        self.refunded_charges.append(request.charge_idempotency_key)
+        return await super().refund(request)
+
+
+async def test_a_charge_the_record_missed_is_still_refunded(
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
+) -> None:
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=700, on_hand=1)
+    order = await seal_order(make_order([(sku, 1)]), sealer)
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    provider = CrashAfterCharging()
+    pay = PaymentActivities(source, provider, opener["payment"])
+    charge_input = payment.ProcessPaymentInput(
+        order_id=order.order_id, payment_token=order.payment_token
+    )
+    with pytest.raises(ConnectionResetError):
+        await env.run(pay.process_payment, charge_input)
+    # the provider took the money; our record says only that a charge was attempted
+    assert provider.charged == [f"{order.order_id}:charge"]
+    assert [p[:2] for p in await payments(admin, order.order_id)] == [("charge", "pending")]
+
+    # the step's deadline passes and the workflow compensates: the refund must not
+    # conclude "never charged"
+    refund = await env.run(pay.refund_payment, payment.RefundPaymentInput(order_id=order.order_id))
+    assert (refund.refunded, refund.amount_cents) == (True, 700)
+    assert provider.refunded_charges == [f"{order.order_id}:charge"]
+
+    # and an attempt that outlived its deadline does not charge again afterwards
+    provider.crash = False
+    with pytest.raises(ApplicationError, match="compensated") as info:
+        await env.run(pay.process_payment, charge_input)
+    assert info.value.non_retryable
+    assert provider.charged == [f"{order.order_id}:charge"]
+    assert sorted(p[:2] for p in await payments(admin, order.order_id)) == [
+        ("charge", "pending"),
+        ("refund", "approved"),
+    ]
 
 
 async def test_concurrent_duplicate_reservations_take_stock_once(

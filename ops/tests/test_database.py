@@ -52,7 +52,11 @@ def _copy_packaged(dst: Path) -> Path:
 
 def test_packaged_migrations_load_in_numeric_order() -> None:
     names = [m.name for m in load_migrations()]
-    assert names == ["0001_orders_schema.sql", "0002_demo_seed.sql"]
+    assert names == [
+        "0001_orders_schema.sql",
+        "0002_demo_seed.sql",
+        "0003_payment_intent.sql",
+    ]
 
 
 def test_migrations_are_ordered_by_number_not_by_name(tmp_path: Path) -> None:
@@ -216,23 +220,24 @@ async def test_migrations_apply_once_each_in_order(scratch_owner_conn: Any, tmp_
         "created table app.schema_migrations",
         "applied migration 0001_orders_schema.sql",
         "applied migration 0002_demo_seed.sql",
+        "applied migration 0003_payment_intent.sql",
     ]
     assert await scratch_owner_conn.fetchval("SELECT count(*) FROM app.products") == 4
     assert await apply_migrations(scratch_owner_conn, load_migrations(folder)) == []
 
     # a failing migration leaves nothing behind: its own transaction, no record
-    (folder / "0003_broken.sql").write_text(
+    (folder / "0099_broken.sql").write_text(
         "CREATE TABLE app.half_done (id int);\nSELECT no_such_function();\n"
     )
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await apply_migrations(scratch_owner_conn, load_migrations(folder))
     assert await scratch_owner_conn.fetchval("SELECT to_regclass('app.half_done')") is None
-    assert await scratch_owner_conn.fetchval("SELECT max(version) FROM app.schema_migrations") == 2
+    assert await scratch_owner_conn.fetchval("SELECT max(version) FROM app.schema_migrations") == 3
     rows = await scratch_owner_conn.fetch(
         "SELECT name, checksum FROM app.schema_migrations ORDER BY version"
     )
     assert [(r["name"], r["checksum"]) for r in rows] == [
-        (m.name, m.checksum) for m in load_migrations(folder)[:2]
+        (m.name, m.checksum) for m in load_migrations(folder)[:3]
     ]
 
 

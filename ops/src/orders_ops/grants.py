@@ -78,6 +78,13 @@ GRANT_MATRIX: tuple[Grant, ...] = (
     ),
     _g("order-process-payment", "payments", "SELECT", "find a charge or refund on retry"),
     _g("order-process-payment", "payments", "INSERT", "record one charge and one refund"),
+    _g(
+        "order-process-payment",
+        "payments",
+        "UPDATE",
+        "record the provider's answer on the charge recorded as pending before the call",
+        ("status", "provider_ref"),
+    ),
     # --- fulfill: ship to the address on file ----------------------------------------
     _g(
         "order-fulfill",

@@ -50,7 +50,11 @@ async def test_a_transient_token_fails_until_the_given_attempt() -> None:
 async def test_refund_is_deterministic_per_key() -> None:
     provider = SimulatedProvider()
     req = RefundRequest(
-        idempotency_key="ord-1:refund", charge_ref="ch_x", amount_cents=1234, currency="EUR"
+        idempotency_key="ord-1:refund",
+        charge_idempotency_key="ord-1:charge",
+        charge_ref="ch_x",
+        amount_cents=1234,
+        currency="EUR",
     )
     assert await provider.refund(req) == await provider.refund(req)
 

@@ -68,7 +68,12 @@ class PaymentActivities:
     @activity.defn(name=PROCESS_PAYMENT)
     async def process_payment(self, inp: ProcessPaymentInput) -> ProcessPaymentOutput:
         """Charge the order's recorded total once. A repeated call returns the
-        recorded outcome: the same approval, or the same refusal."""
+        recorded outcome: the same approval, or the same refusal.
+
+        The charge is recorded as ``pending`` before the provider is called and
+        set to its answer after, so no crash or outage can leave a charge the
+        refund does not know about."""
+        key = _key(inp.order_id, "charge")
         async with self.db.connection(DB_ROLE) as conn:
             charge = await self._recorded(conn, inp.order_id, "charge")
             if charge is None:
@@ -80,33 +85,48 @@ class PaymentActivities:
                     raise OrderStateConflict(
                         "order is not recorded as an accepted order; nothing to charge"
                     )
-                key = _key(inp.order_id, "charge")
-                payment_token = await open_in_activity(
-                    self.transit, "payment", inp.payment_token, order_id=inp.order_id
-                )
-                # Outside a transaction: the connection is idle while we wait for the provider.
-                result = await self.provider.charge(
-                    ChargeRequest(
-                        idempotency_key=key,
-                        payment_token=payment_token,
-                        amount_cents=order["total_cents"],
-                        currency=order["currency"],
-                    )
-                )
                 await conn.execute(
                     _INSERT_PAYMENT,
                     inp.order_id,
                     "charge",
-                    result.status,
+                    "pending",
                     order["total_cents"],
                     order["currency"],
-                    result.provider_ref,
+                    None,
                     key,
                 )
-                # Read back what is recorded: a concurrent duplicate may have won the insert.
                 charge = await self._recorded(conn, inp.order_id, "charge")
-                if charge is None:  # we or a duplicate just inserted it
+                if charge is None:
                     raise RuntimeError("charge row missing right after insert")
+            if charge["status"] == "pending":
+                if await self._recorded(conn, inp.order_id, "refund") is not None:
+                    # compensation already ran (this attempt outlived its deadline):
+                    # charging now would take money the workflow has given back
+                    raise OrderStateConflict("the order was compensated; it is not charged")
+                payment_token = await open_in_activity(
+                    self.transit, "payment", inp.payment_token, order_id=inp.order_id
+                )
+                # Outside a transaction: no lock is held while we wait for the provider.
+                result = await self.provider.charge(
+                    ChargeRequest(
+                        idempotency_key=key,
+                        payment_token=payment_token,
+                        amount_cents=charge["amount_cents"],
+                        currency=charge["currency"],
+                    )
+                )
+                await conn.execute(
+                    "UPDATE app.payments SET status = $3, provider_ref = $4 "
+                    "WHERE order_id = $1 AND kind = $2 AND status = 'pending'",
+                    inp.order_id,
+                    "charge",
+                    result.status,
+                    result.provider_ref,
+                )
+                # Read back what is recorded: a concurrent duplicate may have answered first.
+                charge = await self._recorded(conn, inp.order_id, "charge")
+                if charge is None:
+                    raise RuntimeError("charge row missing right after update")
         if charge["status"] == "declined":
             raise PaymentDeclined("the payment provider declined the charge")
         return ProcessPaymentOutput(
@@ -118,14 +138,18 @@ class PaymentActivities:
 
     @activity.defn(name=REFUND_PAYMENT)
     async def refund_payment(self, inp: RefundPaymentInput) -> RefundPaymentOutput:
-        """Refund the approved charge in full, once. Without an approved charge
-        (declined, or never charged) there is nothing to refund and that is a
-        success: compensation must be safe to run whatever happened before."""
+        """Refund the charge in full, once. Without a charge (declined, or the
+        provider never called) there is nothing to refund and that is a success:
+        compensation must be safe to run whatever happened before. A charge still
+        pending is refunded by its idempotency key; a late charge attempt then sees
+        the refund row and does not charge."""
         async with self.db.connection(DB_ROLE) as conn:
             refund = await self._recorded(conn, inp.order_id, "refund")
             if refund is None:
                 charge = await self._recorded(conn, inp.order_id, "charge")
-                if charge is None or charge["status"] != "approved":
+                # No row: the provider was never called (the intent is recorded first).
+                # Declined: nothing was taken. Pending: we do not know, so ask by key.
+                if charge is None or charge["status"] == "declined":
                     return RefundPaymentOutput(
                         order_id=inp.order_id, refunded=False, amount_cents=0, provider_ref=None
                     )
@@ -133,6 +157,7 @@ class PaymentActivities:
                 result = await self.provider.refund(
                     RefundRequest(
                         idempotency_key=key,
+                        charge_idempotency_key=_key(inp.order_id, "charge"),
                         charge_ref=charge["provider_ref"],
                         amount_cents=charge["amount_cents"],
                         currency=charge["currency"],

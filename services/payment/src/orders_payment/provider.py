@@ -46,8 +46,14 @@ class ChargeResult:
 
 @dataclass(frozen=True)
 class RefundRequest:
+    """Refund what was charged under ``charge_idempotency_key``. ``charge_ref`` is
+    None when our record of the charge is still pending (we crashed or lost the
+    database between the provider's answer and our record): the provider is then
+    asked by key, as real providers allow, and refunds whatever it charged."""
+
     idempotency_key: str
-    charge_ref: str
+    charge_idempotency_key: str
+    charge_ref: str | None
     amount_cents: int
     currency: str
 
