@@ -19,6 +19,7 @@ from orders_shared.sealing import (
     is_sealed_order,
     open_field,
     open_in_activity,
+    seal_context,
     seal_key,
     seal_order,
 )
@@ -87,14 +88,18 @@ async def test_plain_or_invalid_orders_are_refused_by_validate() -> None:
 async def test_open_in_activity_errors() -> None:
     transit = InMemoryTransit(*SEAL_KEYS)
     with pytest.raises(ApplicationError) as info:
-        await open_in_activity(transit, "payment", "tok_visa", order_id="ord-1")
+        await open_in_activity(
+            transit, "payment", "tok_visa", order_id="ord-1", field="payment_token"
+        )
     assert info.value.type == SEALED_FIELD_INVALID
     assert info.value.non_retryable
     assert "tok_visa" not in str(info.value)
     sealed = await seal_order(order(), transit)
     transit.denied.add(("decrypt", "orders-seal-payment"))
     with pytest.raises(TransitDenied):  # a policy problem: retried, not a business outcome
-        await open_in_activity(transit, "payment", sealed.payment_token, order_id="ord-1")
+        await open_in_activity(
+            transit, "payment", sealed.payment_token, order_id="ord-1", field="payment_token"
+        )
 
 
 def test_is_sealed() -> None:
@@ -108,3 +113,18 @@ def test_is_sealed() -> None:
         "x" + "vault:v1:QUJD",
     ):
         assert not is_sealed(value), value
+
+
+async def test_an_opened_field_must_follow_the_order_rules() -> None:
+    # whoever may seal can seal anything: the consumer checks what it opened
+    transit = InMemoryTransit(*SEAL_KEYS)
+    injected = await transit.encrypt(
+        "orders-seal-notify", b"a@example.com\r\nBcc: all@example.com", seal_context("ord-1")
+    )
+    with pytest.raises(ApplicationError) as info:
+        await open_in_activity(transit, "notify", injected, order_id="ord-1", field="email")
+    assert info.value.type == SEALED_FIELD_INVALID and info.value.non_retryable
+    assert "Bcc" not in str(info.value)  # the message names the rule, not the value
+    fine = await transit.encrypt("orders-seal-notify", b"a@example.com", seal_context("ord-1"))
+    opened = await open_in_activity(transit, "notify", fine, order_id="ord-1", field="email")
+    assert opened == "a@example.com"

@@ -32,7 +32,7 @@ from typing import Any
 from temporalio.exceptions import ApplicationError
 
 from orders_shared.codec import TransitClient, TransitDenied, TransitRejected
-from orders_shared.contracts.common import Order
+from orders_shared.contracts.common import Order, OrderLine
 from orders_shared.order_input import OrderInputError, check_order
 
 SEALED_FIELDS: dict[str, str] = {
@@ -117,7 +117,35 @@ def seal_context(order_id: str) -> bytes:
     return f"order:{order_id}".encode()
 
 
-async def open_field(transit: TransitClient, service: str, value: str, *, order_id: str) -> str:
+_TEMPLATE = Order(
+    order_id="template",
+    customer_id="template",
+    lines=(OrderLine("TEMPLATE-1", 1),),
+    **_PLACEHOLDERS,
+)
+
+
+def check_opened(field: str, value: str) -> None:
+    """The rules ``parse_order`` applies to ``field``, applied again once it is open.
+
+    Whoever may seal can seal anything: the consumer is the first to see the
+    value, so it checks it before acting on it (an email with a line break would
+    be a header injection in whatever sends it)."""
+    changes: dict[str, Any] = {field: value}
+    try:
+        check_order(dataclasses.replace(_TEMPLATE, **changes))
+    except OrderInputError as bad:
+        raise SealedFieldError(f"the opened field {bad.field} {bad.rule}") from None
+
+
+async def open_field(
+    transit: TransitClient,
+    service: str,
+    value: str,
+    *,
+    order_id: str,
+    field: str | None = None,
+) -> str:
     """Open a field sealed to ``service`` for order ``order_id``, with the caller's identity.
 
     :class:`SealedFieldError` when the value is not a field sealed to this
@@ -137,9 +165,12 @@ async def open_field(transit: TransitClient, service: str, value: str, *, order_
     except TransitDenied:
         raise
     try:
-        return plain.decode()
+        text = plain.decode()
     except UnicodeDecodeError:
         raise SealedFieldError("the opened field is not text") from None
+    if field is not None:
+        check_opened(field, text)
+    return text
 
 
 SEALED_FIELD_INVALID = "SealedFieldInvalid"
@@ -147,12 +178,12 @@ SEALED_FIELD_INVALID = "SealedFieldInvalid"
 
 
 async def open_in_activity(
-    transit: TransitClient, service: str, value: str, *, order_id: str
+    transit: TransitClient, service: str, value: str, *, order_id: str, field: str
 ) -> str:
     """:func:`open_field` for activity code: a field that cannot be opened is a
     non-retryable ``ApplicationError`` of type :data:`SEALED_FIELD_INVALID`;
     infrastructure failures stay retryable."""
     try:
-        return await open_field(transit, service, value, order_id=order_id)
+        return await open_field(transit, service, value, order_id=order_id, field=field)
     except SealedFieldError as exc:
         raise ApplicationError(str(exc), type=SEALED_FIELD_INVALID, non_retryable=True) from None

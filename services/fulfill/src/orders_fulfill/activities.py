@@ -56,7 +56,7 @@ class FulfillActivities:
                 if sealed is None:
                     raise OrderStateConflict("order has no shipping address on file")
                 address = await open_in_activity(
-                    self.transit, "fulfill", sealed, order_id=inp.order_id
+                    self.transit, "fulfill", sealed, order_id=inp.order_id, field="shipping_address"
                 )
                 if UNDELIVERABLE_MARKER in address.upper():
                     raise FulfillmentFailed("the carrier cannot deliver to the address on file")

@@ -117,10 +117,14 @@ class NotifyActivities:
                     order_id=inp.order_id, notified=False, already_notified=False
                 )
             name = await open_in_activity(
-                self.transit, "notify", contact["customer_name"], order_id=inp.order_id
+                self.transit,
+                "notify",
+                contact["customer_name"],
+                order_id=inp.order_id,
+                field="customer_name",
             )
             email = await open_in_activity(
-                self.transit, "notify", contact["email"], order_id=inp.order_id
+                self.transit, "notify", contact["email"], order_id=inp.order_id, field="email"
             )
             kind, subject, body = compose(inp.order_id, name, inp.outcome, inp.reason_code)
             inserted = await conn.fetchval(

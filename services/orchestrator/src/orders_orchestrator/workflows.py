@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -206,12 +207,17 @@ class OrderWorkflow:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type in BUSINESS_ERROR_TYPES:
                 raise _StepFailed(name, cause.type, cause.message) from err
-            # Not a business answer: retries ran out (deadline) on an infrastructure
-            # error or a bug. Say so plainly; never dress it up as a refusal.
-            kind = type(cause).__name__ if cause is not None else "unknown"
-            raise _StepFailed(
-                name, STEP_FAILED, f"{name} did not complete before its deadline ({kind})"
-            ) from err
+            # Not a business answer. Say which plainly; never dress it up as a refusal.
+            if isinstance(cause, ActivityTimeoutError):
+                reason = f"{name} did not complete before its deadline"
+            elif isinstance(cause, ApplicationError):
+                # a non-retryable error that is no refusal, e.g. a field that cannot be
+                # opened: a defect to look at, not an outage and not the customer's fault
+                reason = f"{name} failed with {cause.type or 'an application error'}"
+            else:
+                kind = type(cause).__name__ if cause is not None else "unknown"
+                reason = f"{name} failed ({kind})"
+            raise _StepFailed(name, STEP_FAILED, reason) from err
 
     async def _compensate(self, name: str, queue: str, arg: Any, result_type: type[T]) -> T:
         self._enter(name)

@@ -104,7 +104,11 @@ class PaymentActivities:
                     # charging now would take money the workflow has given back
                     raise OrderStateConflict("the order was compensated; it is not charged")
                 payment_token = await open_in_activity(
-                    self.transit, "payment", inp.payment_token, order_id=inp.order_id
+                    self.transit,
+                    "payment",
+                    inp.payment_token,
+                    order_id=inp.order_id,
+                    field="payment_token",
                 )
                 # Outside a transaction: no lock is held while we wait for the provider.
                 result = await self.provider.charge(
