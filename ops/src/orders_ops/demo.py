@@ -444,6 +444,29 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     return ok
 
 
+def log_scan(stack: Stack, say: Callable[[str], None]) -> bool:
+    """Every log line the workers and the codec server wrote in this run: no personal
+    sample value, no static secret, nothing that looks like a Vault token."""
+    forbidden = [*SAMPLE_VALUES, *(v.decode() for v in static_secrets(stack.settings).values())]
+    token_like = re.compile(r"\b(hvs|hvb|s)\.[A-Za-z0-9]{20,}")
+    lines = hits = 0
+    logs = [w.log_file for w in stack.workers] + [stack.codec.log_file]
+    for log in logs:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            lines += 1
+            if any(value in line for value in forbidden) or token_like.search(line):
+                hits += 1
+    say(
+        f"\n== Logs ==\n  {lines} lines from {len(logs)} processes scanned: "
+        f"{hits or 'no'} line(s) with a personal value, a static secret or a token"
+    )
+    return hits == 0 and lines > 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="orders-demo", description=__doc__)
     parser.add_argument(
@@ -469,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _say("[4/4] report")
         ok = asyncio.run(report(stack, results, _say))
         ok &= asyncio.run(payload_report(stack, results[0][1].order_id, _say))
+        ok &= log_scan(stack, _say)
     except StackError as exc:
         _say(f"orders-demo: error: {exc}")
     finally:
