@@ -334,8 +334,8 @@ async def test_a_credential_revoked_out_of_band_is_replaced_on_first_refusal(
             with pytest.raises(
                 (
                     asyncpg.InvalidPasswordError,
-                    asyncpg.exceptions.ConnectionDoesNotExistError,
-                    asyncpg.exceptions.AdminShutdownError,
+                    asyncpg.ConnectionDoesNotExistError,
+                    asyncpg.AdminShutdownError,
                 )
             ):
                 async with pool.connection() as conn:
