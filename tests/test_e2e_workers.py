@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +31,6 @@ from orders_shared.contracts.orchestrator import OrderWorkflowResult
 from orders_shared.order_input import parse_order
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture(scope="module")
-def workers(stack: Stack) -> Iterator[Stack]:
-    already = {w.name for w in stack.workers if w.pid() is not None}
-    stack.workers_up(timeout=90, echo=lambda _line: None)
-    yield stack
-    for worker in stack.workers:
-        if worker.name not in already:
-            worker.stop()
 
 
 @dataclass

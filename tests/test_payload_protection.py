@@ -13,12 +13,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -35,6 +32,7 @@ import hvac.exceptions
 import jwt as pyjwt
 import pytest
 import pytest_asyncio
+import support  # tests/ is on pytest's pythonpath
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import json_format
@@ -55,6 +53,7 @@ from orders_ops import issuer
 from orders_ops.database import bootstrap_database
 from orders_ops.policies import PAYLOAD_KEY, SEALED_SERVICES, seal_key
 from orders_ops.stack import Stack
+from orders_ops.testing import free_port
 from orders_ops.vault_bootstrap import ReaderAuthConfig, ensure_reader_auth, root_client
 from orders_orchestrator import worker as orchestrator_worker
 from orders_payment import worker as payment_worker
@@ -82,19 +81,6 @@ from orders_shared.contracts.orchestrator import (
 from orders_shared.sealing import seal_context, seal_order
 from orders_validate import worker as validate_worker
 
-
-def _load_support() -> ModuleType:
-    path = Path(__file__).with_name("support.py")
-    spec = importlib.util.spec_from_file_location("orders_tests_support_payload", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load_support()
-
 pytestmark = [pytest.mark.stack]
 
 NAMESPACE = "orders-payload-tests"
@@ -120,13 +106,6 @@ SERVICES_WITH_QUEUES = (
     ("fulfill", fulfill.TASK_QUEUE),
     ("notify", notify.TASK_QUEUE),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sample_order(tag: str = "", *, sku: str = "WIDGET-1", token: str = "tok_visa") -> Order:  # noqa: S107

@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,6 @@ from orders_shared.order_input import parse_order
 pytestmark = pytest.mark.stack
 
 SENSITIVE_SAMPLES = ("Katherine Johnson", "katherine@example.com", "4 Orbit Road", "tok_mastercard")
-
-
-@pytest.fixture(scope="module")
-def workers(stack: Stack) -> Iterator[Stack]:
-    already = {w.name for w in stack.workers if w.pid() is not None}
-    stack.workers_up(timeout=90, echo=lambda _line: None)
-    yield stack
-    for worker in stack.workers:
-        if worker.name not in already:
-            worker.stop()
 
 
 def _get(url: str) -> tuple[int, str]:

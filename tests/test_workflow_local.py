@@ -12,18 +12,15 @@ the same queues in ``default`` never pick up a test's tasks.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+import support  # tests/ is on pytest's pythonpath
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
@@ -60,20 +57,6 @@ from orders_shared.sealing import is_sealed, seal_order
 from orders_validate import worker as validate_worker
 from orders_validate.activities import ValidateActivities
 
-
-def _load_support() -> ModuleType:
-    """tests/support.py by path (pytest runs with --import-mode=importlib, so the
-    tests folder is not on sys.path)."""
-    path = Path(__file__).with_name("support.py")
-    spec = importlib.util.spec_from_file_location("orders_tests_support", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load_support()
 GroupRoleSource = support.GroupRoleSource
 Identities = support.Identities
 create_product = support.create_product

@@ -6,9 +6,7 @@ issuer and no JWT auth, and a second run that changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,47 +14,22 @@ from pathlib import Path
 import asyncpg
 import hvac
 import pytest
+import tokenreview  # ops/tests is on pytest's pythonpath
 
 from orders_ops.bootstrap import bootstrap
 from orders_ops.secretfiles import VaultKVSecrets
 from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack
+from orders_ops.testing import isolated_settings
 
 pytestmark = pytest.mark.stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _any_ca_pem() -> str:
-    path = Path(__file__).with_name("tokenreview.py")
-    spec = importlib.util.spec_from_file_location("orders_ops_tests_tokenreview_c", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    pem: str = module.any_ca_pem()
-    return pem
 
 
 @pytest.fixture
 def servers() -> Iterator[Stack]:
     state = Path(tempfile.mkdtemp(prefix="orders-cluster-test-"))
     state.chmod(0o755)
-    stack = Stack(
-        StackSettings(
-            state_dir=state,
-            temporal_port=_free_port(),
-            temporal_ui_port=_free_port(),
-            temporal_http_port=_free_port(),
-            temporal_metrics_port=_free_port(),
-            vault_port=_free_port(),
-            postgres_port=_free_port(),
-        )
-    )
+    stack = Stack(isolated_settings(state))
     stack.postgres.start(60)
     stack.vault.start(60)
     yield stack
@@ -73,7 +46,7 @@ def test_cluster_mode_bootstrap(
     for name in ("vault-root-token", "postgres-superuser-password"):
         shutil.copy(servers.settings.secrets_dir / name, job_state / "secrets" / name)
     ca = tmp_path / "ca.crt"
-    ca.write_text(_any_ca_pem())
+    ca.write_text(tokenreview.any_ca_pem())
     for name, value in {
         "ORDERS_BOOTSTRAP_MODE": "cluster",
         "ORDERS_STATE_DIR": str(job_state),

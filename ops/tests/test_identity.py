@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -16,13 +15,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import hvac
 import hvac.exceptions
 import jwt
 import pytest
+import tokenreview  # ops/tests is on pytest's pythonpath
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from orders_ops import issuer
@@ -36,19 +35,6 @@ from orders_ops.vault_bootstrap import (
     root_client,
 )
 from orders_shared.catalog import DB_ROLES, SERVICES
-
-
-def _load_tokenreview() -> ModuleType:
-    # tests are imported with --import-mode=importlib: siblings are not importable by name
-    path = Path(__file__).with_name("tokenreview.py")
-    spec = importlib.util.spec_from_file_location("orders_ops_tests_tokenreview", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tokenreview = _load_tokenreview()
 
 ADMIN_PATHS = (
     "sys/policies/acl",

@@ -12,29 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack, StackError, _pid_alive, _port_free, main
+from orders_ops.testing import isolated_settings
 
 pytestmark = pytest.mark.stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _settings(state: Path) -> StackSettings:
-    return StackSettings(
-        state_dir=state,
-        temporal_port=_free_port(),
-        temporal_ui_port=_free_port(),
-        temporal_http_port=_free_port(),
-        temporal_metrics_port=_free_port(),
-        vault_port=_free_port(),
-        postgres_port=_free_port(),
-    )
 
 
 @pytest.fixture
@@ -43,7 +24,7 @@ def own_stack() -> Iterator[Stack]:
     # (pytest's own tmp_path sits in a 0700 folder)
     state = Path(tempfile.mkdtemp(prefix="orders-stack-test-"))
     state.chmod(0o755)
-    stack = Stack(_settings(state))
+    stack = Stack(isolated_settings(state))
     yield stack
     stack.down(echo=lambda _line: None)
     shutil.rmtree(state, ignore_errors=True)
@@ -51,7 +32,7 @@ def own_stack() -> Iterator[Stack]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as nobody")
 def test_a_state_folder_nobody_can_reach_is_refused_with_the_fix(tmp_path: Path) -> None:
-    stack = Stack(_settings(tmp_path / "state"))  # pytest's tmp_path parents are 0700
+    stack = Stack(isolated_settings(tmp_path / "state"))  # pytest's tmp_path parents are 0700
     with pytest.raises(StackError, match=r"cannot reach .* is not searchable by other users"):
         stack.postgres.start(timeout=10)
     assert stack.postgres.pid() is None

@@ -4,14 +4,13 @@ keys and auth roles the design names."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import hvac
 import hvac.exceptions
 import pytest
+import tokenreview  # ops/tests is on pytest's pythonpath
 
 from orders_ops.bootstrap import bootstrap
 from orders_ops.policies import (
@@ -36,19 +35,6 @@ from orders_ops.vault_bootstrap import (
     root_client,
 )
 from orders_shared.catalog import SERVICES
-
-
-def _load_tokenreview() -> ModuleType:
-    # tests are imported with --import-mode=importlib: siblings are not importable by name
-    path = Path(__file__).with_name("tokenreview.py")
-    spec = importlib.util.spec_from_file_location("orders_ops_tests_tokenreview", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tokenreview = _load_tokenreview()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ the fixture starts it and stops exactly what it started at the end.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,35 @@ def stack(stack_settings: StackSettings) -> Iterator[Stack]:
     for server in reversed(stack.servers):
         if server.name not in already:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def workers(stack: Stack) -> Iterator[Stack]:
+    """The stack with its six worker processes (stopped afterwards if started here)."""
+    already = {w.name for w in stack.workers if w.pid() is not None}
+    stack.workers_up(timeout=90, echo=lambda _line: None)
+    yield stack
+    for worker in stack.workers:
+        if worker.name not in already:
+            worker.stop()
+
+
+def free_port() -> int:
+    """A loopback port free right now (for servers a test runs of its own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def isolated_settings(state_dir: Path) -> StackSettings:
+    """Settings for a second stack beside the main one: own folder, free ports."""
+    return StackSettings(
+        state_dir=state_dir,
+        temporal_port=free_port(),
+        temporal_ui_port=free_port(),
+        temporal_http_port=free_port(),
+        temporal_metrics_port=free_port(),
+        vault_port=free_port(),
+        postgres_port=free_port(),
+    )
