@@ -91,8 +91,11 @@ async def test_metrics_name_what_happened(workers: Stack) -> None:
         _metric(text, "orders_vault_requests_total", operation="generate_credentials", outcome="ok")
         >= 1
     )
+    # renewals and rotations may not have happened yet in a short run; the claim is that the
+    # series exist for this role from the start (so alerts on them see a zero, not a gap):
+    # _metric raises when a series is missing
     for name in ("orders_db_lease_renewals_total", "orders_db_lease_rotations_total"):
-        assert _metric(text, name, db_role="order-reserve-inventory") >= 0
+        _metric(text, name, db_role="order-reserve-inventory")
     # the Temporal SDK's own metrics come through the same endpoint
     assert _metric(text, "temporal_num_pollers", task_queue="orders-inventory") >= 1
 
@@ -168,8 +171,10 @@ def test_sigterm_exits_zero_and_leaves_no_lease(stack: Stack) -> None:
         assert not (set(leases(role)) & during[role]), f"{role} lease left in Vault"
 
 
-def test_no_log_line_holds_a_secret_or_personal_data(workers: Stack) -> None:
-    # runs after the order above went through every worker
+async def test_no_log_line_holds_a_secret_or_personal_data(workers: Stack) -> None:
+    # its own order through every worker, so the scan does not depend on test order
+    result = await _one_order(workers)
+    assert result.status == "completed"
     secrets_dir = workers.settings.secrets_dir
     forbidden = [workers.settings.root_token()]
     forbidden += [p.read_text().strip() for p in secrets_dir.glob("postgres-*password")]
@@ -182,5 +187,6 @@ def test_no_log_line_holds_a_secret_or_personal_data(workers: Stack) -> None:
             for value in forbidden:
                 assert value not in line, f"{log.name} leaks a secret or personal value"
             assert not token_like.search(line), f"{log.name} has a token-like value"
-            assert "password" not in line.lower() or '"[redacted]"' in line
+            # the word itself may appear in an error type (InvalidPasswordError); a value may not
+            assert not re.search(r'"password"\s*:\s*"(?!\[redacted\])', line), log.name
     assert lines > 20

@@ -1,11 +1,17 @@
-"""The demo's "no static secret in any worker" line rests on a scanner that really finds one."""
+"""The demo's checks really find what they claim: a static secret in a worker's memory,
+a payload stored in the clear, an order that ended with the right status but wrong rows."""
 
 import secrets
 import subprocess
 import sys
 import time
+from typing import Any
 
-from orders_ops.demo import _scan_memory
+from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import HistoryEvent
+
+from orders_ops.demo import _scan_memory, outcome_differences, scenarios, unprotected_payloads
+from orders_shared.contracts.orchestrator import OrderWorkflowResult
 
 
 def test_memory_scan_finds_a_secret_a_process_holds_and_nothing_else() -> None:
@@ -33,3 +39,70 @@ def test_memory_scan_finds_a_secret_a_process_holds_and_nothing_else() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _event(event_id: int, payload: Payload) -> HistoryEvent:
+    event = HistoryEvent(event_id=event_id)
+    event.workflow_execution_started_event_attributes.input.payloads.append(payload)
+    return event
+
+
+def test_history_check_fails_on_plain_payloads_and_passes_on_encrypted_ones() -> None:
+    plain = Payload(
+        metadata={"encoding": b"json/plain"},
+        data=b'{"order_id": "o-1", "customer_id": "cust-1815"}',
+    )
+    assert any("json/plain" in p for p in unprotected_payloads([_event(1, plain)]))
+    # a payload labelled encrypted that still carries the order in the clear is caught too
+    lying = Payload(metadata={"encoding": b"binary/encrypted"}, data=plain.data)
+    assert any("cust-1815" in p for p in unprotected_payloads([_event(1, lying)]))
+    sealed = Payload(metadata={"encoding": b"binary/encrypted"}, data=secrets.token_bytes(64))
+    assert unprotected_payloads([_event(1, sealed)]) == []
+    # a history without any payload proves nothing, and says so
+    assert unprotected_payloads([HistoryEvent(event_id=1)]) != []
+
+
+class _Rows:
+    """A stand-in for an asyncpg connection answering the demo's row queries."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+
+    def _answer(self, sql: str) -> Any:
+        table = next(t for t in ("orders", "reservations", "payments", "shipments",
+                                 "notifications") if f"app.{t} " in sql)  # fmt: skip
+        return self.answers[table]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return self._answer(sql)
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        return self._answer(sql)
+
+
+async def test_outcome_check_compares_path_reason_and_every_row() -> None:
+    ok = next(s for s in scenarios("t") if s.key == "undeliverable")
+    result = OrderWorkflowResult(
+        order_id="o", status="failed", path=list(ok.expect.path), reason_code="FulfillmentFailed"
+    )
+    rows = {
+        "orders": "failed",
+        "reservations": [("released",)],
+        "payments": [("charge", "approved"), ("refund", "approved")],
+        "shipments": 0,
+        "notifications": [("order_failed",)],
+    }
+    assert await outcome_differences(_Rows(**rows), ok.expect, result) == []  # type: ignore[arg-type]
+    # the same final status with a refund missing is a wrong outcome
+    missing = {**rows, "payments": [("charge", "approved")]}
+    wrong = await outcome_differences(_Rows(**missing), ok.expect, result)  # type: ignore[arg-type]
+    assert len(wrong) == 1 and wrong[0].startswith("payments")
+    # so is a path that skipped the release
+    short = OrderWorkflowResult(
+        order_id="o",
+        status="failed",
+        path=list(ok.expect.path[:-2]),
+        reason_code="FulfillmentFailed",
+    )
+    wrong = await outcome_differences(_Rows(**rows), ok.expect, short)  # type: ignore[arg-type]
+    assert [w.split(":")[0] for w in wrong] == ["path"]

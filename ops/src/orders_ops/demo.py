@@ -18,14 +18,16 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from orders_ops.identities import local_session
@@ -40,12 +42,35 @@ from orders_shared.logging import configure_logging
 from orders_shared.order_input import parse_order
 from orders_shared.sealing import SEALED_FIELDS, seal_context, seal_key
 
+V, R, P, F, N = (
+    "validate_order",
+    "reserve_inventory",
+    "process_payment",
+    "fulfill_order",
+    "notify_customer",
+)
+RELEASE, REFUND = "release_inventory", "refund_payment"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Everything a scenario must leave behind, compared field by field with what the
+    workflow returned and what PostgreSQL holds (not only the final status)."""
+
+    status: str
+    path: tuple[str, ...]
+    reason_code: str | None
+    reservations: str | None  # the one status every reservation row has; None: no rows
+    payments: tuple[str, ...]  # "kind status" per payment row, oldest first
+    shipped: bool
+    notification: str  # the notification kind
+
 
 @dataclass(frozen=True)
 class Scenario:
     key: str
     title: str
-    expect: str  # the final status the scenario should end in
+    expect: Expected
     order: dict[str, Any]
 
 
@@ -64,26 +89,75 @@ def scenarios(run: str) -> list[Scenario]:
         return base
 
     return [
-        Scenario("ok", "a successful order", "completed", order("ok")),
+        Scenario(
+            "ok",
+            "a successful order",
+            Expected("completed", (V, R, P, F, N), None, "reserved", ("charge approved",), True,
+                     "order_completed"),
+            order("ok"),
+        ),
         Scenario(
             "nostock",
             "out of stock",
-            "failed",
+            Expected("failed", (V, R, N), "OutOfStock", None, (), False, "order_failed"),
             order("nostock", lines=[{"sku": "RARE-4", "quantity": 1}]),
         ),
         Scenario(
             "declined",
             "payment declined (reservation released)",
-            "failed",
+            Expected("failed", (V, R, P, RELEASE, N), "PaymentDeclined", "released",
+                     ("charge declined",), False, "order_failed"),
             order("declined", payment_token="tok_decline_insufficient_funds"),  # noqa: S106
         ),
         Scenario(
             "undeliverable",
             "failure after payment (refund and release)",
-            "failed",
+            Expected("failed", (V, R, P, F, REFUND, RELEASE, N), "FulfillmentFailed", "released",
+                     ("charge approved", "refund approved"), False, "order_failed"),
             order("undeliverable", shipping_address="1 UNDELIVERABLE Road, Nowhere"),
         ),
+    ]  # fmt: skip
+
+
+async def outcome_differences(
+    conn: asyncpg.Connection, expect: Expected, result: OrderWorkflowResult
+) -> list[str]:
+    """Every way the order's result and rows differ from what its scenario requires."""
+    order_id = result.order_id
+    wrong: list[str] = []
+
+    def check(what: str, got: object, want: object) -> None:
+        if got != want:
+            wrong.append(f"{what}: got {got!r}, wanted {want!r}")
+
+    check("status", result.status, expect.status)
+    check("path", tuple(result.path), expect.path)
+    check("reason code", result.reason_code, expect.reason_code)
+    status = await conn.fetchval("SELECT status FROM app.orders WHERE order_id=$1", order_id)
+    check("orders.status", status, expect.status)
+    reservations = {
+        r[0]
+        for r in await conn.fetch("SELECT status FROM app.reservations WHERE order_id=$1", order_id)
+    }
+    check("reservation statuses", reservations, {expect.reservations} - {None})
+    payments = tuple(
+        f"{r[0]} {r[1]}"
+        for r in await conn.fetch(
+            "SELECT kind, status FROM app.payments WHERE order_id=$1 ORDER BY created_at",
+            order_id,
+        )
+    )
+    check("payments", payments, expect.payments)
+    shipments = await conn.fetchval(
+        "SELECT count(*) FROM app.shipments WHERE order_id=$1", order_id
+    )
+    check("shipments", shipments, 1 if expect.shipped else 0)
+    notifications = [
+        r[0]
+        for r in await conn.fetch("SELECT kind FROM app.notifications WHERE order_id=$1", order_id)
     ]
+    check("notifications", notifications, [expect.notification])
+    return wrong
 
 
 # ------------------------------------------------------------------------ what Postgres shows
@@ -302,15 +376,17 @@ async def report(
     try:
         say("\n== Orders ==")
         for s, result in results:
-            good = result.status == s.expect
-            ok &= good
-            mark = "ok" if good else f"UNEXPECTED (wanted {s.expect})"
+            wrong = await outcome_differences(conn, s.expect, result)
+            ok &= not wrong
+            mark = "ok" if not wrong else "WRONG"
             say(f"\n{result.order_id}: {s.title} -> {result.status} [{mark}]")
             say(f"  path:    {' -> '.join(result.path)}")
             if result.reason_code:
                 say(f"  reason:  {result.reason_code}: {result.reason}")
             for table, rows in (await order_rows(conn, result.order_id)).items():
                 say(f"  {table + ':':<15}{'; '.join(rows) if rows else '(none)'}")
+            for line in wrong:
+                say(f"  WRONG {line}")
 
         say("\n== Who ran each step's SQL (from PostgreSQL itself) ==")
         logins = await activity_logins(conn, [r.order_id for _, r in results])
@@ -349,6 +425,55 @@ async def report(
 # ------------------------------------------------------------------------ what history holds
 
 SAMPLE_VALUES = ("Ada Lovelace", "ada@example.com", "12 Analytical Way", "tok_visa_4242")
+
+
+PLAINTEXT_MARKERS = (*SAMPLE_VALUES, '"customer_id"', "cust-1815", "WIDGET-1", '"lines"')
+
+
+def payloads_in(message: Message) -> Iterator[Payload]:
+    """Every Payload inside a protobuf message (nested, repeated and map fields)."""
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items = [v for v in value.values() if isinstance(v, Message)]
+        elif field.is_repeated:
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, Payload):
+                yield item
+            else:
+                yield from payloads_in(item)
+
+
+def unprotected_payloads(events: Sequence[HistoryEvent]) -> list[str]:
+    """Each way the stored history shows data in the clear: a payload whose encoding is not
+    ``binary/encrypted``, or plaintext order content anywhere in the serialized events."""
+    problems: list[str] = []
+    count = 0
+    for event in events:
+        for payload in payloads_in(event):
+            count += 1
+            encoding = payload.metadata.get("encoding", b"").decode(errors="replace")
+            if encoding != "binary/encrypted":
+                problems.append(f"event {event.event_id}: a payload stored as {encoding!r}")
+        raw = event.SerializeToString()
+        problems.extend(
+            f"event {event.event_id}: plaintext {m!r}"
+            for m in PLAINTEXT_MARKERS
+            if m.encode() in raw
+        )
+    if count == 0:
+        problems.append("no payload found in the history (nothing was checked)")
+    return problems
+
+
+async def _history(settings: StackSettings, order_id: str) -> list[HistoryEvent]:
+    """The order's history exactly as Temporal stores it (a client with no codec)."""
+    raw = await Client.connect(settings.temporal_address)
+    return [e async for e in raw.get_workflow_handle(order_id).fetch_history_events()]
 
 
 async def _stored_input(settings: StackSettings, order_id: str) -> Payload:
@@ -417,6 +542,19 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     history_bytes = stored.SerializeToString()
     leaked = [v for v in SAMPLE_VALUES if v.encode() in history_bytes]
     say(f"  sample personal values found in it: {leaked or 'none'}")
+    events = await _history(settings, order_id)
+    clear = unprotected_payloads(events)
+    n_payloads = sum(1 for e in events for _ in payloads_in(e))
+    say(
+        f"  the whole history: {len(events)} events, {n_payloads} payloads; "
+        + (
+            "every payload encrypted, no order content in the clear"
+            if not clear
+            else "IN THE CLEAR:"
+        )
+    )
+    for line in clear[:10]:
+        say(f"    {line}")
 
     reader = mint_user(settings, "ada-auditor")
     decoded = await asyncio.to_thread(_codec_decode, settings, stored, reader)
@@ -433,10 +571,14 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     rows = await who_can_unseal(settings, order)
     names = list(rows[0][1])
     say(f"  {'field':<18}" + "".join(f"{n:<13}" for n in names))
-    ok = not leaked and all(
-        isinstance(v, str) and v.startswith("vault:")
-        for f, v in order.items()
-        if f in SEALED_FIELDS
+    ok = (
+        not leaked
+        and not clear
+        and all(
+            isinstance(v, str) and v.startswith("vault:")
+            for f, v in order.items()
+            if f in SEALED_FIELDS
+        )
     )
     for field, verdicts in rows:
         say(f"  {field:<18}" + "".join(f"{verdicts[n]:<13}" for n in names))
@@ -449,22 +591,32 @@ def log_scan(stack: Stack, say: Callable[[str], None]) -> bool:
     sample value, no static secret, nothing that looks like a Vault token."""
     forbidden = [*SAMPLE_VALUES, *(v.decode() for v in static_secrets(stack.settings).values())]
     token_like = re.compile(r"\b(hvs|hvb|s)\.[A-Za-z0-9]{20,}")
-    lines = hits = 0
-    logs = [w.log_file for w in stack.workers] + [stack.codec.log_file]
+    lines = 0
+    hits: dict[str, int] = {}
+    # every log file in the stack's log folder: workers, codec server and the servers
+    # themselves (Vault, Temporal, PostgreSQL, the identity issuer)
+    logs = sorted(p for p in stack.settings.log_dir.rglob("*") if p.is_file())
     for log in logs:
         try:
             text = log.read_text(errors="replace")
-        except OSError:
+        except OSError as exc:
+            say(f"  cannot read {log.name}: {type(exc).__name__}")
+            hits[log.name] = hits.get(log.name, 0) + 1
             continue
         for line in text.splitlines():
             lines += 1
             if any(value in line for value in forbidden) or token_like.search(line):
-                hits += 1
+                hits[log.name] = hits.get(log.name, 0) + 1
+    found = ", ".join(f"{name}: {n}" for name, n in hits.items())
     say(
-        f"\n== Logs ==\n  {lines} lines from {len(logs)} processes scanned: "
-        f"{hits or 'no'} line(s) with a personal value, a static secret or a token"
+        f"\n== Logs ==\n  {lines} lines from {len(logs)} log files scanned: "
+        + (
+            f"line(s) with a personal value, a static secret or a token in {found}"
+            if hits
+            else "no line with a personal value, a static secret or a token"
+        )
     )
-    return hits == 0 and lines > 0
+    return not hits and lines > 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
