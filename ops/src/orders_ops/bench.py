@@ -139,7 +139,41 @@ async def codec(settings: StackSettings, n: int) -> list[Row]:
         await session.close()
 
 
+BENCH_SKU = "BENCH-1"
+BENCH_STOCK = 1_000_000
+
+
+async def bench_stock(settings: StackSettings) -> None:
+    """The benchmark's own SKU, its stock topped up before every run, so a benchmark never
+    drains the demo catalogue (WIDGET-1 and friends) nor runs out itself."""
+    conn = await asyncpg.connect(settings.admin_dsn(settings.database))
+    try:
+        await conn.execute(
+            "INSERT INTO app.products (sku, name, unit_price_cents) VALUES ($1, $2, 100) "
+            "ON CONFLICT (sku) DO NOTHING",
+            BENCH_SKU,
+            "Benchmark item (make bench only)",
+        )
+        await conn.execute(
+            "INSERT INTO app.inventory (sku, on_hand) VALUES ($1, $2) "
+            "ON CONFLICT (sku) DO UPDATE SET on_hand = EXCLUDED.on_hand",
+            BENCH_SKU,
+            BENCH_STOCK,
+        )
+    finally:
+        await conn.close()
+
+
+class BenchOrderFailed(RuntimeError):
+    """A benchmark order did not complete: the message names the order and its reason."""
+
+
+def _progress(message: str) -> None:
+    print(f"  .. {message}", flush=True)
+
+
 async def orders(settings: StackSettings, sequential: int, concurrent: int) -> list[Row]:
+    await bench_stock(settings)
     session = await local_session(settings, "client")
     try:
         transit = VaultTransit(session)
@@ -154,16 +188,28 @@ async def orders(settings: StackSettings, sequential: int, concurrent: int) -> l
                     "email": "bench@example.com",
                     "shipping_address": "1 Loop Road",
                     "payment_token": "tok_bench",
-                    "lines": [{"sku": "WIDGET-1", "quantity": 1}],
+                    "lines": [{"sku": BENCH_SKU, "quantity": 1}],
                 }
             )
 
         async def one() -> None:
-            result = await submit_order(client, order(), wait=True, transit=transit)
-            assert result.result is not None and result.result.status == "completed"
+            submitted = await submit_order(client, order(), wait=True, transit=transit)
+            result = submitted.result
+            if result is None or result.status != "completed":
+                raise BenchOrderFailed(
+                    f"benchmark order {submitted.order_id} did not complete: "
+                    + (
+                        f"{result.status}, {result.reason_code}: {result.reason}"
+                        if result
+                        else "no result"
+                    )
+                    + " (see 'make logs')"
+                )
 
         await one()  # warm-up: first data keys, pools
+        _progress(f"{sequential} orders one after another")
         latencies = await _timed(sequential, one)
+        _progress(f"{concurrent} orders, 16 in flight")
         t0 = time.perf_counter()
         sem = asyncio.Semaphore(16)
 
@@ -199,6 +245,7 @@ def main() -> None:
     rows: list[Row] = []
     try:
         t0 = time.perf_counter()
+        _progress("local stack up and bootstrapped")
         stack.up(timeout=90, echo=lambda _line: None)
         if not already:
             rows.append(
@@ -209,10 +256,16 @@ def main() -> None:
                     "n=1",
                 )
             )
+        _progress("starting the six workers")
         stack.workers_up(timeout=90, echo=lambda _line: None)
+        _progress(f"Vault and database costs ({args.n} samples each)")
         rows += asyncio.run(vault_and_database(stack.settings, args.n))
+        _progress(f"envelope codec ({args.n * 20} samples)")
         rows += asyncio.run(codec(stack.settings, args.n * 20))
+        _progress("orders end to end")
         rows += asyncio.run(orders(stack.settings, args.orders, args.concurrent))
+    except BenchOrderFailed as exc:
+        raise SystemExit(f"orders-bench: error: {exc}") from None
     finally:
         for server in reversed(stack.servers):
             if server.name not in already:
