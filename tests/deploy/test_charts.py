@@ -292,6 +292,15 @@ def test_bootstrap_is_the_only_chart_that_mounts_an_admin_secret(
     assert pod["automountServiceAccountToken"] is False
     (secret,) = [v["secret"] for v in pod["volumes"] if "secret" in v]
     assert secret["secretName"] == "orders-bootstrap-admin"
+    # no Vault root token in a cluster: the Job logs in as its own ServiceAccount with a
+    # short-lived projected token meant for Vault only
+    assert [i["key"] for i in secret["items"]] == ["postgres-superuser-password"]
+    (projected,) = [v["projected"] for v in pod["volumes"] if "projected" in v]
+    (sa_token,) = [s["serviceAccountToken"] for s in projected["sources"]]
+    assert sa_token["audience"] == "vault" and sa_token["expirationSeconds"] <= 3600
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ORDERS_BOOTSTRAP_VAULT_AUTH"] == "kubernetes"
+    assert env["ORDERS_BOOTSTRAP_SA_TOKEN_FILE"] == "/var/run/secrets/orders/" + sa_token["path"]
     assert r.one("NetworkPolicy")["spec"]["ingress"] == []
     for chart, mode in CHART_MODES:
         if chart in ("bootstrap", "dev-deps"):

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import hvac
+import hvac.exceptions
+
 from orders_ops import issuer
+from orders_ops.bootstrap_identity import (
+    BOOTSTRAP_POLICY_HCL,
+    BootstrapLoginError,
+    admin_setup,
+    bootstrap_vault_client,
+)
 from orders_ops.database import DatabaseBootstrapError, bootstrap_database
 from orders_ops.settings import SettingsError, StackSettings
-from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault, root_client
+from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault
 from orders_ops.vault_database import VaultDatabaseError, configure_database_engine
 
 
@@ -48,7 +58,7 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
     if local and issuer.ensure_signing_key(settings):
         report.changes.append(f"identity: created signing key {settings.issuer_key_file}")
 
-    client = root_client(settings)
+    client = bootstrap_vault_client(settings)
     try:
         report.changes += configure_database_engine(client, settings)
         report.changes += configure_vault(client, settings, notes=report.notes)
@@ -61,13 +71,57 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
     return report
 
 
+def _admin_setup(args: argparse.Namespace) -> None:
+    """``orders-bootstrap admin-setup``: run once by a Vault administrator."""
+    if args.print_policy:
+        print(BOOTSTRAP_POLICY_HCL, end="")
+        return
+    addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+    if not addr or not token:
+        raise SystemExit(
+            "orders-bootstrap admin-setup: error: set VAULT_ADDR and VAULT_TOKEN (a Vault "
+            "administrator's token) first; --print-policy shows what will be written"
+        )
+    client = hvac.Client(url=addr, token=token, timeout=10)
+    try:
+        changes = admin_setup(
+            client, args.namespace, mount=args.mount, audience=args.audience or None
+        )
+    except (BootstrapLoginError, hvac.exceptions.VaultError) as exc:
+        message = str(exc) if isinstance(exc, BootstrapLoginError) else type(exc).__name__
+        raise SystemExit(f"orders-bootstrap admin-setup: error: {message}") from None
+    for change in changes:
+        print(f"  {change}")
+    print("orders-bootstrap admin-setup: done; the bootstrap Job can now log in as itself")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="orders-bootstrap", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["admin-setup"]:
+        setup = argparse.ArgumentParser(
+            prog="orders-bootstrap admin-setup",
+            description="Once, as a Vault administrator: the bootstrap Job's policy and its "
+            "Kubernetes auth role, so the Job needs no root token.",
+        )
+        setup.add_argument(
+            "--namespace", default=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders"
+        )
+        setup.add_argument("--mount", default="kubernetes", help="the Kubernetes auth mount")
+        setup.add_argument("--audience", default="", help="the token audience to require")
+        setup.add_argument("--print-policy", action="store_true", help="print the policy only")
+        _admin_setup(setup.parse_args(argv[1:]))
+        return
+    parser = argparse.ArgumentParser(
+        prog="orders-bootstrap",
+        description=__doc__,
+        epilog="'orders-bootstrap admin-setup --help': the one-time setup of the Job's identity",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list every change")
     args = parser.parse_args(argv)
     try:
         report = bootstrap(StackSettings.from_env())
     except (
+        BootstrapLoginError,
         VaultBootstrapError,
         VaultDatabaseError,
         SettingsError,

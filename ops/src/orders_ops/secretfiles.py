@@ -110,5 +110,7 @@ class VaultKVSecrets:
 def secret_store(settings: StackSettings) -> SecretStore:
     """Files in local mode; Vault KV (as the admin token) in cluster mode."""
     if settings.mode == "cluster":
-        return VaultKVSecrets(hvac.Client(url=settings.vault_addr, token=settings.root_token()))
+        from orders_ops.bootstrap_identity import bootstrap_vault_client
+
+        return VaultKVSecrets(bootstrap_vault_client(settings))
     return FileSecrets(settings.secrets_dir)

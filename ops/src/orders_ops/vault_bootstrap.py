@@ -111,6 +111,10 @@ class KubernetesAuthConfig:
             host=os.environ.get("ORDERS_KUBERNETES_HOST") or DEFAULT_KUBERNETES_HOST,
             ca_pem=ca_pem,
             issuer=os.environ.get("ORDERS_KUBERNETES_ISSUER") or DEFAULT_KUBERNETES_ISSUER,
+            # true only when Vault runs outside the cluster it authenticates
+            disable_local_ca_jwt=(
+                os.environ.get("ORDERS_KUBERNETES_DISABLE_LOCAL_CA_JWT", "").lower() == "true"
+            ),
         )
 
     def as_data(self) -> dict[str, Any]:
@@ -508,6 +512,15 @@ def ensure_audit_device(
         client.sys.enable_audit_device(
             device_type="file", path=AUDIT_DEVICE_PATH, options={"file_path": wanted}
         )
+    except hvac.exceptions.Forbidden:
+        # the bootstrap's own identity (cluster mode) may not change audit devices: they
+        # belong to the Vault administrator, who must not let the audited redirect audit
+        if notes is not None:
+            notes.append(
+                f"vault: no file audit device at {wanted} and this identity may not add one: "
+                "ask the Vault administrator to enable an audit device"
+            )
+        return []
     except hvac.exceptions.InvalidRequest as exc:
         if "declarative" not in str(exc):
             raise
