@@ -47,11 +47,18 @@ bench: install ## figures: Vault and database costs, codec, orders end to end (p
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
 	@ops/scripts/install-browser.sh
 
-test: install browser ## lint, type-check and run every test against the real local stack
+# `make test` runs its own stack (own state folder and ports), so a stack left running by
+# `make up` or `make demo KEEP=1` is neither disturbed nor polluted with test rows
+TEST_STACK := ORDERS_STATE_DIR=$(CURDIR)/.local-test ORDERS_TEMPORAL_PORT=17233 \
+	ORDERS_TEMPORAL_UI_PORT=18233 ORDERS_TEMPORAL_HTTP_PORT=17243 \
+	ORDERS_TEMPORAL_METRICS_PORT=17244 ORDERS_VAULT_PORT=18200 ORDERS_POSTGRES_PORT=15433 \
+	ORDERS_CODEC_PORT=18081 ORDERS_PROVIDER_PORT=18090 ORDERS_WORKER_METRICS_PORT=19464
+
+test: install browser ## lint, type-check and run every test against a real local stack of its own
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(TEST_STACK) $(BIN)/pytest
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -63,4 +70,5 @@ typecheck: install ## mypy --strict on the shared, ops and service packages
 	$(BIN)/mypy
 
 clean: down ## stop the stack and delete local state and the venv
-	rm -rf .local $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	@if [ -x $(STACK) ]; then $(TEST_STACK) $(STACK) down; fi
+	rm -rf .local .local-test $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -403,7 +403,7 @@ async def report(
         say(
             f"{len(distinct)} distinct logins for {len(by_role)} database roles; "
             f"all Vault-generated: {'yes' if generated else 'NO'}; "
-            f"one shared between roles: {'NO' if not shared else shared}"
+            f"shared between roles: {'none' if not shared else 'YES: ' + ', '.join(shared)}"
         )
     finally:
         await conn.close()
