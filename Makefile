@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo bench browser test lint lint-deploy typecheck clean
+.PHONY: help install up down status env logs bootstrap demo bench browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ test: install browser ## lint, type-check and run every test against a real loca
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+charts: install ## package every chart into dist/charts/*.tgz (library dependency built from Chart.lock)
+	$(BIN)/python ops/scripts/package_charts.py
 
 lint-deploy: install ## charts (render, lint, k8s schemas), hadolint, checkov, Tiltfile: offline, no cluster
 	$(BIN)/pytest tests/deploy -q

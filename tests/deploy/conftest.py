@@ -2,7 +2,8 @@
 
 Nothing here needs a cluster, Docker or the local stack. The charts are copied to a
 temporary folder and their ``file://../orders-lib`` dependency is packaged there
-(``helm dependency update``, offline), so the working tree is never touched.
+(``helm dependency build`` from the committed Chart.lock, offline), so the working
+tree is never touched.
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ def values_for(mode: str) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="session")
 def chart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of helm/ with every chart's library dependency packaged into charts/."""
+    """A copy of helm/ as a fresh clone has it (no charts/ folders), with every chart's
+    library dependency built from its committed Chart.lock, exactly as the documented
+    `helm dependency build helm/<chart>` does: a missing or stale Chart.lock fails here."""
     copy = tmp_path_factory.mktemp("helm") / "helm"
-    shutil.copytree(HELM, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    shutil.copytree(HELM, copy, ignore=shutil.ignore_patterns("charts"))
     for chart in LIBRARY_USERS:
-        helm.dependency_update(copy / chart)
+        helm.dependency_build(copy / chart)
     return copy
 
 

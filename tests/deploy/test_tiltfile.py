@@ -10,8 +10,10 @@ not cross into Starlark). The Tiltfile itself stays valid for real Tilt.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import re
+import symtable
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,58 @@ WORKERS = list(SERVICES)
 TIERS = {s: ("workflow" if s == "orchestrator" else "activities") for s in WORKERS}
 LOAD = re.compile(r"^load\(\s*\"([^\"]+)\"((?:\s*,\s*\"[^\"]+\")+)\s*\)\s*$", re.M)
 EXTENSIONS = {"ext://restart_process": ("docker_build_with_restart",)}
+
+
+# Starlark's universe: names every module sees without loading them
+STARLARK_UNIVERSE = {
+    "None", "True", "False", "any", "all", "bool", "bytes", "dict", "dir", "enumerate", "fail",
+    "float", "getattr", "hasattr", "hash", "int", "len", "list", "max", "min", "print", "range",
+    "repr", "reversed", "sorted", "str", "tuple", "type", "zip", "load", "struct",
+}  # fmt: skip
+# Tilt's own built-ins the project calls (every module sees them; ext:// names it does not)
+TILT_BUILTINS = {
+    "version_settings", "allow_k8s_contexts", "watch_file", "k8s_yaml", "k8s_resource",
+    "docker_build", "local_resource", "helm", "local", "sync", "fall_back_on", "config",
+    "os", "run",
+}  # fmt: skip
+
+
+def free_globals(path: Path) -> dict[str, set[str]]:
+    """For one Starlark module: the global names it uses but neither defines, loads itself,
+    nor gets from Tilt or Starlark. In Tilt each loaded file is a module of its own: it sees
+    only its own globals and what its own load() statements bring, never its loader's.
+    (Starlark's syntax is close enough to Python's for Python's symbol tables.)"""
+    text = path.read_text()
+    loaded = set()
+    for match in LOAD.finditer(text):
+        loaded.update(re.findall(r"\"([^\"]+)\"", match.group(2)))
+    top = symtable.symtable(text, str(path), "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    known = defined | loaded | STARLARK_UNIVERSE | TILT_BUILTINS
+    missing: dict[str, set[str]] = {}
+
+    def visit(table: symtable.SymbolTable) -> None:
+        for sym in table.get_symbols():
+            name = sym.get_name()
+            is_free = sym.is_referenced() and (
+                (table is top and not sym.is_assigned()) or (table is not top and sym.is_global())
+            )
+            if is_free and name not in known:
+                missing.setdefault(name, set()).add(table.get_name())
+        for child in table.get_children():
+            visit(child)
+
+    visit(top)
+    return missing
+
+
+def loaded_modules(path: Path) -> list[Path]:
+    """The file and every file it loads, transitively (ext:// extensions excluded)."""
+    found = [path]
+    for match in LOAD.finditer(path.read_text()):
+        if not match.group(1).startswith("ext://"):
+            found += loaded_modules((path.parent / match.group(1)).resolve())
+    return found
 
 
 def preprocess(path: Path, seen: tuple[Path, ...] = ()) -> str:
@@ -133,6 +187,27 @@ def test_preprocessing_inlines_helpers_and_rejects_a_missing_name(tmp_path: Path
         preprocess(tmp_path / "Tiltfile")
 
 
+def test_module_scope_check_sees_a_name_only_the_loader_loaded(tmp_path: Path) -> None:
+    (tmp_path / "lib.star").write_text(
+        'NS = "x"\n\ndef build(name):\n    docker_build_with_restart(name, ".")\n    return NS\n'
+    )
+    (tmp_path / "Tiltfile").write_text(
+        'load("ext://restart_process", "docker_build_with_restart")\n'
+        'load("./lib.star", "build")\nbuild("a")\n'
+    )
+    assert free_globals(tmp_path / "Tiltfile") == {}
+    assert free_globals(tmp_path / "lib.star") == {"docker_build_with_restart": {"build"}}
+
+
+def test_every_starlark_module_sees_only_its_own_names() -> None:
+    """Tilt runs each loaded file as its own module: a helper file that calls an extension
+    its loader loaded fails on a real `tilt up`, in both modes."""
+    modules = loaded_modules(ROOT / "Tiltfile")
+    assert len(modules) >= 2
+    for module in modules:
+        assert free_globals(module) == {}, module.relative_to(ROOT)
+
+
 @pytest.mark.parametrize("mode", ["cluster", "local"])
 def test_version_settings_come_first_and_the_local_flag_is_defined(
     request: pytest.FixtureRequest, mode: str
@@ -212,7 +287,7 @@ def test_cluster_mode_installs_one_helm_release_per_chart(cluster: TiltRecorder)
         ]
     dependency_builds = [c.args[0] for c in cluster.named("local")]
     assert sorted(dependency_builds) == sorted(
-        f"helm dependency update --skip-refresh {chart}"
+        f"helm dependency build --skip-refresh {chart}"
         for chart in charts
         if chart != "helm/dev-deps"
     )
@@ -305,3 +380,57 @@ def test_local_worker_gets_exactly_the_stack_worker_env(
 def test_local_worker_refuses_an_unknown_service() -> None:
     with pytest.raises(SystemExit, match="unknown service 'billing'"):
         _run_worker().command("billing")
+
+
+# --------------------------------------------------------------------------- first real run
+
+
+def _tiltignored(path: str) -> bool:
+    patterns = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".tiltignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p + "/*") for p in patterns)
+
+
+def test_what_the_tiltfile_writes_is_not_watched(cluster: TiltRecorder) -> None:
+    """Tilt re-executes the Tiltfile when a file under a helm() chart changes; the
+    dependency build writes helm/<chart>/charts/, so that must be ignored, and it must
+    not rewrite the (watched, committed) Chart.lock, which `dependency update` does."""
+    for call in cluster.named("local"):
+        *_, chart = call.args[0].split()
+        assert call.args[0].startswith("helm dependency build "), call.args[0]
+        assert _tiltignored(f"{chart}/charts/orders-lib-0.1.0.tgz"), chart
+        assert (ROOT / chart / "Chart.lock").is_file(), f"{chart}: commit its Chart.lock"
+    assert not _tiltignored("helm/validate/templates/worker.yaml")
+
+
+def test_restart_file_is_not_hidden_by_a_volume(
+    cluster: TiltRecorder, rendered: dict[tuple[str, str], Rendered]
+) -> None:
+    """restart_process bakes its marker file into the image; a volume mounted over its
+    folder hides it, entr exits and the pod crash-loops."""
+    builds = {c.args[0]: c.kwargs for c in cluster.named("docker_build_with_restart")}
+    for service in [*WORKERS, "codec-server"]:
+        restart_file = builds[f"orders-{service}"].get("restart_file", "/tmp/.restart-proc")
+        doc = rendered[(service, "default")].one("Deployment")
+        pod = doc["spec"]["template"]["spec"]
+        mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])]
+        for mount in mounts:
+            assert not restart_file.startswith(mount.rstrip("/") + "/"), (service, mount)
+        # the dev image's user must be able to touch it
+        dockerfile = (ROOT / builds[f"orders-{service}"]["dockerfile"]).read_text()
+        dev = dockerfile.split("AS dev\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "--chown=10001:10001 /opt/venv /opt/venv" in dev
+        assert restart_file.startswith("/opt/venv/")
+
+
+def test_kind_cluster_pins_no_node_image_kind_may_refuse() -> None:
+    """Current kind/ctlptl refuse old node images (v1.30.0 is refused): no pin, kind's own
+    default node image; the minimum kind version is stated where people read it."""
+    text = (ROOT / "tilt" / "kind-cluster.yaml").read_text()
+    (kind,) = [d for d in yaml.safe_load_all(text) if d["kind"] == "Cluster"]
+    assert "kubernetesVersion" not in kind
+    assert "kind >= 0.24" in text
+    assert "kind >= 0.24" in (ROOT / "docs" / "deployment.md").read_text()
