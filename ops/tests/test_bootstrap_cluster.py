@@ -83,6 +83,9 @@ def test_cluster_mode_bootstrap(
     assert any("ORDERS_READER_OIDC_DISCOVERY_URL" in note for note in report.notes)
     k8s = root.read("auth/kubernetes/config")["data"]
     assert k8s["kubernetes_host"] == "https://127.0.0.1:6443"
+    # no issuer given: Vault does not check one (a wrong default would refuse every login
+    # on EKS/GKE/AKS); the TokenReview still checks the token
+    assert k8s["disable_iss_validation"] is True
 
     # generated passwords are in Vault, and they are the ones Postgres checks
     kv = VaultKVSecrets(root)
@@ -176,6 +179,8 @@ def test_cluster_bootstrap_needs_no_root_token(
         report = bootstrap(settings)
         assert report.changes
         assert bootstrap(settings).changes == []  # idempotent as the Job's own identity
+        k8s = admin.read("auth/kubernetes/config")["data"]
+        assert (k8s["issuer"], k8s["disable_iss_validation"]) == (k8s_issuer, False)
         creds = admin.secrets.database.generate_credentials("order-validate")
         assert creds["data"]["username"].startswith("v-order-validate-")
         admin.sys.revoke_lease(creds["lease_id"])

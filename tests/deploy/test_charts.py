@@ -301,6 +301,13 @@ def test_bootstrap_is_the_only_chart_that_mounts_an_admin_secret(
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["ORDERS_BOOTSTRAP_VAULT_AUTH"] == "kubernetes"
     assert env["ORDERS_BOOTSTRAP_SA_TOKEN_FILE"] == "/var/run/secrets/orders/" + sa_token["path"]
+    # the issuer differs per cluster: production values name theirs, the default names none
+    # (kubeadm's issuer as a default would refuse every login on EKS/GKE/AKS)
+    assert env["ORDERS_KUBERNETES_ISSUER"].startswith("https://")
+    default = rendered[("bootstrap", "default")].one("Job")["spec"]["template"]["spec"]
+    assert {e["name"]: e.get("value") for e in default["containers"][0]["env"]}[
+        "ORDERS_KUBERNETES_ISSUER"
+    ] == ""
     assert r.one("NetworkPolicy")["spec"]["ingress"] == []
     for chart, mode in CHART_MODES:
         if chart in ("bootstrap", "dev-deps"):

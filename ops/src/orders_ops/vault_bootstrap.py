@@ -42,7 +42,8 @@ AUDIT_DEVICE_PATH = "file"
 TRANSIT_KEY_TYPE = "aes256-gcm96"
 
 DEFAULT_KUBERNETES_HOST = "https://kubernetes.default.svc"
-DEFAULT_KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
+KUBEADM_KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
+"""The issuer of kubeadm-built clusters, kind included (dev-deps and Tilt set it)."""
 _IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -91,7 +92,12 @@ class KubernetesAuthConfig:
 
     host: str = DEFAULT_KUBERNETES_HOST
     ca_pem: str | None = None
-    issuer: str = DEFAULT_KUBERNETES_ISSUER
+    # The cluster's ServiceAccount token issuer. When set, Vault checks it too; when None
+    # it does not, and the TokenReview by the API server (signature, expiry, audience,
+    # issuer) is the check. It differs per cluster (kubeadm and kind:
+    # https://kubernetes.default.svc.cluster.local; EKS, GKE, AKS: their OIDC issuer URL),
+    # so no default: a wrong one would refuse every login. Production values set it.
+    issuer: str | None = None
     # False in a cluster: Vault then uses its own pod's CA and ServiceAccount token.
     disable_local_ca_jwt: bool = False
 
@@ -110,7 +116,7 @@ class KubernetesAuthConfig:
         return cls(
             host=os.environ.get("ORDERS_KUBERNETES_HOST") or DEFAULT_KUBERNETES_HOST,
             ca_pem=ca_pem,
-            issuer=os.environ.get("ORDERS_KUBERNETES_ISSUER") or DEFAULT_KUBERNETES_ISSUER,
+            issuer=os.environ.get("ORDERS_KUBERNETES_ISSUER") or None,
             # true only when Vault runs outside the cluster it authenticates
             disable_local_ca_jwt=(
                 os.environ.get("ORDERS_KUBERNETES_DISABLE_LOCAL_CA_JWT", "").lower() == "true"
@@ -120,9 +126,9 @@ class KubernetesAuthConfig:
     def as_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "kubernetes_host": self.host,
-            "issuer": self.issuer,
-            # the issuer is checked too, not only what TokenReview says
-            "disable_iss_validation": False,
+            # with an issuer Vault checks it too, not only what TokenReview says
+            "issuer": self.issuer or "",
+            "disable_iss_validation": self.issuer is None,
             "disable_local_ca_jwt": self.disable_local_ca_jwt,
         }
         if self.ca_pem is not None:
