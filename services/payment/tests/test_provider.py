@@ -76,3 +76,22 @@ async def test_nobody_listening_is_unavailable_not_an_answer() -> None:
         )
     with pytest.raises(ProviderUnavailable):
         await provider.lookup_charge("o:charge")
+
+
+def test_the_worker_stops_at_start_on_a_missing_provider_setting() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from orders_payment.worker import main; main()"],
+        env={"PATH": "/usr/bin:/bin", "VAULT_ADDR": "http://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "orders-payment-worker: configuration error: ORDERS_PAYMENT_PROVIDER is not set: "
+        "set it to the payment provider adapter to use (simulator)"
+    ]
