@@ -250,6 +250,22 @@ async def test_faults_error_slow_and_drop(provider: HttpCardProvider, sim: Provi
     assert [c["requests"] for c in (await sim.ledger(dropped))["charges"]] == [2]
 
 
+async def test_a_held_answer_goes_out_when_the_fault_is_cleared(
+    stack: Stack, sim: ProviderAdmin
+) -> None:
+    provider = HttpCardProvider(stack.settings.provider_url, timeout=25)  # outlasts the hold
+    oid = new_id()
+    await sim.fault("hold", on="charge", key_prefix=oid, times=1)  # used up at once
+    charging = asyncio.create_task(provider.charge(charge_req(oid)))
+    # the charge is journalled while its answer is held
+    while not (await sim.ledger(oid))["charges"]:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    assert not charging.done()
+    assert await sim.clear(oid) == 0  # no fault left to clear, but the held answer goes
+    [held] = (await sim.ledger(oid))["charges"]
+    assert (await charging).provider_ref == held["id"]
+
+
 def test_the_stack_gives_the_payment_worker_the_simulator(stack: Stack) -> None:
     env = worker_env(stack.settings, "payment")
     assert env["ORDERS_PAYMENT_PROVIDER"] == "simulator"
@@ -400,7 +416,7 @@ async def test_a_refund_refused_as_already_refunded_is_not_retried(
         payment.ProcessPaymentInput(order.order_id, payment_token=order.payment_token),
     )
     # someone refunded it at the provider under another key (a person, a dispute)
-    await provider.refund(RefundRequest("by-hand", key(order.order_id)))
+    await provider.refund(RefundRequest(f"by-hand-{new_id()}", key(order.order_id)))
     with pytest.raises(ApplicationError) as info:
         await env.run(pay.refund_payment, payment.RefundPaymentInput(order.order_id))
     assert (info.value.type, info.value.non_retryable) == (payment.REFUND_REFUSED, True)

@@ -144,7 +144,7 @@ class Ledger:
         os.close(self._fd)
 
 
-@dataclass
+@dataclass(eq=False)  # identity, so a fault can sit in a set
 class Fault:
     id: str
     kind: str
@@ -179,6 +179,7 @@ class ProviderSimulator:
         self.ledger = ledger
         self.admin_token = admin_token
         self.faults: list[Fault] = []
+        self.holding: set[Fault] = set()  # hold faults with an answer waiting (used up or not)
 
     # -- faults --------------------------------------------------------------------
     def _fault_for(self, op: Operation, key: str) -> Fault | None:
@@ -209,8 +210,12 @@ class ProviderSimulator:
             return await handle()
         response = await handle()  # the ledger is written before anything below
         if fault.kind == "hold":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fault.released.wait(), fault.delay_seconds)
+            self.holding.add(fault)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fault.released.wait(), fault.delay_seconds)
+            finally:
+                self.holding.discard(fault)
             return response
         # drop: the work is done and journalled, the caller never hears of it
         if request.transport is not None:
@@ -409,7 +414,9 @@ class ProviderSimulator:
         cleared = [f for f in self.faults if prefix is None or f.key_prefix == prefix]
         for fault in cleared:
             self.faults.remove(fault)
-            fault.released.set()  # a held answer goes out now
+        for fault in [*cleared, *self.holding]:
+            if prefix is None or fault.key_prefix == prefix:
+                fault.released.set()  # a held answer goes out now
         return web.json_response({"cleared": len(cleared)})
 
     async def show_ledger(self, request: web.Request) -> web.Response:
@@ -438,7 +445,7 @@ class ProviderSimulator:
         app.router.add_get("/admin/ledger", self.show_ledger)
 
         async def release_all(_app: web.Application) -> None:
-            for fault in self.faults:
+            for fault in [*self.faults, *self.holding]:
                 fault.released.set()
 
         app.on_shutdown.append(release_all)
