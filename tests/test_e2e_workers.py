@@ -23,6 +23,7 @@ from temporalio.client import Client
 
 from orders_ops.demo import activity_logins
 from orders_ops.identities import local_session
+from orders_ops.provider_sim import ProviderAdmin
 from orders_ops.stack import Stack, WorkerProcess, wait_gone
 from orders_shared.catalog import group_role
 from orders_shared.client import connect, submit_order
@@ -261,29 +262,60 @@ async def test_inventory_worker_killed_mid_reservation(workers: Stack, temporal:
         await admin.close()
 
 
-async def test_payment_worker_killed_mid_payment(workers: Stack, temporal: Orders) -> None:
+async def _wait_charged(sim: ProviderAdmin, order_id: str, within: float = 60) -> None:
+    """Wait until the provider's ledger holds a charge for ``order_id``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if (await sim.ledger(f"{order_id}:"))["charges"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the provider did not charge {order_id} within {within}s")
+
+
+async def test_payment_worker_killed_after_the_provider_charged(
+    workers: Stack, temporal: Orders
+) -> None:
+    """SIGKILL the payment worker after the provider charged (the charge is in the
+    provider's ledger) and before the worker recorded it: the retry completes the
+    order and the provider holds exactly one charge for it."""
+    sim = ProviderAdmin(workers.settings.provider_url, workers.settings.provider_admin_token_file)
     admin = await asyncpg.connect(workers.settings.admin_dsn("orders"))
-    locker = await asyncpg.connect(workers.settings.admin_dsn("orders"))
+    sku = await new_sku(admin, stock=5)
+    data = order(sku, 1)
+    oid = data["order_id"]
     try:
-        sku = await new_sku(admin, stock=5)
-        data = order(sku, 1)
-        # block the payment's INSERT: the provider has been called, the row not yet written
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute("LOCK TABLE app.payments IN SHARE ROW EXCLUSIVE MODE")
+        # the provider charges, journals the charge, then holds its answer
+        await sim.fault("hold", on="charge", key_prefix=f"{oid}:", times=1)
         result_task = asyncio.create_task(run(temporal, data))
-        await _wait_blocked(admin, "order-process-payment")
+        await _wait_charged(sim, oid)
+        # charged at the provider, only an intent on our side: kill here
+        assert (await rows(admin, oid))["payments"] == [("charge", "pending", 1000)]
         _kill(_worker(workers, "payment"))
-        await tx.rollback()
-        workers.workers_up(timeout=60, echo=lambda _line: None)
-        result = await asyncio.wait_for(result_task, timeout=120)
+        await sim.clear(f"{oid}:")
+        workers.workers_up(timeout=60, echo=lambda _line: None)  # as a supervisor would
+        result = await asyncio.wait_for(result_task, timeout=180)
         assert result.status == "completed"
-        got = await rows(admin, data["order_id"])
-        assert got["payments"] == [("charge", "approved", 1000)]  # charged exactly once
+        ledger = await sim.ledger(f"{oid}:")
+        [charge] = ledger["charges"]  # exactly one charge for the order
+        assert (charge["status"], charge["amount_cents"], charge["refund_id"]) == (
+            "approved",
+            1000,
+            None,
+        )
+        assert charge["requests"] >= 2  # the retry did ask the provider again, by the same key
+        assert ledger["refunds"] == []
+        got = await rows(admin, oid)
+        assert got["payments"] == [("charge", "approved", 1000)]
+        assert (
+            await admin.fetchval(
+                "SELECT provider_ref FROM app.payments WHERE order_id=$1 AND kind='charge'", oid
+            )
+            == charge["id"]
+        )
         assert got["reservations"] == [(sku, 1, "reserved")]
         assert await stock(admin, sku) == 4
     finally:
-        await locker.close()
+        await sim.clear(f"{oid}:")  # never leave a held answer behind
         await admin.close()
 
 

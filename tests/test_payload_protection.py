@@ -57,6 +57,7 @@ from orders_ops.testing import free_port
 from orders_ops.vault_bootstrap import ReaderAuthConfig, ensure_reader_auth, root_client
 from orders_orchestrator import worker as orchestrator_worker
 from orders_payment import worker as payment_worker
+from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
 from orders_shared.codec import (
     META_WRAPPED_KEY,
@@ -298,7 +299,9 @@ async def deployment(
     activities = {
         "validate": validate_worker.build_activities(source),
         "inventory": inventory_worker.build_activities(source),
-        "payment": payment_worker.build_activities(source, transits["payment"]),
+        "payment": payment_worker.build_activities(
+            source, transits["payment"], HttpCardProvider(stack.settings.provider_url)
+        ),
         "fulfill": fulfill_worker.build_activities(source, transits["fulfill"]),
         "notify": notify_worker.build_activities(source, transits["notify"]),
     }

@@ -24,7 +24,6 @@ import support  # tests/ is on pytest's pythonpath
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
@@ -40,13 +39,7 @@ from orders_ops.stack import Stack
 from orders_orchestrator import worker as orchestrator_worker
 from orders_payment import worker as payment_worker
 from orders_payment.activities import PaymentActivities
-from orders_payment.provider import (
-    ChargeRequest,
-    ChargeResult,
-    RefundRequest,
-    RefundResult,
-    SimulatedProvider,
-)
+from orders_payment.provider import HttpCardProvider
 from orders_shared.client import OrderNotSealedError, order_status, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -135,15 +128,27 @@ async def opener(identities: Any) -> dict[str, VaultTransit]:
     return {name: await identities.transit(name) for name in ("payment", "fulfill", "notify")}
 
 
+@pytest.fixture(scope="session")
+def card_provider(stack: Stack) -> HttpCardProvider:
+    """The stack's payment provider simulator (its own process and ledger)."""
+    return HttpCardProvider(stack.settings.provider_url)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def workers(
-    client: Client, source: GroupRoleSource, opener: dict[str, VaultTransit]
+    client: Client,
+    source: GroupRoleSource,
+    opener: dict[str, VaultTransit],
+    card_provider: HttpCardProvider,
 ) -> AsyncIterator[None]:
     """One worker per task queue, built by each service's own ``worker.py``."""
     services: list[tuple[str, list[Any]]] = [
         (validate.TASK_QUEUE, validate_worker.build_activities(source)),
         (inventory.TASK_QUEUE, inventory_worker.build_activities(source)),
-        (payment.TASK_QUEUE, payment_worker.build_activities(source, opener["payment"])),
+        (
+            payment.TASK_QUEUE,
+            payment_worker.build_activities(source, opener["payment"], card_provider),
+        ),
         (fulfill.TASK_QUEUE, fulfill_worker.build_activities(source, opener["fulfill"])),
         (notify.TASK_QUEUE, notify_worker.build_activities(source, opener["notify"])),
     ]
@@ -497,6 +502,7 @@ async def test_every_activity_called_twice_changes_nothing_the_second_time(
     admin: asyncpg.Connection,
     sealer: VaultTransit,
     opener: dict[str, VaultTransit],
+    card_provider: HttpCardProvider,
 ) -> None:
     """A retry after a worker died after committing, or a duplicate delivery,
     must not double anything: call each activity twice directly."""
@@ -506,7 +512,7 @@ async def test_every_activity_called_twice_changes_nothing_the_second_time(
     oid = order.order_id
     v = ValidateActivities(source)
     inv = InventoryActivities(source)
-    pay = PaymentActivities(source, SimulatedProvider(), opener["payment"])
+    pay = PaymentActivities(source, card_provider, opener["payment"])
     ful = FulfillActivities(source, opener["fulfill"])
     ntf = NotifyActivities(source, opener["notify"])
 
@@ -562,12 +568,13 @@ async def test_declined_charge_stays_declined_on_retry(
     admin: asyncpg.Connection,
     sealer: VaultTransit,
     opener: dict[str, VaultTransit],
+    card_provider: HttpCardProvider,
 ) -> None:
     env = ActivityEnvironment()
     sku = await create_product(admin, price_cents=100, on_hand=1)
     order = await seal_order(make_order([(sku, 1)], token="tok_decline"), sealer)
     await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
-    pay = PaymentActivities(source, SimulatedProvider(), opener["payment"])
+    pay = PaymentActivities(source, card_provider, opener["payment"])
     for _ in range(2):
         with pytest.raises(PaymentDeclined):
             await env.run(
@@ -577,66 +584,6 @@ async def test_declined_charge_stays_declined_on_retry(
                 ),
             )
     assert [p[:2] for p in await payments(admin, order.order_id)] == [("charge", "declined")]
-
-
-class CrashAfterCharging(SimulatedProvider):
-    """The provider charges, then our side dies before recording the answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.charged: list[str] = []
-        self.refunded_charges: list[str] = []
-        self.crash = True
-
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
-        result = await super().charge(request)
-        self.charged.append(request.idempotency_key)
-        if self.crash:
-            raise ConnectionResetError("worker lost its database after the provider charged")
-        return result
-
-    async def refund(self, request: RefundRequest) -> RefundResult:
-        self.refunded_charges.append(request.charge_idempotency_key)
-        return await super().refund(request)
-
-
-async def test_a_charge_the_record_missed_is_still_refunded(
-    source: GroupRoleSource,
-    admin: asyncpg.Connection,
-    sealer: VaultTransit,
-    opener: dict[str, VaultTransit],
-) -> None:
-    env = ActivityEnvironment()
-    sku = await create_product(admin, price_cents=700, on_hand=1)
-    order = await seal_order(make_order([(sku, 1)]), sealer)
-    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
-    provider = CrashAfterCharging()
-    pay = PaymentActivities(source, provider, opener["payment"])
-    charge_input = payment.ProcessPaymentInput(
-        order_id=order.order_id, payment_token=order.payment_token
-    )
-    with pytest.raises(ConnectionResetError):
-        await env.run(pay.process_payment, charge_input)
-    # the provider took the money; our record says only that a charge was attempted
-    assert provider.charged == [f"{order.order_id}:charge"]
-    assert [p[:2] for p in await payments(admin, order.order_id)] == [("charge", "pending")]
-
-    # the step's deadline passes and the workflow compensates: the refund must not
-    # conclude "never charged"
-    refund = await env.run(pay.refund_payment, payment.RefundPaymentInput(order_id=order.order_id))
-    assert (refund.refunded, refund.amount_cents) == (True, 700)
-    assert provider.refunded_charges == [f"{order.order_id}:charge"]
-
-    # and an attempt that outlived its deadline does not charge again afterwards
-    provider.crash = False
-    with pytest.raises(ApplicationError, match="compensated") as info:
-        await env.run(pay.process_payment, charge_input)
-    assert info.value.non_retryable
-    assert provider.charged == [f"{order.order_id}:charge"]
-    assert sorted(p[:2] for p in await payments(admin, order.order_id)) == [
-        ("charge", "pending"),
-        ("refund", "approved"),
-    ]
 
 
 async def test_concurrent_duplicate_reservations_take_stock_once(

@@ -587,7 +587,7 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
 
 
 def log_scan(stack: Stack, say: Callable[[str], None]) -> bool:
-    """Every log line the workers and the codec server wrote in this run: no personal
+    """Every log line the workers, the codec server and the payment provider wrote: no personal
     sample value, no static secret, nothing that looks like a Vault token."""
     forbidden = [*SAMPLE_VALUES, *(v.decode() for v in static_secrets(stack.settings).values())]
     token_like = re.compile(r"\b(hvs|hvb|s)\.[A-Za-z0-9]{20,}")

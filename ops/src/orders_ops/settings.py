@@ -43,6 +43,7 @@ class StackSettings:
     postgres_port: int
     worker_metrics_port: int = 9464  # the first of six: one /metrics port per worker
     codec_port: int = 8081
+    provider_port: int = 8090  # the local card-payment provider simulator
     namespace: str = "orders"
     database: str = "orders"
     # "local": the process stack on loopback. "cluster": the bootstrap Job, which
@@ -64,6 +65,7 @@ class StackSettings:
             postgres_port=_port("ORDERS_POSTGRES_PORT", 5433),
             worker_metrics_port=_port("ORDERS_WORKER_METRICS_PORT", 9464),
             codec_port=_port("ORDERS_CODEC_PORT", 8081),
+            provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
         )
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
@@ -117,6 +119,20 @@ class StackSettings:
     @property
     def codec_url(self) -> str:
         return f"http://{HOST}:{self.codec_port}"
+
+    @property
+    def provider_url(self) -> str:
+        return f"http://{HOST}:{self.provider_port}"
+
+    @property
+    def provider_dir(self) -> Path:
+        """The provider simulator's ledger (``ledger.jsonl``, 0600)."""
+        return self.state_dir / "provider"
+
+    @property
+    def provider_admin_token_file(self) -> Path:
+        """The simulator's admin (fault switch) token, new at each start; for tests."""
+        return self.secrets_dir / "provider-admin-token"
 
     @property
     def root_token_file(self) -> Path:

@@ -555,6 +555,11 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
         "ORDERS_METRICS_HOST": HOST,
         "ORDERS_METRICS_PORT": str(worker_metrics_port(settings, service)),
     }
+    if service == "payment":  # the card provider it charges (the local simulator)
+        env |= {
+            "ORDERS_PAYMENT_PROVIDER": "simulator",
+            "ORDERS_PAYMENT_PROVIDER_URL": settings.provider_url,
+        }
     if SERVICES[service].db_roles:  # the orchestrator is not even told where Postgres is
         env |= {
             "ORDERS_DB_HOST": HOST,
@@ -654,6 +659,43 @@ class LocalCodecServer(Server):
             return False
 
 
+class ProviderSimulator(Server):
+    """The local card-payment provider (``orders_ops.provider_sim``): its own ledger
+    under ``<state>/provider``, a fault switch for tests, loopback only."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        super().__init__(
+            "provider", settings, {"http": settings.provider_port}, expect="orders_ops.provider_sim"
+        )
+
+    def _launch(self) -> None:
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "orders_ops.provider_sim",
+                "--host",
+                HOST,
+                "--port",
+                str(self.settings.provider_port),
+                "--state-dir",
+                str(self.settings.provider_dir),
+                "--admin-token-file",
+                str(self.settings.provider_admin_token_file),
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 (loopback URL we built)
+                f"{self.settings.provider_url}/healthz", timeout=1
+            ) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -665,11 +707,20 @@ class Stack:
         self.temporal = Temporal(settings)
         self.identity = IdentityIssuer(settings)
         self.codec = LocalCodecServer(settings)
+        self.provider = ProviderSimulator(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
 
     @property
     def servers(self) -> list[Server]:
-        return [self.postgres, self.vault, self.temporal, self.identity, self.codec, *self.workers]
+        return [
+            self.postgres,
+            self.vault,
+            self.temporal,
+            self.identity,
+            self.codec,
+            self.provider,
+            *self.workers,
+        ]
 
     def workers_up(self, timeout: float = 60.0, echo: Callable[[str], None] = print) -> None:
         """Start the six workers as separate processes, each with only its identity."""
@@ -719,7 +770,7 @@ class Stack:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings.state_dir.chmod(0o755)
         vault_fresh = False
-        for server in (self.postgres, self.vault, self.temporal):
+        for server in (self.postgres, self.vault, self.temporal, self.provider):
             t0 = time.monotonic()
             started = server.start(timeout)
             if server is self.vault and started:
@@ -751,7 +802,14 @@ class Stack:
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         self.workers_down(echo)
-        for server in (self.codec, self.identity, self.temporal, self.vault, self.postgres):
+        for server in (
+            self.provider,
+            self.codec,
+            self.identity,
+            self.temporal,
+            self.vault,
+            self.postgres,
+        ):
             stopped = server.stop()
             echo(f"  {server.name:<9} {'stopped' if stopped else 'not running'}")
 
@@ -783,6 +841,7 @@ class Stack:
             "ORDERS_DB_HOST": HOST,
             "ORDERS_DB_PORT": str(s.postgres_port),
             "ORDERS_DB_NAME": s.database,
+            "ORDERS_PAYMENT_PROVIDER_URL": s.provider_url,
         }
         if s.root_token_file.exists():
             env["VAULT_TOKEN"] = s.root_token()
@@ -818,7 +877,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         epilog=(
             "Ports: ORDERS_TEMPORAL_PORT (7233), ORDERS_TEMPORAL_UI_PORT (8233), "
             "ORDERS_TEMPORAL_HTTP_PORT (7243), ORDERS_TEMPORAL_METRICS_PORT (7244), "
-            "ORDERS_VAULT_PORT (8200), ORDERS_POSTGRES_PORT (5433). "
+            "ORDERS_VAULT_PORT (8200), ORDERS_POSTGRES_PORT (5433), "
+            "ORDERS_PROVIDER_PORT (8090, the payment provider simulator). "
             "State and logs: ORDERS_STATE_DIR (./.local)."
         ),
     )
@@ -839,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.add_argument(
         "server",
         nargs="?",
-        choices=["postgres", "vault", "temporal", "identity", "codec"]
+        choices=["postgres", "vault", "temporal", "identity", "codec", "provider"]
         + [f"worker-{name}" for name in SERVICE_NAMES],
     )
     logs.add_argument("-n", type=int, default=40, help="lines per log")

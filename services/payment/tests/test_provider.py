@@ -1,4 +1,5 @@
-"""The payment simulator: its answer is decided by the token and repeats for the same key."""
+"""The provider adapter's configuration and error mapping (no server needed here;
+the provider simulator itself is tested against the stack in tests/test_payment_provider.py)."""
 
 from __future__ import annotations
 
@@ -6,63 +7,91 @@ import pytest
 
 from orders_payment.provider import (
     ChargeRequest,
+    HttpCardProvider,
+    ProviderConfig,
     ProviderUnavailable,
-    RefundRequest,
-    SimulatedProvider,
+    provider_from_config,
 )
+from orders_shared.config import ConfigError
 
 
-def charge(token: str, key: str = "ord-1:charge") -> ChargeRequest:
-    return ChargeRequest(
-        idempotency_key=key, payment_token=token, amount_cents=1234, currency="EUR"
+def test_the_adapter_is_chosen_by_settings() -> None:
+    config = ProviderConfig.from_env(
+        {
+            "ORDERS_PAYMENT_PROVIDER": "simulator",
+            "ORDERS_PAYMENT_PROVIDER_URL": "http://127.0.0.1:8090/",
+            "ORDERS_PAYMENT_PROVIDER_TIMEOUT": "4",
+        }
     )
+    assert config == ProviderConfig(kind="simulator", url="http://127.0.0.1:8090", timeout=4.0)
+    provider = provider_from_config(config)
+    assert isinstance(provider, HttpCardProvider)
+    assert provider.base_url == "http://127.0.0.1:8090"
 
 
-async def test_an_ordinary_token_is_approved_and_repeatable() -> None:
-    provider = SimulatedProvider()
-    first = await provider.charge(charge("tok_visa"))
-    again = await provider.charge(charge("tok_visa"))
-    assert first.status == "approved"
-    assert first == again  # same idempotency key, same reference
-    other = await provider.charge(charge("tok_visa", key="ord-2:charge"))
-    assert other.provider_ref != first.provider_ref
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "ORDERS_PAYMENT_PROVIDER is not set"),
+        ({"ORDERS_PAYMENT_PROVIDER": "stripe-ish"}, "ORDERS_PAYMENT_PROVIDER='stripe-ish'"),
+        ({"ORDERS_PAYMENT_PROVIDER": "simulator"}, "ORDERS_PAYMENT_PROVIDER_URL"),
+        (
+            {"ORDERS_PAYMENT_PROVIDER": "simulator", "ORDERS_PAYMENT_PROVIDER_URL": "ftp://x"},
+            "ORDERS_PAYMENT_PROVIDER_URL",
+        ),
+        (
+            {
+                "ORDERS_PAYMENT_PROVIDER": "simulator",
+                "ORDERS_PAYMENT_PROVIDER_URL": "http://x",
+                "ORDERS_PAYMENT_PROVIDER_TIMEOUT": "60",
+            },
+            "ORDERS_PAYMENT_PROVIDER_TIMEOUT=60.0 is out of range",
+        ),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace("(", r"\(").replace(".", r"\.")):
+        ProviderConfig.from_env(env)
 
 
-async def test_a_decline_token_is_declined() -> None:
-    result = await SimulatedProvider().charge(charge("tok_decline_stolen"))
-    assert result.status == "declined"
-
-
-async def test_a_transient_token_fails_until_the_given_attempt() -> None:
-    attempt = 0
-
-    def current() -> int:
-        return attempt
-
-    provider = SimulatedProvider(transient_failures=2, attempt=current)
-    for attempt in (1, 2):  # noqa: B007 (read by current())
-        with pytest.raises(ProviderUnavailable):
-            await provider.charge(charge("tok_transient"))
-    attempt = 3
-    assert (await provider.charge(charge("tok_transient"))).status == "approved"
-
-
-async def test_refund_is_deterministic_per_key() -> None:
-    provider = SimulatedProvider()
-    req = RefundRequest(
-        idempotency_key="ord-1:refund",
-        charge_idempotency_key="ord-1:charge",
-        charge_ref="ch_x",
-        amount_cents=1234,
-        currency="EUR",
+def test_the_token_is_not_in_the_request_repr() -> None:
+    req = ChargeRequest(
+        idempotency_key="o:charge", payment_token="tok_secret_4242", amount_cents=1, currency="EUR"
     )
-    assert await provider.refund(req) == await provider.refund(req)
+    assert "tok_secret" not in repr(req)
 
 
-async def test_non_positive_amounts_are_a_bug_not_a_decline() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        await SimulatedProvider().charge(
+async def test_nobody_listening_is_unavailable_not_an_answer() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    provider = HttpCardProvider(f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(ProviderUnavailable, match="will retry"):
+        await provider.charge(
             ChargeRequest(
-                idempotency_key="k", payment_token="tok_visa", amount_cents=0, currency="EUR"
+                idempotency_key="o:charge", payment_token="tok_visa", amount_cents=1, currency="EUR"
             )
         )
+    with pytest.raises(ProviderUnavailable):
+        await provider.lookup_charge("o:charge")
+
+
+def test_the_worker_stops_at_start_on_a_missing_provider_setting() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from orders_payment.worker import main; main()"],
+        env={"PATH": "/usr/bin:/bin", "VAULT_ADDR": "http://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "orders-payment-worker: configuration error: ORDERS_PAYMENT_PROVIDER is not set: "
+        "set it to the payment provider adapter to use (simulator)"
+    ]

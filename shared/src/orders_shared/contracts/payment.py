@@ -9,6 +9,11 @@ TASK_QUEUE = SERVICES["payment"].task_queue
 PROCESS_PAYMENT = "process_payment"
 REFUND_PAYMENT = "refund_payment"
 
+REFUND_REFUSED = "PaymentRefundRefused"
+"""Non-retryable error type of ``refund_payment`` when the provider refuses the refund
+for a reason other than "no such charge" (e.g. refunded under another key): retrying
+cannot change it; the order needs a person. The workflow goes on with release and notify."""
+
 
 @dataclass(frozen=True)
 class ProcessPaymentInput:
@@ -33,7 +38,8 @@ class RefundPaymentInput:
 
 @dataclass(frozen=True)
 class RefundPaymentOutput:
-    """``refunded`` is false when there was no approved charge to refund."""
+    """``refunded`` is false when the provider held no charge to refund (none was sent,
+    it was declined, or it never reached the provider)."""
 
     order_id: str
     refunded: bool
