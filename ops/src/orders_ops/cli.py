@@ -62,9 +62,12 @@ MAX_NUMBER_DIGITS = 20
 MAX_ECHO = 60
 
 HELP_EPILOG = """\
-an order file looks like examples/order.json in the repository; the local stack
-seeds the SKUs WIDGET-1, GADGET-2 and GIZMO-3 (README.md, "Submitting orders by
-hand", lists them and the inputs that make a payment decline or an address undeliverable).
+an order file: see examples/order.json in the repository. The local stack seeds
+the SKUs WIDGET-1, GADGET-2, GIZMO-3 (in stock) and RARE-4 (never in stock). A
+payment_token starting with tok_decline is declined; a shipping_address containing
+UNDELIVERABLE cannot be delivered (README.md, "Submitting orders by hand").
+order_id must be new for each order: the same id with the same content is
+deduplicated, with other content refused.
 """
 
 
