@@ -84,10 +84,10 @@ def one_error_line(stderr: str) -> str:
 
 
 @contextmanager
-def vault_paused(stack: Stack) -> Iterator[int]:
-    vault = next(s for s in stack.servers if s.name == "vault")
-    pid = vault.pid()
-    assert pid is not None, "this stack's Vault does not run"
+def vault_paused(stack: Stack, name: str = "vault") -> Iterator[int]:
+    server = next(s for s in stack.servers if s.name == name)
+    pid = server.pid()
+    assert pid is not None, f"this stack's {name} does not run"
     os.kill(pid, signal.SIGSTOP)
     try:
         yield pid
@@ -118,6 +118,28 @@ def test_submit_rides_out_a_vault_pause_and_starts_the_order_once(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    submitted = json.loads(out)
+    assert (submitted["order_id"], submitted["deduplicated"]) == (oid, False)
+    assert asyncio.run(runs_of(stack, oid)) == 1
+
+
+def test_submit_rides_out_a_temporal_pause_and_starts_the_order_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    oid = f"cli-tpause-{uuid.uuid4().hex[:8]}"
+    path = write_order(tmp_path, order(oid))
+    with vault_paused(stack, "temporal"):
+        proc = subprocess.Popen(
+            [*ORDERS, "submit", path],
+            env=cli_env(stack),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
     submitted = json.loads(out)
     assert (submitted["order_id"], submitted["deduplicated"]) == (oid, False)
     assert asyncio.run(runs_of(stack, oid)) == 1
