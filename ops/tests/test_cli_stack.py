@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,51 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import ORDERS, cli_env, order, run  # ops/tests is on pytest's pythonpath
 from temporalio.client import Client
 
 from orders_ops.stack import Stack
 from orders_ops.testing import free_port
-
-ORDERS = [sys.executable, "-m", "orders_ops.cli"]
-
-
-def order(order_id: str, name: str = "Ada Lovelace") -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "customer_id": "c-1",
-        "customer_name": name,
-        "email": "ada@example.com",
-        "shipping_address": "1 Main Street",
-        "payment_token": "tok_visa",
-        "lines": [{"sku": "WIDGET-1", "quantity": 1}],
-    }
-
-
-def cli_env(stack: Stack, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERS_", "VAULT_"))}
-    env.pop("TEMPORAL_ADDRESS", None)
-    s = stack.settings
-    env.update(
-        ORDERS_STATE_DIR=str(s.state_dir),
-        ORDERS_TEMPORAL_PORT=str(s.temporal_port),
-        ORDERS_VAULT_PORT=str(s.vault_port),
-    )
-    env.update(extra)
-    return env
-
-
-def run(
-    stack: Stack, *args: str, stdout: Any = subprocess.PIPE, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ORDERS, *args],
-        env=cli_env(stack, **extra),
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def write_order(tmp_path: Path, data: dict[str, Any]) -> str:
