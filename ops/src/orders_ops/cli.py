@@ -385,7 +385,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)  # argparse itself exits 2 on bad usage
-    configure_logging("orders-cli", "WARNING")  # stdout is for JSON results only
+    # stdout is for JSON results, stderr for one error line: only errors are logged
+    configure_logging("orders-cli", "ERROR")
     if args.cmd == "submit":
         order = _load_order(args.file)
         return asyncio.run(_with_client(lambda c, t, w, d: _submit(order, args.wait, c, t, w, d)))

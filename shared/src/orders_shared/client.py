@@ -88,6 +88,9 @@ MEMO_KEY = "orders.submission"
 POLLER_FRESH = 90.0
 """A poller last seen longer ago than this is gone (a long poll lasts at most about 70 s)."""
 
+POLLER_SETTLE = 5.0
+"""How long a queue must show no poller before the client says nobody polls it."""
+
 RPC_TIMEOUT = 10.0
 """Longest single Temporal call (a paused frontend must not hold the client forever)."""
 
@@ -365,14 +368,29 @@ async def live_pollers(
     return fresh
 
 
-async def queues_without_workers(client: Client, task_queue: str = TASK_QUEUE) -> list[str]:
+async def queues_without_workers(
+    client: Client,
+    task_queue: str = TASK_QUEUE,
+    *,
+    activities: bool = True,
+    settle: float = POLLER_SETTLE,
+) -> list[str]:
     """The task queues an order needs that no worker polls: the workflow's own queue,
-    then (when it is the standard one) each activity service's."""
+    then (when it is the standard one) each activity service's.
+
+    A queue counts as unpolled only if it stays so for ``settle`` seconds:
+    DescribeTaskQueue reports the pollers its root partition has seen, and a
+    worker that just started may not have polled (or been forwarded to) it yet."""
     needed = [(task_queue, "workflow")]
-    if task_queue == TASK_QUEUE:
+    if activities and task_queue == TASK_QUEUE:
         needed += [(spec.task_queue, "activity") for spec in SERVICES.values() if spec.db_roles]
-    counts = await asyncio.gather(*(live_pollers(client, q, k) for q, k in needed))
-    return [q for (q, _), n in zip(needed, counts, strict=True) if n == 0]
+    until = time.monotonic() + settle
+    while True:
+        counts = await asyncio.gather(*(live_pollers(client, q, k) for q, k in needed))
+        needed = [(q, k) for (q, k), n in zip(needed, counts, strict=True) if n == 0]
+        if not needed or time.monotonic() >= until:
+            return [q for q, _ in needed]
+        await asyncio.sleep(0.5)
 
 
 async def submit_order(
@@ -567,7 +585,7 @@ async def order_status(
         return OrderStatus(order_id, name, "done", list(result.path), result)
     if status == WorkflowExecutionStatus.RUNNING:
         queue = desc.task_queue
-        if await retried(lambda: live_pollers(client, queue)) == 0:
+        if await retried(lambda: queues_without_workers(client, queue, activities=False)):
             return OrderStatus(
                 order_id,
                 name,
