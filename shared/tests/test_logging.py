@@ -82,3 +82,50 @@ def test_an_exception_is_logged_by_type_and_frames_never_by_message(
         text = json.dumps(entry)
         assert "tok_visa" not in text and "alice@" not in text
         assert "test_logging.py" in entry["stack"]  # where it happened is kept
+
+
+def test_nested_dicts_and_lists_are_walked() -> None:
+    out = _redact(
+        event="vault.request",
+        request={
+            "headers": {"Authorization": "Bearer abc", "X-Vault-Token": "whatever"},
+            "items": [{"email": "ada@example.com", "sku": "WIDGET-1"}, ("dev-root-abc123",)],
+        },
+    )
+    assert out["request"] == {
+        "headers": {"Authorization": REDACTED, "X-Vault-Token": REDACTED},
+        "items": [{"email": REDACTED, "sku": "WIDGET-1"}, [REDACTED]],
+    }
+
+
+def test_urls_lose_their_userinfo_and_secret_parameters() -> None:
+    out = _redact(
+        dsn="postgresql://v-order-validate-abc:S3cretPass@127.0.0.1:5433/orders",
+        endpoint="http://admin:hunter2@vault:8200/v1/sys/health?standbyok=true&token=abc",
+        plain="http://127.0.0.1:8200/v1/sys/health",
+    )
+    assert out["dsn"] == f"postgresql://{REDACTED}@127.0.0.1:5433/orders"
+    assert out["endpoint"] == (
+        f"http://{REDACTED}@vault:8200/v1/sys/health?standbyok=true&token={REDACTED}"
+    )
+    assert out["plain"] == "http://127.0.0.1:8200/v1/sys/health"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "s." + "A1b2C3d4" * 3,  # OpenBao service token
+        "b." + "A1b2C3d4" * 3,  # OpenBao batch token
+        "hvs." + "A1b2C3d4" * 3,
+        "hvb." + "A1b2C3d4" * 3,
+        "dev-root-" + "0f" * 16,  # this stack's dev root token
+    ],
+)
+def test_openbao_and_vault_token_prefixes_are_known(token: str) -> None:
+    out = _redact(error=f"denied for {token}.", nested={"list": [f"x {token}"]})
+    assert out == {"error": f"denied for {REDACTED}.", "nested": {"list": [f"x {REDACTED}"]}}
+
+
+def test_words_that_merely_start_like_a_prefix_are_kept() -> None:
+    text = "status.ok; bs.short; its.fine"
+    assert _redact(msg=text) == {"msg": text}

@@ -28,6 +28,10 @@ Variables (defaults in brackets):
 ``ORDERS_SHUTDOWN_GRACE``       seconds in-flight activities get after SIGTERM [20]
 ``ORDERS_LOG_LEVEL``            [INFO]
 
+The order client (:mod:`orders_shared.client`, the ``orders`` CLI) also reads
+``ORDERS_CLIENT_DEADLINE``: seconds it keeps retrying while Vault or Temporal
+does not answer, before it gives up with one line naming which [60].
+
 There is deliberately no variable for a database password: credentials only
 ever come from Vault.
 """
@@ -166,13 +170,32 @@ class TemporalConfig:
     namespace: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TemporalConfig:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, default_address: str = "127.0.0.1:7233"
+    ) -> TemporalConfig:
+        """``default_address`` is where the caller's settings put Temporal when
+        ``TEMPORAL_ADDRESS`` is unset (the ``orders`` CLI: the local stack's port)."""
         e = _Env(os.environ if env is None else env)
-        address = e.text("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+        address = e.text("TEMPORAL_ADDRESS", default_address)
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"TEMPORAL_ADDRESS={address!r} must be host:port")
         return cls(address=address, namespace=e.text("TEMPORAL_NAMESPACE", "default"))
+
+
+DEFAULT_CLIENT_DEADLINE = 60.0
+
+
+def client_deadline(env: Mapping[str, str] | None = None) -> float:
+    """``ORDERS_CLIENT_DEADLINE``: how long the order client rides out an outage [60 s]."""
+    e = _Env(os.environ if env is None else env)
+    return e.seconds("ORDERS_CLIENT_DEADLINE", DEFAULT_CLIENT_DEADLINE, 0.5, 3600.0)
+
+
+def vault_request_timeout(env: Mapping[str, str] | None = None) -> float:
+    """``VAULT_REQUEST_TIMEOUT``: seconds per Vault request [5]."""
+    e = _Env(os.environ if env is None else env)
+    return e.seconds("VAULT_REQUEST_TIMEOUT", 5.0, 0.1, 120.0)
 
 
 @dataclass(frozen=True)
