@@ -52,6 +52,16 @@ _MIGRATION_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
+ROLE_SETTINGS: dict[str, str] = {
+    "statement_timeout": "10s",
+    "idle_in_transaction_session_timeout": "30s",
+}
+"""Server-side limits of every app session, set on each group role (and, since Postgres
+applies role settings of the *login* role only, on each Vault-issued login by its
+creation statement, see :mod:`orders_ops.vault_database`): a statement of a step is a
+few rows, so 10 s means something is stuck (a lock held by a hung transaction); a
+transaction left idle for 30 s holds locks nobody will release, so Postgres ends it."""
+
 Privilege = tuple[str, str, str | None]
 """(table, privilege, column or None for a table-wide grant)."""
 
@@ -495,6 +505,7 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
     changes += await _ensure_membership(
         conn, group, VAULT_ADMIN_ROLE, admin=True, inherit=False, set_=False
     )
+    changes += await _ensure_role_settings(conn, group)
 
     expected = expected_privileges(db_role)
     actual = await read_privileges(conn, group)
@@ -521,6 +532,29 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
         if extra:
             detail.append(f"{len(extra)} revoked ({', '.join(_fmt(p) for p in extra)})")
         changes.append(f"converged privileges of {group} to the grant matrix: {'; '.join(detail)}")
+    return changes
+
+
+async def read_role_settings(conn: Connection, role: str) -> dict[str, str]:
+    """The settings ``ALTER ROLE <role> SET`` gave ``role`` (in every database)."""
+    config = await conn.fetchval(
+        """SELECT s.setconfig FROM pg_db_role_setting s
+           JOIN pg_roles r ON r.oid = s.setrole
+           WHERE r.rolname = $1 AND s.setdatabase = 0""",
+        role,
+    )
+    return dict(item.split("=", 1) for item in (config or []))
+
+
+async def _ensure_role_settings(conn: Connection, role: str) -> list[str]:
+    current = await read_role_settings(conn, role)
+    changes = []
+    for name, value in ROLE_SETTINGS.items():
+        if current.get(name) != value:
+            await conn.execute(
+                f"ALTER ROLE {quote_ident(role)} SET {name} = {_quote_literal(value)}"
+            )
+            changes.append(f"set {name} of role {role} to {value}")
     return changes
 
 

@@ -29,7 +29,12 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from orders_ops.database import VAULT_ADMIN_ROLE, quote_ident, vault_admin_password
+from orders_ops.database import (
+    ROLE_SETTINGS,
+    VAULT_ADMIN_ROLE,
+    quote_ident,
+    vault_admin_password,
+)
 from orders_ops.settings import SettingsError, StackSettings
 from orders_shared.catalog import DB_ROLES, group_role
 
@@ -90,10 +95,13 @@ def credential_ttls(env: Mapping[str, str] | None = None) -> tuple[int, int]:
 
 
 def creation_statements(db_role: str) -> list[str]:
-    """Membership of the group role only, never per-table grants (they bloat the catalog)."""
+    """Membership of the group role only, never per-table grants (they bloat the catalog),
+    plus the session limits of :data:`orders_ops.database.ROLE_SETTINGS` (Postgres applies
+    the settings of the login role, not those of the groups it is a member of)."""
     return [
         "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
         "VALID UNTIL '{{expiration}}' INHERIT",
+        *(f"ALTER ROLE \"{{{{name}}}}\" SET {k} = '{v}'" for k, v in ROLE_SETTINGS.items()),
         f'GRANT {quote_ident(group_role(db_role))} TO "{{{{name}}}}"',
     ]
 
