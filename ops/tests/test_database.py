@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from orders_ops.database import (
     OWNER_ROLE,
+    VAULT_ADMIN_ROLE,
     MigrationError,
     apply_migrations,
     bootstrap_database,
@@ -342,20 +343,74 @@ async def test_reaper_drops_orphan_logins_and_ends_their_sessions(
 
 
 @pytest.mark.stack
-async def test_lost_vault_admin_password_is_reset_and_vault_follows(
+async def test_only_vault_knows_the_vault_admin_password_and_bootstrap_stays_idempotent(
     database_ready: StackSettings, vault: hvac.Client, issuer: Any
 ) -> None:
-    """Vault never returns the connection password: the fingerprint notices the change."""
-    vault_admin_password_file(database_ready).unlink()
-    assert await bootstrap_database(database_ready) == [
+    """A one-time password is handed to Vault, which rotates it; no file keeps one."""
+    # as for a fresh Vault (or one that lost its connection): a new one-time password
+    assert await bootstrap_database(database_ready, reset_vault_admin=True) == [
         "set password of role vault_admin to the one in its secrets file"
     ]
+    one_time = vault_admin_password_file(database_ready).read_text().strip()
     assert configure_database_engine(vault, database_ready) == [
-        "updated Vault database connection orders (as vault_admin)"
+        "updated Vault database connection orders (as vault_admin) with its one-time password",
+        "Vault rotated the password of vault_admin: only Vault knows it now",
     ]
-    assert configure_database_engine(vault, database_ready) == []
+    assert not vault_admin_password_file(database_ready).exists()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(
+            host=HOST,
+            port=database_ready.postgres_port,
+            user=VAULT_ADMIN_ROLE,
+            password=one_time,
+            database=database_ready.database,
+        )
+    # Vault still issues working logins with the password only it knows
     conn = await issuer.connect(issuer.issue("order-validate"))
     try:
         assert await conn.fetchval("SELECT count(*) > 0 FROM app.products")
     finally:
         await conn.close()
+    # and a rerun of both bootstraps changes nothing (never resets the rotated password)
+    assert await bootstrap_database(database_ready) == []
+    assert configure_database_engine(vault, database_ready) == []
+
+
+@pytest.mark.stack
+async def test_an_interrupted_hand_over_is_rotated_on_the_next_run(
+    database_ready: StackSettings, vault: hvac.Client
+) -> None:
+    from orders_ops.vault_database import ROTATED_FIELD
+
+    current = vault.read("database/config/orders")["data"]
+    details = current["connection_details"]
+    vault.secrets.database.configure(
+        "orders",
+        current["plugin_name"],
+        verify_connection=False,
+        allowed_roles=current["allowed_roles"],
+        **{**details, ROTATED_FIELD: "false"},
+    )
+    assert configure_database_engine(vault, database_ready) == [
+        "Vault rotated the password of vault_admin: only Vault knows it now"
+    ]
+    assert configure_database_engine(vault, database_ready) == []
+
+
+@pytest.mark.stack
+async def test_without_a_connection_or_a_one_time_password_the_error_says_what_to_do(
+    database_ready: StackSettings, vault: hvac.Client
+) -> None:
+    from orders_ops.vault_database import VaultDatabaseError
+
+    saved = vault.read("database/config/orders")["data"]
+    vault.delete("database/config/orders")
+    try:
+        with pytest.raises(VaultDatabaseError, match="reset_vault_admin=True"):
+            configure_database_engine(vault, database_ready)
+    finally:
+        await bootstrap_database(database_ready, reset_vault_admin=True)
+        assert configure_database_engine(vault, database_ready)[0].startswith(
+            "configured Vault database connection orders"
+        )
+    assert saved["connection_details"]["username"] == VAULT_ADMIN_ROLE

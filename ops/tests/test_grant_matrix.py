@@ -13,13 +13,14 @@ import pytest_asyncio
 
 from orders_ops.database import (
     VAULT_ADMIN_ROLE,
+    bootstrap_database,
     expected_privileges,
     read_privileges,
     vault_admin_password,
 )
 from orders_ops.grants import GRANT_MATRIX
 from orders_ops.settings import HOST, StackSettings
-from orders_ops.vault_database import username_prefix
+from orders_ops.vault_database import configure_database_engine, username_prefix
 from orders_shared.catalog import DB_ROLES, group_role
 
 pytestmark = pytest.mark.stack
@@ -66,22 +67,31 @@ async def test_group_roles_cannot_log_in_and_vault_admin_only_administers_them(
     assert tuple(attrs) == (False, True, False)
 
 
-async def test_vault_admin_can_read_no_order_data(database_ready: StackSettings) -> None:
-    """Vault's own login hands out memberships but holds none of their rights."""
-    conn = await asyncpg.connect(
-        host=HOST,
-        port=database_ready.postgres_port,
-        user=VAULT_ADMIN_ROLE,
-        password=vault_admin_password(database_ready),
-        database=database_ready.database,
-    )
+async def test_vault_admin_can_read_no_order_data(
+    database_ready: StackSettings, vault: Any
+) -> None:
+    """Vault's own login hands out memberships but holds none of their rights.
+
+    Only Vault knows its password, so the test has a one-time password set (as
+    for a fresh Vault), logs in with it, then hands it to Vault to rotate."""
+    await bootstrap_database(database_ready, reset_vault_admin=True)
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
-            await conn.fetch("SELECT * FROM app.orders")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
-            await conn.execute("SET ROLE order_process_payment")
+        conn = await asyncpg.connect(
+            host=HOST,
+            port=database_ready.postgres_port,
+            user=VAULT_ADMIN_ROLE,
+            password=vault_admin_password(database_ready),
+            database=database_ready.database,
+        )
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetch("SELECT * FROM app.orders")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute("SET ROLE order_process_payment")
+        finally:
+            await conn.close()
     finally:
-        await conn.close()
+        configure_database_engine(vault, database_ready)
 
 
 async def test_public_cannot_connect_to_the_order_database(admin_conn: Any) -> None:
