@@ -31,6 +31,7 @@ from orders_shared.contracts.payment import (
 )
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import OrderStateConflict, PaymentDeclined
+from orders_shared.fence import charge_refusal, check_not_compensated, mark_compensated
 from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-process-payment"
@@ -77,24 +78,31 @@ class PaymentActivities:
         async with self.db.connection(DB_ROLE) as conn:
             charge = await self._recorded(conn, inp.order_id, "charge")
             if charge is None:
-                order = await conn.fetchrow(
-                    "SELECT total_cents, currency FROM app.orders WHERE order_id = $1",
-                    inp.order_id,
-                )
-                if order is None or order["total_cents"] <= 0:
-                    raise OrderStateConflict(
-                        "order is not recorded as an accepted order; nothing to charge"
+                async with conn.transaction():
+                    # the order fence: no charge intent after a compensation, and only
+                    # for an order still received, with no refund
+                    await check_not_compensated(conn, inp.order_id, PROCESS_PAYMENT)
+                    refusal = await charge_refusal(conn, inp.order_id)
+                    if refusal is not None:
+                        raise OrderStateConflict(f"not charged: {refusal}")
+                    order = await conn.fetchrow(
+                        "SELECT total_cents, currency FROM app.orders WHERE order_id = $1",
+                        inp.order_id,
                     )
-                await conn.execute(
-                    _INSERT_PAYMENT,
-                    inp.order_id,
-                    "charge",
-                    "pending",
-                    order["total_cents"],
-                    order["currency"],
-                    None,
-                    key,
-                )
+                    if order is None or order["total_cents"] <= 0:
+                        raise OrderStateConflict(
+                            "order is not recorded as an accepted order; nothing to charge"
+                        )
+                    await conn.execute(
+                        _INSERT_PAYMENT,
+                        inp.order_id,
+                        "charge",
+                        "pending",
+                        order["total_cents"],
+                        order["currency"],
+                        None,
+                        key,
+                    )
                 charge = await self._recorded(conn, inp.order_id, "charge")
                 if charge is None:
                     raise RuntimeError("charge row missing right after insert")
@@ -148,6 +156,9 @@ class PaymentActivities:
         pending is refunded by its idempotency key; a late charge attempt then sees
         the refund row and does not charge."""
         async with self.db.connection(DB_ROLE) as conn:
+            async with conn.transaction():
+                # the order fence: from here on no charge intent can be recorded
+                await mark_compensated(conn, inp.order_id, "refund_payment")
             refund = await self._recorded(conn, inp.order_id, "refund")
             if refund is None:
                 charge = await self._recorded(conn, inp.order_id, "charge")
