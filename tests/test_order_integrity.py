@@ -551,6 +551,62 @@ async def _until_waiting_on_advisory_lock(admin: asyncpg.Connection) -> None:
     raise AssertionError("the release never waited for the order's lock")
 
 
+class CountingProvider(SimulatedProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.charges = 0
+
+    async def charge(self, request: Any) -> Any:
+        self.charges += 1
+        return await super().charge(request)
+
+
+async def test_a_charge_attempt_after_the_refund_ran_charges_nothing(
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
+) -> None:
+    """The charge attempt was stuck before it recorded its intent; the workflow gave up
+    and refunded (nothing recorded, nothing to refund). The stuck attempt then goes on."""
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=500, on_hand=1)
+    order = await seal_order(make_order([(sku, 1)]), sealer)
+    oid = order.order_id
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    provider = CountingProvider()
+    pay = PaymentActivities(source, provider, opener["payment"])
+    refund = await env.run(pay.refund_payment, payment.RefundPaymentInput(oid))
+    assert refund.refunded is False
+
+    with pytest.raises(OrderStateConflict, match="compensated"):
+        await env.run(pay.process_payment, payment.ProcessPaymentInput(oid, order.payment_token))
+    assert provider.charges == 0
+    assert (await facts(admin, oid))["payments"] == []
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "rejected"])
+async def test_process_payment_charges_only_an_order_still_received(
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
+    status: str,
+) -> None:
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=500, on_hand=1)
+    order = await seal_order(make_order([(sku, 1)]), sealer)
+    oid = order.order_id
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    await admin.execute("UPDATE app.orders SET status = $2 WHERE order_id = $1", oid, status)
+    provider = CountingProvider()
+    pay = PaymentActivities(source, provider, opener["payment"])
+    with pytest.raises(OrderStateConflict, match=f"already {status}"):
+        await env.run(pay.process_payment, payment.ProcessPaymentInput(oid, order.payment_token))
+    assert provider.charges == 0
+    assert (await facts(admin, oid))["payments"] == []
+
+
 # --------------------------------------------------------------------------- 4. validate
 
 
