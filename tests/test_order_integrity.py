@@ -607,6 +607,36 @@ async def test_process_payment_charges_only_an_order_still_received(
     assert (await facts(admin, oid))["payments"] == []
 
 
+async def test_a_fulfill_attempt_after_the_compensation_ships_nothing(
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
+) -> None:
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=500, on_hand=1)
+    order = await seal_order(make_order([(sku, 1)]), sealer)
+    oid = order.order_id
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    held = HeldSource(source, "order-fulfill")
+    from orders_fulfill.activities import FulfillActivities
+
+    late = asyncio.create_task(
+        ActivityEnvironment().run(
+            FulfillActivities(held, opener["fulfill"]).fulfill_order,  # type: ignore[arg-type]
+            fulfill.FulfillOrderInput(oid),
+        )
+    )
+    await held.waiting.wait()
+    await env.run(
+        InventoryActivities(source).release_inventory, inventory.ReleaseInventoryInput(oid)
+    )
+    held.go.set()
+    with pytest.raises(OrderStateConflict, match="compensated"):
+        await late
+    assert (await facts(admin, oid))["shipments"] == 0
+
+
 # --------------------------------------------------------------------------- 4. validate
 
 

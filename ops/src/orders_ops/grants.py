@@ -180,6 +180,12 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         "record one shipment per order; db_user and created_at are defaults",
         ("order_id", "carrier", "tracking_id"),
     ),
+    _g(
+        "order-fulfill",
+        "order_compensations",
+        "SELECT",
+        "the fence: ship nothing for an order already compensated",
+    ),
     # --- notify: tell the customer, and record the order's final status ---------------
     _g(
         "order-notify",
