@@ -50,7 +50,7 @@ from orders_shared.contracts.orchestrator import (
     OrderWorkflowResult,
 )
 from orders_shared.contracts.orchestrator import TASK_QUEUE as ORCHESTRATOR_QUEUE
-from orders_shared.errors import OrderRejected, OrderStateConflict
+from orders_shared.errors import OrderRejected, OrderStateConflict, OutOfStock
 from orders_shared.fence import check_not_compensated
 from orders_shared.sealing import SEALED_FIELD_INVALID, seal_context, seal_key, seal_order
 from orders_validate import worker as validate_worker
@@ -501,6 +501,36 @@ async def test_a_reserve_released_after_its_compensation_takes_nothing(
         "SELECT step, db_user FROM app.order_compensations WHERE order_id = $1", oid
     )
     assert tuple(marker) == ("release_inventory", "order_release_inventory")
+
+
+async def test_an_earlier_reserve_attempt_takes_nothing_after_an_out_of_stock_refusal(
+    source: GroupRoleSource, admin: asyncpg.Connection, sealer: VaultTransit
+) -> None:
+    """Attempt 1 is stuck; attempt 2 is refused (out of stock), so the workflow gives up
+    without a release. Stock arrives, then attempt 1 goes on: it must take nothing."""
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=100, on_hand=1)
+    order = await seal_order(make_order([(sku, 3)]), sealer)
+    oid = order.order_id
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    held = HeldSource(source, "order-reserve-inventory")
+    reserve = inventory.ReserveInventoryInput(oid, order.lines)
+    stuck = asyncio.create_task(
+        ActivityEnvironment().run(
+            InventoryActivities(held).reserve_inventory,  # type: ignore[arg-type]
+            reserve,
+        )
+    )
+    await held.waiting.wait()
+    with pytest.raises(OutOfStock):
+        await env.run(InventoryActivities(source).reserve_inventory, reserve)
+    await admin.execute("UPDATE app.inventory SET on_hand = 10 WHERE sku = $1", sku)
+    held.go.set()
+
+    with pytest.raises(OrderStateConflict, match="reserve_refused"):
+        await stuck
+    assert await stock(admin, sku) == 10
+    assert (await facts(admin, oid))["reservations"] == []
 
 
 async def test_a_reserve_that_commits_first_is_given_back_by_the_compensation(

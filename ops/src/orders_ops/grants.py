@@ -89,6 +89,13 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         "SELECT",
         "the fence: refuse to reserve for an order already compensated",
     ),
+    _g(
+        "order-reserve-inventory",
+        "order_compensations",
+        "INSERT",
+        "the fence: after an out-of-stock refusal no earlier attempt may still take stock",
+        ("order_id", "step"),
+    ),
     # --- release (compensation): give the stock back, exactly once -------------------
     _g("order-release-inventory", "reservations", "SELECT", "find what the order reserved"),
     _g(

@@ -36,7 +36,10 @@ from orders_shared.errors import OrderStateConflict
 
 LOCK_NAMESPACE = 0x4F52  # first key of pg_advisory_xact_lock(int, int): "OR"(ders)
 
-CompensationStep = Literal["release_inventory", "refund_payment"]
+CompensationStep = Literal["release_inventory", "refund_payment", "reserve_refused"]
+"""What closed the order's forward path: a compensation, or a definitive refusal of
+reserve (out of stock; the workflow releases nothing after it, so the refusal
+fences an earlier attempt of the same step that may still be in flight)."""
 
 
 def _require_transaction(conn: Connection) -> None:

@@ -8,10 +8,12 @@
 -- the same lock and refuses when the marker exists. So a forward attempt that
 -- outlived its deadline either committed before the compensation (which then
 -- undoes it) or finds the marker and changes nothing: it can never take effect
--- after its compensation ran.
+-- after its compensation ran. A definitive refusal of reserve (out of stock)
+-- sets the marker too ('reserve_refused'): the workflow does not release after
+-- it, so it fences an earlier attempt still in flight instead.
 CREATE TABLE app.order_compensations (
     order_id       text PRIMARY KEY REFERENCES app.orders (order_id),
-    step           text NOT NULL CHECK (step IN ('release_inventory', 'refund_payment')),
+    step           text NOT NULL CHECK (step IN ('release_inventory', 'refund_payment', 'reserve_refused')),
     compensated_at timestamptz NOT NULL DEFAULT now(),
     db_user        text NOT NULL DEFAULT current_user
 );

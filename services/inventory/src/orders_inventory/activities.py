@@ -113,6 +113,10 @@ class InventoryActivities:
                         inp.order_id,
                     )
             except _NotEnoughStock as short:
+                # A definitive refusal: the workflow will not release after it, so fence
+                # any earlier attempt of this step that may still be in flight.
+                async with conn.transaction():
+                    await mark_compensated(conn, inp.order_id, "reserve_refused")
                 raise OutOfStock(f"not enough stock for SKU {short.sku}") from None
         return ReserveInventoryOutput(
             order_id=inp.order_id,
