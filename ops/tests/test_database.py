@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from orders_ops.database import (
     OWNER_ROLE,
+    VAULT_ADMIN_ROLE,
     MigrationError,
     apply_migrations,
     bootstrap_database,
@@ -52,12 +53,14 @@ def _copy_packaged(dst: Path) -> Path:
 
 def test_packaged_migrations_load_in_numeric_order() -> None:
     names = [m.name for m in load_migrations()]
-    assert names == [
+    assert names[:5] == [
         "0001_orders_schema.sql",
         "0002_demo_seed.sql",
         "0003_payment_intent.sql",
+        "0004_order_integrity.sql",
         "0005_payment_refund_outcome.sql",
     ]
+    assert names == sorted(names)
 
 
 def test_migrations_are_ordered_by_number_not_by_name(tmp_path: Path) -> None:
@@ -150,7 +153,7 @@ def test_vault_configuration_puts_a_changed_role_back(
         "updated Vault database role order-fulfill -> group order_fulfill (ttl 300s, max 1800s)"
     ]
     role = vault.read("database/roles/order-fulfill")["data"]
-    assert role["creation_statements"][1] == 'GRANT "order_fulfill" TO "{{name}}"'
+    assert role["creation_statements"][-1] == 'GRANT "order_fulfill" TO "{{name}}"'
     assert configure_database_engine(vault, database_ready) == []
 
 
@@ -216,13 +219,10 @@ async def scratch_owner_conn(database_ready: StackSettings, admin_conn: Any) -> 
 @pytest.mark.stack
 async def test_migrations_apply_once_each_in_order(scratch_owner_conn: Any, tmp_path: Path) -> None:
     folder = _copy_packaged(tmp_path / "migrations")
-    changes = await apply_migrations(scratch_owner_conn, load_migrations(folder))
-    assert changes == [
-        "created table app.schema_migrations",
-        "applied migration 0001_orders_schema.sql",
-        "applied migration 0002_demo_seed.sql",
-        "applied migration 0003_payment_intent.sql",
-        "applied migration 0005_payment_refund_outcome.sql",
+    packaged = load_migrations(folder)
+    changes = await apply_migrations(scratch_owner_conn, packaged)
+    assert changes == ["created table app.schema_migrations"] + [
+        f"applied migration {m.name}" for m in packaged
     ]
     assert await scratch_owner_conn.fetchval("SELECT count(*) FROM app.products") == 4
     assert await apply_migrations(scratch_owner_conn, load_migrations(folder)) == []
@@ -234,14 +234,13 @@ async def test_migrations_apply_once_each_in_order(scratch_owner_conn: Any, tmp_
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await apply_migrations(scratch_owner_conn, load_migrations(folder))
     assert await scratch_owner_conn.fetchval("SELECT to_regclass('app.half_done')") is None
-    assert await scratch_owner_conn.fetchval("SELECT max(version) FROM app.schema_migrations") == 5
+    assert await scratch_owner_conn.fetchval(
+        "SELECT max(version) FROM app.schema_migrations"
+    ) == max(m.version for m in packaged)
     rows = await scratch_owner_conn.fetch(
         "SELECT name, checksum FROM app.schema_migrations ORDER BY version"
     )
-    assert [(r["name"], r["checksum"]) for r in rows] == [
-        (m.name, m.checksum)
-        for m in load_migrations(folder)[:-1]  # all but the broken one
-    ]
+    assert [(r["name"], r["checksum"]) for r in rows] == [(m.name, m.checksum) for m in packaged]
 
 
 # --------------------------------------------------------------------------- lease life
@@ -345,20 +344,74 @@ async def test_reaper_drops_orphan_logins_and_ends_their_sessions(
 
 
 @pytest.mark.stack
-async def test_lost_vault_admin_password_is_reset_and_vault_follows(
+async def test_only_vault_knows_the_vault_admin_password_and_bootstrap_stays_idempotent(
     database_ready: StackSettings, vault: hvac.Client, issuer: Any
 ) -> None:
-    """Vault never returns the connection password: the fingerprint notices the change."""
-    vault_admin_password_file(database_ready).unlink()
-    assert await bootstrap_database(database_ready) == [
+    """A one-time password is handed to Vault, which rotates it; no file keeps one."""
+    # as for a fresh Vault (or one that lost its connection): a new one-time password
+    assert await bootstrap_database(database_ready, reset_vault_admin=True) == [
         "set password of role vault_admin to the one in its secrets file"
     ]
+    one_time = vault_admin_password_file(database_ready).read_text().strip()
     assert configure_database_engine(vault, database_ready) == [
-        "updated Vault database connection orders (as vault_admin)"
+        "updated Vault database connection orders (as vault_admin) with its one-time password",
+        "Vault rotated the password of vault_admin: only Vault knows it now",
     ]
-    assert configure_database_engine(vault, database_ready) == []
+    assert not vault_admin_password_file(database_ready).exists()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(
+            host=HOST,
+            port=database_ready.postgres_port,
+            user=VAULT_ADMIN_ROLE,
+            password=one_time,
+            database=database_ready.database,
+        )
+    # Vault still issues working logins with the password only it knows
     conn = await issuer.connect(issuer.issue("order-validate"))
     try:
         assert await conn.fetchval("SELECT count(*) > 0 FROM app.products")
     finally:
         await conn.close()
+    # and a rerun of both bootstraps changes nothing (never resets the rotated password)
+    assert await bootstrap_database(database_ready) == []
+    assert configure_database_engine(vault, database_ready) == []
+
+
+@pytest.mark.stack
+async def test_an_interrupted_hand_over_is_rotated_on_the_next_run(
+    database_ready: StackSettings, vault: hvac.Client
+) -> None:
+    from orders_ops.vault_database import ROTATED_FIELD
+
+    current = vault.read("database/config/orders")["data"]
+    details = current["connection_details"]
+    vault.secrets.database.configure(
+        "orders",
+        current["plugin_name"],
+        verify_connection=False,
+        allowed_roles=current["allowed_roles"],
+        **{**details, ROTATED_FIELD: "false"},
+    )
+    assert configure_database_engine(vault, database_ready) == [
+        "Vault rotated the password of vault_admin: only Vault knows it now"
+    ]
+    assert configure_database_engine(vault, database_ready) == []
+
+
+@pytest.mark.stack
+async def test_without_a_connection_or_a_one_time_password_the_error_says_what_to_do(
+    database_ready: StackSettings, vault: hvac.Client
+) -> None:
+    from orders_ops.vault_database import VaultDatabaseError
+
+    saved = vault.read("database/config/orders")["data"]
+    vault.delete("database/config/orders")
+    try:
+        with pytest.raises(VaultDatabaseError, match="reset_vault_admin=True"):
+            configure_database_engine(vault, database_ready)
+    finally:
+        await bootstrap_database(database_ready, reset_vault_admin=True)
+        assert configure_database_engine(vault, database_ready)[0].startswith(
+            "configured Vault database connection orders"
+        )
+    assert saved["connection_details"]["username"] == VAULT_ADMIN_ROLE

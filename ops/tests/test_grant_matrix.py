@@ -13,13 +13,14 @@ import pytest_asyncio
 
 from orders_ops.database import (
     VAULT_ADMIN_ROLE,
+    bootstrap_database,
     expected_privileges,
     read_privileges,
     vault_admin_password,
 )
 from orders_ops.grants import GRANT_MATRIX
 from orders_ops.settings import HOST, StackSettings
-from orders_ops.vault_database import username_prefix
+from orders_ops.vault_database import configure_database_engine, username_prefix
 from orders_shared.catalog import DB_ROLES, group_role
 
 pytestmark = pytest.mark.stack
@@ -66,22 +67,31 @@ async def test_group_roles_cannot_log_in_and_vault_admin_only_administers_them(
     assert tuple(attrs) == (False, True, False)
 
 
-async def test_vault_admin_can_read_no_order_data(database_ready: StackSettings) -> None:
-    """Vault's own login hands out memberships but holds none of their rights."""
-    conn = await asyncpg.connect(
-        host=HOST,
-        port=database_ready.postgres_port,
-        user=VAULT_ADMIN_ROLE,
-        password=vault_admin_password(database_ready),
-        database=database_ready.database,
-    )
+async def test_vault_admin_can_read_no_order_data(
+    database_ready: StackSettings, vault: Any
+) -> None:
+    """Vault's own login hands out memberships but holds none of their rights.
+
+    Only Vault knows its password, so the test has a one-time password set (as
+    for a fresh Vault), logs in with it, then hands it to Vault to rotate."""
+    await bootstrap_database(database_ready, reset_vault_admin=True)
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
-            await conn.fetch("SELECT * FROM app.orders")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
-            await conn.execute("SET ROLE order_process_payment")
+        conn = await asyncpg.connect(
+            host=HOST,
+            port=database_ready.postgres_port,
+            user=VAULT_ADMIN_ROLE,
+            password=vault_admin_password(database_ready),
+            database=database_ready.database,
+        )
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetch("SELECT * FROM app.orders")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute("SET ROLE order_process_payment")
+        finally:
+            await conn.close()
     finally:
-        await conn.close()
+        configure_database_engine(vault, database_ready)
 
 
 async def test_public_cannot_connect_to_the_order_database(admin_conn: Any) -> None:
@@ -193,8 +203,7 @@ ALLOWED: dict[str, list[tuple[str, object]]] = {
     ],
     "order-release-inventory": [
         (
-            "UPDATE app.reservations SET status = 'released', released_at = now(), "
-            "released_by = current_user "
+            "UPDATE app.reservations SET status = 'released' "
             "WHERE order_id = '{o}' AND sku = '{s}' AND status = 'reserved'",
             "UPDATE 1",
         ),
@@ -226,8 +235,7 @@ ALLOWED: dict[str, list[tuple[str, object]]] = {
     "order-notify": [
         ("SELECT email FROM app.customer_contacts WHERE order_id = '{o}'", "ada@example.test"),
         (
-            "UPDATE app.orders SET status = 'completed', status_reason = NULL, "
-            "updated_at = now(), status_by = current_user "
+            "UPDATE app.orders SET status = 'completed', status_reason = NULL "
             "WHERE order_id = '{o}' AND status = 'received'",
             "UPDATE 1",
         ),
@@ -242,34 +250,47 @@ ALLOWED: dict[str, list[tuple[str, object]]] = {
 DENIED: dict[str, list[str]] = {
     "order-validate": [
         "SELECT * FROM app.payments WHERE order_id = '{o}'",
-        "SELECT status FROM app.orders WHERE order_id = '{o}'",
+        "SELECT created_by FROM app.orders WHERE order_id = '{o}'",
         "UPDATE app.inventory SET on_hand = 0 WHERE sku = '{s}'",
+        "INSERT INTO app.orders (order_id, customer_id, total_cents, created_by) "
+        "VALUES ('{o}' || '-f', 'c-2', 100, 'someone-else')",
     ],
     "order-reserve-inventory": [
         "SELECT * FROM app.orders WHERE order_id = '{o}'",
         "UPDATE app.inventory SET sku = sku WHERE sku = '{s}'",
         "DELETE FROM app.reservations WHERE order_id = '{o}'",
+        "INSERT INTO app.reservations (order_id, sku, quantity, reserved_by) "
+        "VALUES ('{o}' || '-f', '{s}', 1, 'someone-else')",
     ],
     "order-release-inventory": [
         "INSERT INTO app.reservations (order_id, sku, quantity) VALUES ('{o}', '{s}', 1)",
         "UPDATE app.reservations SET quantity = 99 WHERE order_id = '{o}'",
         "SELECT * FROM app.customer_contacts WHERE order_id = '{o}'",
+        "UPDATE app.reservations SET released_by = 'someone-else' WHERE order_id = '{o}'",
     ],
     "order-process-payment": [
         "SELECT customer_id FROM app.orders WHERE order_id = '{o}'",
         "SELECT email FROM app.customer_contacts WHERE order_id = '{o}'",
         "UPDATE app.orders SET total_cents = 1 WHERE order_id = '{o}'",
+        "INSERT INTO app.payments (order_id, kind, status, amount_cents, currency, "
+        "provider_ref, idempotency_key, db_user) VALUES ('{o}', 'charge', 'approved', 200, "
+        "'EUR', 'ref', '{o}' || '{s}', 'someone-else')",
     ],
     "order-fulfill": [
         "SELECT email FROM app.customer_contacts WHERE order_id = '{o}'",
         "SELECT * FROM app.payments WHERE order_id = '{o}'",
         "UPDATE app.shipments SET carrier = 'x' WHERE order_id = '{o}'",
+        "INSERT INTO app.shipments (order_id, carrier, tracking_id, db_user) "
+        "VALUES ('{o}', 'post', '{o}' || '{s}', 'someone-else')",
     ],
     "order-notify": [
         "UPDATE app.inventory SET on_hand = on_hand + 1 WHERE sku = '{s}'",
         "SELECT shipping_address FROM app.customer_contacts WHERE order_id = '{o}'",
         "UPDATE app.orders SET total_cents = 1 WHERE order_id = '{o}'",
         "DELETE FROM app.notifications WHERE order_id = '{o}'",
+        "UPDATE app.orders SET status_by = 'someone-else' WHERE order_id = '{o}'",
+        "INSERT INTO app.notifications (order_id, kind, recipient, subject, body, db_user) "
+        "VALUES ('{o}', 'order_completed', 'a@b.test', 's', 'b', 'someone-else')",
     ],
 }
 
@@ -315,3 +336,64 @@ async def test_issued_login_is_refused_what_the_matrix_does_not_allow(
                     await conn.execute(_sql(sql, order_rows))
     finally:
         await conn.close()
+
+
+AUDIT_COLUMNS = {
+    "orders": {"created_at", "updated_at", "created_by", "status_by"},
+    "reservations": {"reservation_id", "reserved_at", "reserved_by", "released_at", "released_by"},
+    "payments": {"payment_id", "created_at", "db_user"},
+    "shipments": {"shipment_id", "created_at", "db_user"},
+    "notifications": {"notification_id", "created_at", "sent_at", "db_user"},
+    "order_compensations": {"compensated_at", "db_user"},
+}
+
+
+@pytest.mark.parametrize("db_role", DB_ROLES)
+async def test_no_role_may_write_an_audit_column(admin_conn: Any, db_role: str) -> None:
+    """INSERT and UPDATE are granted per column; the audit columns are filled by
+    defaults and triggers, never by the role that writes (read back from Postgres)."""
+    held = await read_privileges(admin_conn, group_role(db_role))
+    writes = {
+        (table, column)
+        for table, privilege, column in held
+        if privilege in {"INSERT", "UPDATE"} and table in AUDIT_COLUMNS
+    }
+    assert all(column is not None for _, column in writes), "a table-wide write grant"
+    forged = sorted((table, column) for table, column in writes if column in AUDIT_COLUMNS[table])
+    assert forged == []
+
+
+async def test_the_database_stamps_who_changed_a_status_or_released_stock(
+    admin_conn: Any, order_rows: Fixture
+) -> None:
+    tr = admin_conn.transaction()
+    await tr.start()
+    try:
+        await admin_conn.execute(f"SET LOCAL ROLE {group_role('order-notify')}")
+        await admin_conn.execute(
+            "UPDATE app.orders SET status = 'failed' WHERE order_id = $1", order_rows.order_id
+        )
+        await admin_conn.execute(f"SET LOCAL ROLE {group_role('order-release-inventory')}")
+        await admin_conn.execute(
+            "UPDATE app.reservations SET status = 'released' WHERE order_id = $1",
+            order_rows.order_id,
+        )
+        with pytest.raises(asyncpg.RaiseError, match="cannot be reserved again"):
+            async with admin_conn.transaction():
+                await admin_conn.execute(
+                    "UPDATE app.reservations SET status = 'reserved' WHERE order_id = $1",
+                    order_rows.order_id,
+                )
+        await admin_conn.execute("RESET ROLE")
+        stamps = await admin_conn.fetchrow(
+            "SELECT o.status_by, r.released_by, r.released_at IS NOT NULL AS released "
+            "FROM app.orders o JOIN app.reservations r USING (order_id) WHERE order_id = $1",
+            order_rows.order_id,
+        )
+        assert tuple(stamps) == (
+            group_role("order-notify"),
+            group_role("order-release-inventory"),
+            True,
+        )
+    finally:
+        await tr.rollback()

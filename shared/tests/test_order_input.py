@@ -10,6 +10,7 @@ import pytest
 from orders_shared.contracts.common import Order, OrderLine
 from orders_shared.order_input import (
     MAX_LINES,
+    UNCARRIABLE_RULE,
     OrderInputError,
     check_order,
     order_to_json,
@@ -76,7 +77,7 @@ def test_round_trip_through_json_shape() -> None:
         (
             with_(customer_name="Ada\nLovelace"),
             "customer_name",
-            "must not contain control characters",
+            UNCARRIABLE_RULE,
         ),
         (with_(customer_name=42), "customer_name", "must be a string"),
         (with_(email="ada@example"), "email", "must be an email address like name@example.com"),
@@ -91,7 +92,7 @@ def test_round_trip_through_json_shape() -> None:
         (
             with_(shipping_address="a\x00b"),
             "shipping_address",
-            "must not contain control characters",
+            UNCARRIABLE_RULE,
         ),
         (with_(payment_token="4111111111111111"), "payment_token", None),
         (with_(currency="eur"), "currency", "must be 3 upper-case letters (ISO 4217)"),

@@ -11,13 +11,20 @@ Who is who in Postgres:
   only migrations run as it.
 - ``vault_admin`` (LOGIN, CREATEROLE): the one role Vault logs in as. It holds
   every group role WITH ADMIN OPTION but INHERIT FALSE and SET FALSE, so it can
-  hand out memberships without being able to read a single row itself.
+  hand out memberships without being able to read a single row itself. It can
+  still create a login in any group role: whoever logs in as it holds every
+  privilege of the grant matrix (superuser-equivalent for the app's roles). So
+  its password is a *one-time* password: the bootstrap sets it and stores it
+  only until Vault has taken it over, then Vault rotates it
+  (``database/rotate-root``) and the stored copy is deleted; from then on only
+  Vault knows it (see :mod:`orders_ops.vault_database`).
 - one NOLOGIN group role per Vault database role (``order_reserve_inventory``)
   holding exactly its rows of :data:`orders_ops.grants.GRANT_MATRIX`.
 
 Passwords are sent to Postgres as SCRAM verifiers computed here, never as
 plain text, so they cannot end up in a server log; they are kept in
-root-only files under ``<state>/secrets``.
+root-only files under ``<state>/secrets`` (the owner's for good, vault_admin's
+only until Vault has rotated it).
 """
 
 from __future__ import annotations
@@ -52,6 +59,16 @@ _MIGRATION_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
+ROLE_SETTINGS: dict[str, str] = {
+    "statement_timeout": "10s",
+    "idle_in_transaction_session_timeout": "30s",
+}
+"""Server-side limits of every app session, set on each group role (and, since Postgres
+applies role settings of the *login* role only, on each Vault-issued login by its
+creation statement, see :mod:`orders_ops.vault_database`): a statement of a step is a
+few rows, so 10 s means something is stuck (a lock held by a hung transaction); a
+transaction left idle for 30 s holds locks nobody will release, so Postgres ends it."""
+
 Privilege = tuple[str, str, str | None]
 """(table, privilege, column or None for a table-wide grant)."""
 
@@ -76,12 +93,18 @@ def vault_admin_password_file(settings: StackSettings) -> Path:
 
 
 def vault_admin_password(settings: StackSettings, store: SecretStore | None = None) -> str:
-    """The password Vault's database connection logs in with (set by :func:`bootstrap_database`)."""
+    """The one-time password of ``vault_admin`` waiting to be handed over to Vault.
+
+    Set by :func:`bootstrap_database` when it creates or resets the role; deleted
+    by :func:`orders_ops.vault_database.configure_database_engine` once Vault holds
+    it, after which Vault rotates it. Raises when there is none to hand over."""
     value = (store or secret_store(settings)).read(vault_admin_password_file(settings).name)
     if not value:
         raise DatabaseBootstrapError(
-            f"the password of {VAULT_ADMIN_ROLE} is missing: run the database bootstrap first "
-            "('orders-bootstrap'), it creates vault_admin and its password"
+            f"there is no one-time password of {VAULT_ADMIN_ROLE} to hand over: Vault has "
+            "rotated it and only Vault knows it. To give Vault a new one (e.g. its "
+            "connection was lost), run the database bootstrap with reset_vault_admin=True "
+            "('orders-stack up' does it when it starts a fresh dev Vault)"
         )
     return value
 
@@ -495,6 +518,7 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
     changes += await _ensure_membership(
         conn, group, VAULT_ADMIN_ROLE, admin=True, inherit=False, set_=False
     )
+    changes += await _ensure_role_settings(conn, group)
 
     expected = expected_privileges(db_role)
     actual = await read_privileges(conn, group)
@@ -521,6 +545,29 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
         if extra:
             detail.append(f"{len(extra)} revoked ({', '.join(_fmt(p) for p in extra)})")
         changes.append(f"converged privileges of {group} to the grant matrix: {'; '.join(detail)}")
+    return changes
+
+
+async def read_role_settings(conn: Connection, role: str) -> dict[str, str]:
+    """The settings ``ALTER ROLE <role> SET`` gave ``role`` (in every database)."""
+    config = await conn.fetchval(
+        """SELECT s.setconfig FROM pg_db_role_setting s
+           JOIN pg_roles r ON r.oid = s.setrole
+           WHERE r.rolname = $1 AND s.setdatabase = 0""",
+        role,
+    )
+    return dict(item.split("=", 1) for item in (config or []))
+
+
+async def _ensure_role_settings(conn: Connection, role: str) -> list[str]:
+    current = await read_role_settings(conn, role)
+    changes = []
+    for name, value in ROLE_SETTINGS.items():
+        if current.get(name) != value:
+            await conn.execute(
+                f"ALTER ROLE {quote_ident(role)} SET {name} = {_quote_literal(value)}"
+            )
+            changes.append(f"set {name} of role {role} to {value}")
     return changes
 
 
@@ -587,6 +634,7 @@ async def bootstrap_database(
     settings: StackSettings,
     *,
     vault_is_new: bool = False,
+    reset_vault_admin: bool = False,
     migrations_dir: Traversable | None = None,
     store: SecretStore | None = None,
 ) -> list[str]:
@@ -595,12 +643,15 @@ async def bootstrap_database(
     Returns one human-readable line per change (never a secret); an
     already-bootstrapped database returns ``[]``. ``vault_is_new`` says the dev
     Vault was just (re)started empty, so logins it issued earlier are orphans
-    to drop. ``migrations_dir`` replaces the packaged SQL files (tests).
+    to drop, and that it no longer holds vault_admin's password: a new one-time
+    password is set for it to take over. ``reset_vault_admin`` does the same for
+    a Vault that lost its database connection. ``migrations_dir`` replaces the
+    packaged SQL files (tests).
     """
     migrations = load_migrations(migrations_dir)  # a bad file fails before anything changes
     store = store or secret_store(settings)
     owner_pw, owner_new = store.read_or_create(owner_password_file(settings).name)
-    admin_pw, admin_new = store.read_or_create(vault_admin_password_file(settings).name)
+    handover = vault_admin_password_file(settings).name
     database = settings.database
     changes: list[str] = []
 
@@ -608,6 +659,15 @@ async def bootstrap_database(
     try:
         await su.execute("SELECT pg_advisory_lock($1)", _BOOTSTRAP_LOCK_KEY)
         changes += await _ensure_role(su, _RoleSpec(OWNER_ROLE, login=True), owner_pw, owner_new)
+        admin_exists = await su.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", VAULT_ADMIN_ROLE
+        )
+        admin_pw: str | None = store.read(handover)
+        admin_new = False
+        if not admin_exists or vault_is_new or reset_vault_admin:
+            if admin_pw is None:  # else: a one-time password not yet handed over, reuse it
+                admin_pw, admin_new = store.read_or_create(handover)
+        # admin_pw None: Vault has rotated the password; it is Vault's, leave it alone
         changes += await _ensure_role(
             su, _RoleSpec(VAULT_ADMIN_ROLE, login=True, createrole=True), admin_pw, admin_new
         )

@@ -37,9 +37,35 @@ def _g(
 GRANT_MATRIX: tuple[Grant, ...] = (
     # --- validate: turn a submitted order into a priced, recorded order -------------
     _g("order-validate", "products", "SELECT", "check every SKU exists and price it"),
-    _g("order-validate", "orders", "INSERT", "record the order (accepted or rejected) once"),
-    _g("order-validate", "order_items", "INSERT", "record the priced lines of the order"),
-    _g("order-validate", "customer_contacts", "INSERT", "keep contact data for later steps"),
+    _g(
+        "order-validate",
+        "orders",
+        "INSERT",
+        "record the order (accepted or rejected) once; created_by and the times are defaults",
+        ("order_id", "customer_id", "status", "status_reason", "total_cents", "currency"),
+    ),
+    _g(
+        "order-validate",
+        "orders",
+        "SELECT",
+        "a retry returns what the first attempt recorded; a finished order is not run again",
+        ("order_id", "status", "status_reason", "total_cents", "currency"),
+    ),
+    _g(
+        "order-validate",
+        "order_items",
+        "INSERT",
+        "record the priced lines of the order",
+        ("order_id", "sku", "quantity", "unit_price_cents"),
+    ),
+    _g("order-validate", "order_items", "SELECT", "a retry returns the lines recorded first"),
+    _g(
+        "order-validate",
+        "customer_contacts",
+        "INSERT",
+        "keep contact data for later steps",
+        ("order_id", "customer_name", "email", "shipping_address"),
+    ),
     # --- reserve: take stock for the order, exactly once -----------------------------
     _g("order-reserve-inventory", "inventory", "SELECT", "read stock in the guarded update"),
     _g(
@@ -50,15 +76,47 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         ("on_hand", "updated_at"),
     ),
     _g("order-reserve-inventory", "reservations", "SELECT", "find a reservation on retry"),
-    _g("order-reserve-inventory", "reservations", "INSERT", "record one reservation per line"),
+    _g(
+        "order-reserve-inventory",
+        "reservations",
+        "INSERT",
+        "record one reservation per line; status, reserved_by and the times are defaults",
+        ("order_id", "sku", "quantity"),
+    ),
+    _g(
+        "order-reserve-inventory",
+        "order_compensations",
+        "SELECT",
+        "the fence: refuse to reserve for an order already compensated",
+    ),
+    _g(
+        "order-reserve-inventory",
+        "order_compensations",
+        "INSERT",
+        "the fence: after an out-of-stock refusal no earlier attempt may still take stock",
+        ("order_id", "step"),
+    ),
     # --- release (compensation): give the stock back, exactly once -------------------
     _g("order-release-inventory", "reservations", "SELECT", "find what the order reserved"),
     _g(
         "order-release-inventory",
         "reservations",
         "UPDATE",
-        "mark a reservation released, once",
-        ("status", "released_at", "released_by"),
+        "mark a reservation released, once (a trigger stamps released_by and released_at)",
+        ("status",),
+    ),
+    _g(
+        "order-release-inventory",
+        "order_compensations",
+        "SELECT",
+        "the fence: see whether the order is already marked compensated",
+    ),
+    _g(
+        "order-release-inventory",
+        "order_compensations",
+        "INSERT",
+        "the fence: mark the order compensated so a late reserve cannot take stock",
+        ("order_id", "step"),
     ),
     _g("order-release-inventory", "inventory", "SELECT", "read stock in the guarded update"),
     _g(
@@ -73,11 +131,39 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         "order-process-payment",
         "orders",
         "SELECT",
-        "charge the recorded total, never an amount from the workflow input",
-        ("order_id", "total_cents", "currency"),
+        "charge the recorded total, never an amount from the workflow input; only an order "
+        "still received",
+        ("order_id", "status", "total_cents", "currency"),
     ),
     _g("order-process-payment", "payments", "SELECT", "find a charge or refund on retry"),
-    _g("order-process-payment", "payments", "INSERT", "record one charge and one refund"),
+    _g(
+        "order-process-payment",
+        "payments",
+        "INSERT",
+        "record one charge and one refund; db_user and created_at are defaults",
+        (
+            "order_id",
+            "kind",
+            "status",
+            "amount_cents",
+            "currency",
+            "provider_ref",
+            "idempotency_key",
+        ),
+    ),
+    _g(
+        "order-process-payment",
+        "order_compensations",
+        "SELECT",
+        "the fence: refuse to charge an order already compensated",
+    ),
+    _g(
+        "order-process-payment",
+        "order_compensations",
+        "INSERT",
+        "the fence: a refund marks the order compensated so a late charge cannot land",
+        ("order_id", "step"),
+    ),
     _g(
         "order-process-payment",
         "payments",
@@ -94,7 +180,19 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         ("order_id", "shipping_address"),
     ),
     _g("order-fulfill", "shipments", "SELECT", "find the shipment on retry"),
-    _g("order-fulfill", "shipments", "INSERT", "record one shipment per order"),
+    _g(
+        "order-fulfill",
+        "shipments",
+        "INSERT",
+        "record one shipment per order; db_user and created_at are defaults",
+        ("order_id", "carrier", "tracking_id"),
+    ),
+    _g(
+        "order-fulfill",
+        "order_compensations",
+        "SELECT",
+        "the fence: ship nothing for an order already compensated",
+    ),
     # --- notify: tell the customer, and record the order's final status ---------------
     _g(
         "order-notify",
@@ -104,7 +202,13 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         ("order_id", "customer_name", "email"),
     ),
     _g("order-notify", "notifications", "SELECT", "find the message on retry"),
-    _g("order-notify", "notifications", "INSERT", "write the message to the outbox"),
+    _g(
+        "order-notify",
+        "notifications",
+        "INSERT",
+        "write the message to the outbox; db_user, created_at and sent_at are not its to set",
+        ("order_id", "kind", "recipient", "subject", "body"),
+    ),
     _g(
         "order-notify",
         "orders",
@@ -116,8 +220,9 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         "order-notify",
         "orders",
         "UPDATE",
-        "record the final status: notify is the one step every path ends with",
-        ("status", "status_reason", "updated_at", "status_by"),
+        "record the final status: notify is the one step every path ends with (a trigger "
+        "stamps status_by and updated_at)",
+        ("status", "status_reason"),
     ),
 )
 
@@ -131,6 +236,7 @@ TABLES: tuple[str, ...] = (
     "payments",
     "shipments",
     "notifications",
+    "order_compensations",
 )
 
 

@@ -55,6 +55,10 @@ class SecretStore(Protocol):
 
     def read(self, name: str) -> str | None: ...
 
+    def delete(self, name: str) -> None:
+        """Forget a secret (a one-time password once it has been handed over)."""
+        ...
+
 
 class FileSecrets:
     """Local process mode: root-only files under ``<state>/secrets``."""
@@ -70,6 +74,9 @@ class FileSecrets:
             return (self.directory / name).read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    def delete(self, name: str) -> None:
+        (self.directory / name).unlink(missing_ok=True)
 
 
 class VaultKVSecrets:
@@ -105,6 +112,14 @@ class VaultKVSecrets:
             path=name, secret={"value": value}, mount_point=self.mount
         )
         return value, True
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.secrets.kv.v2.delete_metadata_and_all_versions(
+                path=name, mount_point=self.mount
+            )
+        except hvac.exceptions.InvalidPath:
+            pass
 
 
 def secret_store(settings: StackSettings) -> SecretStore:

@@ -6,20 +6,23 @@ whose only privilege is membership of its NOLOGIN group role (see
 :mod:`orders_ops.database`); revoking the lease ends its sessions and drops it.
 
 Idempotency: every setting is read back and compared; only what differs is
-written. Vault never returns the connection password, so the connection
-carries a fingerprint of it in a field of our own
-(``connection_details.orders_password_sha256``, which the PostgreSQL plugin
-stores and returns but does not use). A changed ``vault_admin`` password
-changes the fingerprint and the connection is written again. The fingerprint
-is a SHA-256 of a 192-bit random password, so it gives nothing away; it sits
-where only a Vault root/operator can read it, next to what it describes (so a
-persistent Vault or a second bootstrap host sees the same truth, unlike a
-local state file).
+written.
+
+The ``vault_admin`` password is Vault's alone. ``vault_admin`` can create a
+login in any group role, so it is superuser-equivalent for the app's roles, and
+no person or file should hold a working password of it. The database bootstrap
+sets a *one-time* password when it creates the role (or when a fresh Vault must
+be given one) and stores it until it is handed over; here it is written into
+the connection, the stored copy is deleted, and Vault rotates it
+(``database/rotate-root/orders``). The connection records that in a field of
+our own (``connection_details.orders_root_rotated``, stored and returned by the
+plugin but not used), so a run interrupted between hand-over and rotation
+rotates on the next run, and a rotated connection is never written with a
+password again: updating other settings without ``password`` keeps Vault's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -29,14 +32,21 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from orders_ops.database import VAULT_ADMIN_ROLE, quote_ident, vault_admin_password
+from orders_ops.database import (
+    ROLE_SETTINGS,
+    VAULT_ADMIN_ROLE,
+    quote_ident,
+    vault_admin_password_file,
+)
+from orders_ops.secretfiles import SecretStore, secret_store
 from orders_ops.settings import SettingsError, StackSettings
 from orders_shared.catalog import DB_ROLES, group_role
 
 MOUNT = "database"
 CONNECTION = "orders"
 PLUGIN = "postgresql-database-plugin"
-FINGERPRINT_FIELD = "orders_password_sha256"
+ROTATED_FIELD = "orders_root_rotated"
+"""Our field in the connection: ``"true"`` once Vault has rotated vault_admin's password."""
 
 # The Vault role name leads the username, so pg_stat_activity and audit rows
 # ("db_user") say which step a login belongs to. Longest: 2 + 23 + 1 + 20 + 1 +
@@ -90,10 +100,13 @@ def credential_ttls(env: Mapping[str, str] | None = None) -> tuple[int, int]:
 
 
 def creation_statements(db_role: str) -> list[str]:
-    """Membership of the group role only, never per-table grants (they bloat the catalog)."""
+    """Membership of the group role only, never per-table grants (they bloat the catalog),
+    plus the session limits of :data:`orders_ops.database.ROLE_SETTINGS` (Postgres applies
+    the settings of the login role, not those of the groups it is a member of)."""
     return [
         "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
         "VALID UNTIL '{{expiration}}' INHERIT",
+        *(f"ALTER ROLE \"{{{{name}}}}\" SET {k} = '{v}'" for k, v in ROLE_SETTINGS.items()),
         f'GRANT {quote_ident(group_role(db_role))} TO "{{{{name}}}}"',
     ]
 
@@ -124,19 +137,13 @@ def _connection_url(settings: StackSettings) -> str:
     )
 
 
-def _fingerprint(password: str) -> str:
-    return hashlib.sha256(b"orders-vault-admin\0" + password.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class _Desired:
     connection: dict[str, Any]  # what read_connection returns, minus what Vault adds
-    password: str
     roles: dict[str, dict[str, Any]]
 
 
 def _desired(settings: StackSettings) -> _Desired:
-    password = vault_admin_password(settings)
     ttl, max_ttl = credential_ttls()
     return _Desired(
         connection={
@@ -147,10 +154,9 @@ def _desired(settings: StackSettings) -> _Desired:
                 "username": VAULT_ADMIN_ROLE,
                 "password_authentication": "scram-sha-256",
                 "username_template": USERNAME_TEMPLATE,
-                FINGERPRINT_FIELD: _fingerprint(password),
+                ROTATED_FIELD: "true",
             },
         },
-        password=password,
         roles={
             r: {
                 "db_name": CONNECTION,
@@ -191,19 +197,100 @@ def _connection_current(current: dict[str, Any] | None) -> dict[str, Any] | None
                 "username",
                 "password_authentication",
                 "username_template",
-                FINGERPRINT_FIELD,
+                ROTATED_FIELD,
             )
         },
     }
 
 
-def configure_database_engine(client: hvac.Client, settings: StackSettings) -> list[str]:
+def _write_connection(
+    client: hvac.Client,
+    settings: StackSettings,
+    details: dict[str, Any],
+    allowed_roles: list[str],
+    password: str | None,
+) -> None:
+    extra = {} if password is None else {"password": password}
+    try:
+        client.secrets.database.configure(
+            CONNECTION,
+            PLUGIN,
+            verify_connection=True,
+            allowed_roles=allowed_roles,
+            mount_point=MOUNT,
+            **details,
+            **extra,
+        )
+    except hvac.exceptions.VaultError as exc:
+        raise VaultDatabaseError(
+            f"Vault could not configure connection {CONNECTION} to Postgres at "
+            f"{settings.db_host}:{settings.postgres_port} as {VAULT_ADMIN_ROLE}: {exc}. "
+            "Run the database bootstrap first (it creates vault_admin and its one-time "
+            "password); if Vault lost the password, run it with reset_vault_admin=True."
+        ) from exc
+
+
+def _configure_connection(
+    client: hvac.Client, settings: StackSettings, desired: _Desired, store: SecretStore
+) -> list[str]:
+    """Hand a one-time password over (if one waits), rotate it, align the other settings."""
+    changes: list[str] = []
+    want = desired.connection
+    details = dict(want["connection_details"])
+    handover_name = vault_admin_password_file(settings).name
+    handover = store.read(handover_name)
+    current = _connection_current(_read(client, f"{MOUNT}/config/{CONNECTION}"))
+    if handover is not None:
+        _write_connection(
+            client,
+            settings,
+            {**details, ROTATED_FIELD: "false"},
+            want["allowed_roles"],
+            handover,
+        )
+        store.delete(handover_name)  # Vault holds it now; rotated right below
+        verb = "configured" if current is None else "updated"
+        changes.append(
+            f"{verb} Vault database connection {CONNECTION} (as {VAULT_ADMIN_ROLE}) with its "
+            "one-time password"
+        )
+        current = _connection_current(_read(client, f"{MOUNT}/config/{CONNECTION}"))
+    if current is None:
+        raise VaultDatabaseError(
+            f"Vault has no database connection {CONNECTION} and there is no one-time password "
+            f"of {VAULT_ADMIN_ROLE} to give it (Vault rotated it earlier): run the database "
+            "bootstrap with reset_vault_admin=True ('orders-stack up' does it for a fresh "
+            "dev Vault), then this again"
+        )
+    if current["connection_details"].get(ROTATED_FIELD) != "true":
+        try:
+            client.write_data(f"{MOUNT}/rotate-root/{CONNECTION}")
+        except hvac.exceptions.VaultError as exc:
+            raise VaultDatabaseError(
+                f"Vault could not rotate the password of {VAULT_ADMIN_ROLE} "
+                f"({MOUNT}/rotate-root/{CONNECTION}): {exc}. Run the bootstrap again; until "
+                "then the one-time password Vault was given still works"
+            ) from exc
+        changes.append(f"Vault rotated the password of {VAULT_ADMIN_ROLE}: only Vault knows it now")
+        current = None  # record the rotation below
+    if current != want:
+        # no password: Vault keeps the one it holds (the rotated one)
+        _write_connection(client, settings, details, want["allowed_roles"], None)
+        if not changes:
+            changes.append(f"updated Vault database connection {CONNECTION} settings")
+    return changes
+
+
+def configure_database_engine(
+    client: hvac.Client, settings: StackSettings, store: SecretStore | None = None
+) -> list[str]:
     """Mount, connection and one role per catalog DB role; returns the changes made.
 
     Needs the database bootstrap to have run (vault_admin, its password file
     and the group roles): Vault verifies the connection when it is written.
     """
     desired = _desired(settings)
+    store = store or secret_store(settings)
     changes: list[str] = []
 
     mounts = client.sys.list_mounted_secrets_engines()
@@ -220,27 +307,7 @@ def configure_database_engine(client: hvac.Client, settings: StackSettings) -> l
             f"disable it ('bao secrets disable {MOUNT}') or move it, then bootstrap again"
         )
 
-    current = _connection_current(_read(client, f"{MOUNT}/config/{CONNECTION}"))
-    if current != desired.connection:
-        details = desired.connection["connection_details"]
-        try:
-            client.secrets.database.configure(
-                CONNECTION,
-                PLUGIN,
-                verify_connection=True,
-                allowed_roles=desired.connection["allowed_roles"],
-                mount_point=MOUNT,
-                password=desired.password,
-                **details,
-            )
-        except hvac.exceptions.VaultError as exc:
-            raise VaultDatabaseError(
-                f"Vault could not configure connection {CONNECTION} to Postgres at "
-                f"{settings.db_host}:{settings.postgres_port} as {VAULT_ADMIN_ROLE}: {exc}. "
-                "Run the database bootstrap first (it creates vault_admin and its password)."
-            ) from exc
-        verb = "configured" if current is None else "updated"
-        changes.append(f"{verb} Vault database connection {CONNECTION} (as {VAULT_ADMIN_ROLE})")
+    changes += _configure_connection(client, settings, desired, store)
 
     for db_role, want in desired.roles.items():
         have = _read(client, f"{MOUNT}/roles/{db_role}")

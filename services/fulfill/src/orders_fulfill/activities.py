@@ -10,6 +10,11 @@ An address containing ``UNDELIVERABLE`` is refused with
 :class:`FulfillmentFailed`: the simulated carrier will not take it. It comes
 after payment, so it drives the refund path.
 
+The shipment is recorded under the per-order fence (:mod:`orders_shared.fence`):
+once the order was compensated, a late attempt ships nothing
+(:class:`OrderStateConflict`). The address is opened before, holding no
+database connection across the Vault call.
+
 The address on file is sealed to this service (Transit key
 ``orders-seal-fulfill``); it is opened with the service's own identity.
 """
@@ -24,6 +29,7 @@ from orders_shared.codec import TransitClient
 from orders_shared.contracts.fulfill import FULFILL_ORDER, FulfillOrderInput, FulfillOrderOutput
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import FulfillmentFailed, OrderStateConflict
+from orders_shared.fence import check_not_compensated
 from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-fulfill"
@@ -48,18 +54,25 @@ class FulfillActivities:
                 "SELECT carrier, tracking_id FROM app.shipments WHERE order_id = $1",
                 inp.order_id,
             )
+            sealed = None
             if shipped is None:
                 sealed = await conn.fetchval(
                     "SELECT shipping_address FROM app.customer_contacts WHERE order_id = $1",
                     inp.order_id,
                 )
-                if sealed is None:
-                    raise OrderStateConflict("order has no shipping address on file")
-                address = await open_in_activity(
-                    self.transit, "fulfill", sealed, order_id=inp.order_id, field="shipping_address"
-                )
-                if UNDELIVERABLE_MARKER in address.upper():
-                    raise FulfillmentFailed("the carrier cannot deliver to the address on file")
+        if shipped is None:
+            if sealed is None:
+                raise OrderStateConflict("order has no shipping address on file")
+            # the Vault call holds no database connection
+            address = await open_in_activity(
+                self.transit, "fulfill", sealed, order_id=inp.order_id, field="shipping_address"
+            )
+            if UNDELIVERABLE_MARKER in address.upper():
+                raise FulfillmentFailed("the carrier cannot deliver to the address on file")
+            async with self.db.connection(DB_ROLE) as conn, conn.transaction():
+                # the order fence: an attempt that outlived its deadline ships nothing
+                # once the order was refunded and released
+                await check_not_compensated(conn, inp.order_id, FULFILL_ORDER)
                 await conn.execute(
                     """
                     INSERT INTO app.shipments (order_id, carrier, tracking_id)
@@ -74,8 +87,8 @@ class FulfillActivities:
                     "SELECT carrier, tracking_id FROM app.shipments WHERE order_id = $1",
                     inp.order_id,
                 )
-                if shipped is None:
-                    raise RuntimeError("shipment row missing right after insert")
+            if shipped is None:
+                raise RuntimeError("shipment row missing right after insert")
         return FulfillOrderOutput(
             order_id=inp.order_id, carrier=shipped["carrier"], tracking_id=shipped["tracking_id"]
         )

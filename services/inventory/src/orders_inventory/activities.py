@@ -17,6 +17,13 @@ A line that cannot be covered rolls the whole transaction back and raises
 Release flips ``reserved`` -> ``released`` with one ``UPDATE ... RETURNING``
 and puts back exactly the rows it flipped, in the same transaction, so a
 second release (or a concurrent one) finds nothing left to flip.
+
+Both take the order's fence (:mod:`orders_shared.fence`) first, in their own
+transaction: release marks the order compensated, and reserve refuses an order
+so marked, or one whose reservation was already released
+(:class:`OrderStateConflict`, taking nothing). A reserve attempt that outlived
+its deadline therefore either committed before the release (which gives its
+stock back) or changes nothing: it never takes stock after the release ran.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from orders_shared.contracts.inventory import (
     ReserveInventoryOutput,
 )
 from orders_shared.db import ConnectionSource
-from orders_shared.errors import OutOfStock
+from orders_shared.errors import OrderStateConflict, OutOfStock
+from orders_shared.fence import check_not_compensated, mark_compensated
 
 RESERVE_ROLE = "order-reserve-inventory"
 RELEASE_ROLE = "order-release-inventory"
@@ -59,6 +67,18 @@ class InventoryActivities:
         async with self.db.connection(RESERVE_ROLE) as conn:
             try:
                 async with conn.transaction():
+                    await check_not_compensated(conn, inp.order_id, RESERVE_INVENTORY)
+                    released = await conn.fetchval(
+                        "SELECT count(*) FROM app.reservations "
+                        "WHERE order_id = $1 AND status = 'released'",
+                        inp.order_id,
+                    )
+                    if released:
+                        # a released reservation is no live reservation, and a
+                        # released order is not reserved again
+                        raise OrderStateConflict(
+                            "the order's reservation was already released; it is not reserved again"
+                        )
                     inserted_any = False
                     for line in lines:
                         inserted = await conn.fetchval(
@@ -93,6 +113,10 @@ class InventoryActivities:
                         inp.order_id,
                     )
             except _NotEnoughStock as short:
+                # A definitive refusal: the workflow will not release after it, so fence
+                # any earlier attempt of this step that may still be in flight.
+                async with conn.transaction():
+                    await mark_compensated(conn, inp.order_id, "reserve_refused")
                 raise OutOfStock(f"not enough stock for SKU {short.sku}") from None
         return ReserveInventoryOutput(
             order_id=inp.order_id,
@@ -104,10 +128,12 @@ class InventoryActivities:
     async def release_inventory(self, inp: ReleaseInventoryInput) -> ReleaseInventoryOutput:
         """Give back whatever the order still holds; a no-op when it holds nothing."""
         async with self.db.connection(RELEASE_ROLE) as conn, conn.transaction():
+            # the fence first: a late reserve waits for this transaction, then refuses
+            await mark_compensated(conn, inp.order_id, "release_inventory")
             rows = await conn.fetch(
                 """
                 UPDATE app.reservations
-                   SET status = 'released', released_at = now(), released_by = current_user
+                   SET status = 'released'  -- a trigger stamps released_by, released_at
                  WHERE order_id = $1 AND status = 'reserved'
                 RETURNING sku, quantity
                 """,

@@ -18,21 +18,34 @@ separate sender would deliver from the outbox.
 
 The customer's name and email are stored sealed to this service (Transit key
 ``orders-seal-notify``); they are opened with the service's own identity to
-write the outbox message (the sender needs the address).
+write the outbox message (the sender needs the address). The contact is read
+and opened *before* the transaction starts: no transaction (and no row lock)
+is held across a Vault call.
+
+When the message cannot be written for good (a field that does not open or
+breaks the rules once open, a status conflict), the workflow calls
+``record_order_status``: it records the final status without a message, logs an
+error line and counts ``orders_status_without_message_total``, so the order never
+stays ``received`` after money and goods moved, and an operator is alerted.
 """
 
 from __future__ import annotations
 
+import structlog
+from prometheus_client import Counter
 from temporalio import activity
 
 from orders_shared.codec import TransitClient
 from orders_shared.contracts.common import OrderOutcome
 from orders_shared.contracts.notify import (
     NOTIFY_CUSTOMER,
+    RECORD_ORDER_STATUS,
     NotifyCustomerInput,
     NotifyCustomerOutput,
+    RecordOrderStatusInput,
+    RecordOrderStatusOutput,
 )
-from orders_shared.db import ConnectionSource
+from orders_shared.db import Connection, ConnectionSource
 from orders_shared.errors import (
     FulfillmentFailed,
     OrderRejected,
@@ -43,6 +56,15 @@ from orders_shared.errors import (
 from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-notify"
+
+STATUS_WITHOUT_MESSAGE = Counter(
+    "orders_status_without_message_total",
+    "Orders whose final status was recorded without a customer message, by outcome and "
+    "by the error type that made the message impossible (alert on any increase)",
+    ["outcome", "cause"],
+)
+
+_log = structlog.get_logger("orders_notify")
 
 _FAILURE_TEXT = {
     OrderRejected.TYPE: "we could not accept it as submitted (for example, an item we do not sell)",
@@ -74,9 +96,10 @@ def compose(
     )
 
 
+# status_by and updated_at are stamped by a trigger (the role may not write them)
 _RECORD_STATUS = """
     UPDATE app.orders
-       SET status = $2, status_reason = $3, status_by = current_user, updated_at = now()
+       SET status = $2, status_reason = $3
      WHERE order_id = $1 AND status IN ('received', $2)
     RETURNING true
 """
@@ -84,13 +107,21 @@ _RECORD_STATUS = """
 # may not read status_reason, so it cannot COALESCE it either.)
 _RECORD_REJECTED = """
     UPDATE app.orders
-       SET status = $2, status_by = current_user, updated_at = now()
+       SET status = $2
      WHERE order_id = $1 AND status IN ('received', $2)
     RETURNING true
 """
 
 
-def _status_reason(inp: NotifyCustomerInput) -> str | None:
+async def _record_status(
+    conn: Connection, order_id: str, outcome: OrderOutcome, reason: str | None
+) -> bool:
+    if outcome == "rejected":
+        return bool(await conn.fetchval(_RECORD_REJECTED, order_id, outcome))
+    return bool(await conn.fetchval(_RECORD_STATUS, order_id, outcome, reason))
+
+
+def _status_reason(inp: NotifyCustomerInput | RecordOrderStatusInput) -> str | None:
     if inp.outcome == "completed":
         return None
     if inp.reason:
@@ -105,28 +136,30 @@ class NotifyActivities:
 
     @activity.defn(name=NOTIFY_CUSTOMER)
     async def notify_customer(self, inp: NotifyCustomerInput) -> NotifyCustomerOutput:
-        async with self.db.connection(DB_ROLE) as conn, conn.transaction():
+        async with self.db.connection(DB_ROLE) as conn:
             contact = await conn.fetchrow(
                 "SELECT customer_name, email FROM app.customer_contacts WHERE order_id = $1",
                 inp.order_id,
             )
-            if contact is None:
-                # Never recorded (refused for its shape before validate stored it):
-                # there is nobody to write to and no status to set.
-                return NotifyCustomerOutput(
-                    order_id=inp.order_id, notified=False, already_notified=False
-                )
-            name = await open_in_activity(
-                self.transit,
-                "notify",
-                contact["customer_name"],
-                order_id=inp.order_id,
-                field="customer_name",
+        if contact is None:
+            # Never recorded (refused for its shape before validate stored it):
+            # there is nobody to write to and no status to set.
+            return NotifyCustomerOutput(
+                order_id=inp.order_id, notified=False, already_notified=False
             )
-            email = await open_in_activity(
-                self.transit, "notify", contact["email"], order_id=inp.order_id, field="email"
-            )
-            kind, subject, body = compose(inp.order_id, name, inp.outcome, inp.reason_code)
+        # Vault calls outside any transaction and without holding a connection
+        name = await open_in_activity(
+            self.transit,
+            "notify",
+            contact["customer_name"],
+            order_id=inp.order_id,
+            field="customer_name",
+        )
+        email = await open_in_activity(
+            self.transit, "notify", contact["email"], order_id=inp.order_id, field="email"
+        )
+        kind, subject, body = compose(inp.order_id, name, inp.outcome, inp.reason_code)
+        async with self.db.connection(DB_ROLE) as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """
                 INSERT INTO app.notifications (order_id, kind, recipient, subject, body)
@@ -144,17 +177,31 @@ class NotifyActivities:
                 return NotifyCustomerOutput(
                     order_id=inp.order_id, notified=True, already_notified=True
                 )
-            updated = await conn.fetchval(
-                _RECORD_REJECTED if inp.outcome == "rejected" else _RECORD_STATUS,
-                *(
-                    (inp.order_id, inp.outcome)
-                    if inp.outcome == "rejected"
-                    else (inp.order_id, inp.outcome, _status_reason(inp))
-                ),
-            )
-            if not updated:
+            if not await _record_status(conn, inp.order_id, inp.outcome, _status_reason(inp)):
                 # Raising rolls back the message too: nothing half-recorded.
                 raise OrderStateConflict(
                     f"order already has a different final status than {inp.outcome!r}"
                 )
         return NotifyCustomerOutput(order_id=inp.order_id, notified=True, already_notified=False)
+
+    @activity.defn(name=RECORD_ORDER_STATUS)
+    async def record_order_status(self, inp: RecordOrderStatusInput) -> RecordOrderStatusOutput:
+        """Record the final status without a message (notify failed for good).
+
+        Never refuses: a status already final stays as it is and is returned.
+        Logs an error and counts it either way: a customer was not told."""
+        async with self.db.connection(DB_ROLE) as conn, conn.transaction():
+            changed = await _record_status(conn, inp.order_id, inp.outcome, _status_reason(inp))
+            status: str | None = await conn.fetchval(
+                "SELECT status FROM app.orders WHERE order_id = $1", inp.order_id
+            )
+        STATUS_WITHOUT_MESSAGE.labels(outcome=inp.outcome, cause=inp.cause).inc()
+        _log.error(
+            "order status recorded without a customer message",
+            outcome=inp.outcome,
+            cause=inp.cause,
+            recorded_status=status,
+            status_changed=changed,
+            fix="look at the order's contact data and tell the customer by other means",
+        )
+        return RecordOrderStatusOutput(order_id=inp.order_id, status=status, changed=changed)

@@ -20,7 +20,7 @@ def build_activities(db: ConnectionSource, transit: TransitClient) -> list[Calla
     """The activities this service hosts, bound to a connection source and to Transit
     as this service's own identity (it opens the sealed field that is its to read)."""
     acts = NotifyActivities(db, transit)
-    return [acts.notify_customer]
+    return [acts.notify_customer, acts.record_order_status]
 
 
 def main() -> None:

@@ -17,6 +17,18 @@ Retries and timeouts, per kind of step:
   status unrecorded is right, so they retry until the infrastructure is back.
   Each attempt is still bounded by ``start_to_close`` so a hung worker is
   noticed.
+* A notify that fails for good (a non-retryable error: the contact does not
+  open, or the order already holds another final status) must neither undo nor
+  hide what happened: the workflow then records the final status without a
+  message (``record_order_status``, which logs an error and counts it for an
+  alert) and says so in its result (``notified=False``, ``notify_problem``).
+
+Binding: a workflow runs exactly one order, the one its id names. A workflow
+whose id is not ``order.order_id`` is refused before any step runs, so the
+same order cannot be run twice at once under two ids; a rerun of a finished
+order (same id, new run) is refused by validate (``OrderStateConflict``) before
+any side effect, and the per-order fence refuses a reserve or a charge after a
+compensation (:mod:`orders_shared.fence`).
 """
 
 from __future__ import annotations
@@ -42,11 +54,15 @@ with workflow.unsafe.imports_passed_through():
     from orders_shared.errors import (
         BUSINESS_ERROR_TYPES,
         OrderRejected,
+        OrderStateConflict,
         OutOfStock,
         PaymentDeclined,
     )
 
 T = TypeVar("T")
+
+WORKFLOW_NOT_BOUND = "WorkflowNotBoundToOrder"
+"""Error type of a workflow started with an id other than its order's id."""
 
 STEP_FAILED = "StepFailed"
 """Reason code when a forward step failed for a reason other than a business
@@ -90,6 +106,15 @@ class _StepFailed(Exception):
         self.reason = reason
 
 
+class _Told:
+    """Internal: how the final notify went."""
+
+    def __init__(self, notified: bool, problem: str | None, recorded_status: str | None) -> None:
+        self.notified = notified
+        self.problem = problem
+        self.recorded_status = recorded_status
+
+
 @workflow.defn(name=ORDER_WORKFLOW)
 class OrderWorkflow:
     def __init__(self) -> None:
@@ -104,6 +129,13 @@ class OrderWorkflow:
     async def run(self, inp: OrderWorkflowInput) -> OrderWorkflowResult:
         order = inp.order
         order_id = order.order_id
+        if workflow.info().workflow_id != order_id:
+            raise ApplicationError(
+                f"the workflow id must be the order id {order_id!r}: one workflow per order "
+                "(start it with id=order.order_id, as orders_shared.client does)",
+                type=WORKFLOW_NOT_BOUND,
+                non_retryable=True,
+            )
         reserved = False
         charged = False
         total: int | None = None
@@ -142,14 +174,30 @@ class OrderWorkflow:
             workflow.logger.info(
                 "order step failed", extra={"step": failure.step, "reason": failure.reason_code}
             )
-            if (failure.step, failure.reason_code) == (
-                inventory.RESERVE_INVENTORY,
+            if failure.step == validate.VALIDATE_ORDER and (
+                failure.reason_code == OrderStateConflict.TYPE
+            ):
+                # The order was already finished by an earlier run: nothing was done
+                # now, and its recorded status and message belong to that run.
+                self._step = "done"
+                return OrderWorkflowResult(
+                    order_id=order_id,
+                    status="rejected",
+                    path=list(self._path),
+                    reason_code=failure.reason_code,
+                    reason=failure.reason,
+                    notified=False,
+                )
+            # A refusal of these steps took nothing (all-or-nothing, or the fence
+            # refused a late or repeated attempt): nothing of theirs to compensate.
+            if failure.step == inventory.RESERVE_INVENTORY and failure.reason_code in (
                 OutOfStock.TYPE,
+                OrderStateConflict.TYPE,
             ):
                 reserved = False
-            if (failure.step, failure.reason_code) == (
-                payment.PROCESS_PAYMENT,
+            if failure.step == payment.PROCESS_PAYMENT and failure.reason_code in (
                 PaymentDeclined.TYPE,
+                OrderStateConflict.TYPE,
             ):
                 charged = False
             if charged:
@@ -169,7 +217,7 @@ class OrderWorkflow:
             outcome: OrderOutcome = (
                 "rejected" if failure.reason_code == OrderRejected.TYPE else "failed"
             )
-            await self._notify(order_id, outcome, failure.reason_code, failure.reason)
+            told = await self._notify(order_id, outcome, failure.reason_code, failure.reason)
             self._step = "done"
             return OrderWorkflowResult(
                 order_id=order_id,
@@ -178,9 +226,12 @@ class OrderWorkflow:
                 reason_code=failure.reason_code,
                 reason=failure.reason,
                 total_cents=total,
+                notified=told.notified,
+                notify_problem=told.problem,
+                recorded_status=told.recorded_status,
             )
 
-        await self._notify(order_id, "completed", None, None)
+        told = await self._notify(order_id, "completed", None, None)
         self._step = "done"
         return OrderWorkflowResult(
             order_id=order_id,
@@ -188,6 +239,9 @@ class OrderWorkflow:
             path=list(self._path),
             total_cents=total,
             tracking_id=shipped.tracking_id,
+            notified=told.notified,
+            notify_problem=told.problem,
+            recorded_status=told.recorded_status,
         )
 
     async def _forward(self, name: str, queue: str, arg: Any, result_type: type[T]) -> T:
@@ -233,16 +287,43 @@ class OrderWorkflow:
 
     async def _notify(
         self, order_id: str, outcome: OrderOutcome, reason_code: str | None, reason: str | None
-    ) -> None:
-        """Retried like a compensation: the order's final status must be recorded."""
-        await self._compensate(
-            notify.NOTIFY_CUSTOMER,
-            notify.TASK_QUEUE,
-            notify.NotifyCustomerInput(
-                order_id=order_id, outcome=outcome, reason_code=reason_code, reason=reason
-            ),
-            notify.NotifyCustomerOutput,
-        )
+    ) -> _Told:
+        """Retried like a compensation: the order's final status must be recorded.
+
+        A notify that fails for good (non-retryable) does not fail the workflow:
+        the status is recorded without a message and the result says so."""
+        try:
+            await self._compensate(
+                notify.NOTIFY_CUSTOMER,
+                notify.TASK_QUEUE,
+                notify.NotifyCustomerInput(
+                    order_id=order_id, outcome=outcome, reason_code=reason_code, reason=reason
+                ),
+                notify.NotifyCustomerOutput,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if not isinstance(cause, ApplicationError) or not cause.non_retryable:
+                raise
+            problem = cause.type or "ApplicationError"
+            workflow.logger.error(
+                "customer could not be notified; recording the final status without a message",
+                extra={"outcome": outcome, "cause": problem},
+            )
+            recorded = await self._compensate(
+                notify.RECORD_ORDER_STATUS,
+                notify.TASK_QUEUE,
+                notify.RecordOrderStatusInput(
+                    order_id=order_id,
+                    outcome=outcome,
+                    cause=problem,
+                    reason_code=reason_code,
+                    reason=reason,
+                ),
+                notify.RecordOrderStatusOutput,
+            )
+            return _Told(notified=False, problem=problem, recorded_status=recorded.status)
+        return _Told(notified=True, problem=None, recorded_status=None)
 
     def _enter(self, step: str) -> None:
         self._step = step

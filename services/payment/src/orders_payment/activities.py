@@ -54,6 +54,7 @@ from orders_shared.contracts.payment import (
 )
 from orders_shared.db import ConnectionSource
 from orders_shared.errors import OrderStateConflict, PaymentDeclined
+from orders_shared.fence import charge_refusal, check_not_compensated, mark_compensated
 from orders_shared.sealing import open_in_activity
 
 DB_ROLE = "order-process-payment"
@@ -132,26 +133,34 @@ class PaymentActivities:
                     # charging now would take money the workflow is giving back
                     raise OrderStateConflict("the order was compensated; it is not charged")
             if charge is None:
-                order = await conn.fetchrow(
-                    "SELECT total_cents, currency FROM app.orders WHERE order_id = $1", oid
-                )
-                if order is None or order["total_cents"] <= 0:
-                    raise OrderStateConflict(
-                        "order is not recorded as an accepted order; nothing to charge"
-                    )
                 # inputs are opened and checked before any intent is recorded: a token
-                # that cannot be opened leaves nothing for a refund to chase
+                # that cannot be opened leaves nothing for a refund to chase (and no
+                # transaction is open while Vault answers)
                 token = await self._open_token(inp)
-                await conn.execute(
-                    _INSERT_PAYMENT,
-                    oid,
-                    "charge",
-                    "pending",
-                    order["total_cents"],
-                    order["currency"],
-                    None,
-                    _key(oid, "charge"),
-                )
+                async with conn.transaction():
+                    # the order fence: no charge intent after a compensation, and only
+                    # for an order still received, with no refund
+                    await check_not_compensated(conn, oid, PROCESS_PAYMENT)
+                    refusal = await charge_refusal(conn, oid)
+                    if refusal is not None:
+                        raise OrderStateConflict(f"not charged: {refusal}")
+                    order = await conn.fetchrow(
+                        "SELECT total_cents, currency FROM app.orders WHERE order_id = $1", oid
+                    )
+                    if order is None or order["total_cents"] <= 0:
+                        raise OrderStateConflict(
+                            "order is not recorded as an accepted order; nothing to charge"
+                        )
+                    await conn.execute(
+                        _INSERT_PAYMENT,
+                        oid,
+                        "charge",
+                        "pending",
+                        order["total_cents"],
+                        order["currency"],
+                        None,
+                        _key(oid, "charge"),
+                    )
                 charge = _must(await _recorded(conn, oid, "charge"), "charge")
             elif charge["status"] == "pending":
                 token = await self._open_token(inp)
@@ -217,6 +226,9 @@ class PaymentActivities:
         a refusal other than "no such charge" is not retried: it needs a person."""
         oid = inp.order_id
         async with self.db.connection(DB_ROLE) as conn:
+            async with conn.transaction():
+                # the order fence: from here on no forward step of this order takes effect
+                await mark_compensated(conn, oid, "refund_payment")
             refund = await _recorded(conn, oid, "refund")
             if refund is None:
                 charge = await _recorded(conn, oid, "charge")

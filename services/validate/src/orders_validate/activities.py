@@ -1,16 +1,24 @@
 """validate_order: check, price and record a submitted order, as ``order-validate``.
 
-The role may read the catalogue and INSERT the order, its lines and its
-contact data, and nothing else (no SELECT on ``orders``), so idempotency is
-``INSERT ... ON CONFLICT DO NOTHING`` in one transaction: the first attempt
-records everything or nothing, a retry or duplicate changes nothing. The
-prices returned by a retry are read from the catalogue again; the payment step
-charges the total *recorded* by the first attempt, so a price change between
-attempts can never change what is charged.
+The role may read the catalogue, INSERT the order, its lines and its contact
+data (only the columns that are not filled by defaults), and read back the
+order's status, total and lines. Idempotency is ``INSERT ... ON CONFLICT DO
+NOTHING`` in one transaction: the first attempt records everything or nothing,
+a retry or duplicate changes nothing. Every attempt returns what is *recorded*
+(the first attempt's prices and total), never a fresh pricing, so a price
+change between attempts changes neither what is returned nor what is charged.
 
-An order naming an unknown SKU is recorded as ``rejected`` (total 0, no lines,
-the contact kept so the customer can be told) and refused with
-:class:`OrderRejected`. An order that breaks a shape rule (possible only when
+An order already recorded is not priced again: ``received`` returns the
+recorded order (a retry), ``rejected`` is refused again with its recorded
+reason, and a finished order (``completed``, ``failed``) is refused with
+:class:`OrderStateConflict` before any side effect: running an order twice
+charges and ships nothing twice.
+
+An order naming an unknown SKU, or in a currency other than the one a product
+is priced in, is recorded as ``rejected`` (total 0, no lines, the contact kept
+so the customer can be told) and refused with :class:`OrderRejected`: a price
+is in a currency, and an order is never charged a figure under another
+currency's label. An order that breaks a shape rule (possible only when
 the workflow was started around the client's checks) is refused without being
 recorded: its fields may not fit the table's constraints.
 
@@ -34,7 +42,7 @@ from orders_shared.contracts.validate import (
     ValidateOrderOutput,
 )
 from orders_shared.db import ConnectionSource
-from orders_shared.errors import OrderRejected
+from orders_shared.errors import OrderRejected, OrderStateConflict
 from orders_shared.order_input import OrderInputError
 from orders_shared.sealing import check_sealed_order
 
@@ -91,6 +99,39 @@ async def _record_order(
         )
 
 
+async def _recorded(
+    conn: asyncpg.Connection | PoolConnectionProxy, order_id: str
+) -> ValidateOrderOutput | None:
+    """What an earlier attempt recorded, or None; refuses an order that is not
+    (or no longer) one to run."""
+    row = await conn.fetchrow(
+        "SELECT status, status_reason, total_cents, currency FROM app.orders WHERE order_id = $1",
+        order_id,
+    )
+    if row is None:
+        return None
+    if row["status"] == "rejected":
+        raise OrderRejected(row["status_reason"] or "the order was rejected")
+    if row["status"] != "received":
+        raise OrderStateConflict(
+            f"the order is already {row['status']}; a finished order is not run again"
+        )
+    items = await conn.fetch(
+        "SELECT sku, quantity, unit_price_cents FROM app.order_items WHERE order_id = $1 "
+        "ORDER BY sku",
+        order_id,
+    )
+    return ValidateOrderOutput(
+        order_id=order_id,
+        total_cents=row["total_cents"],
+        currency=row["currency"],
+        lines=tuple(
+            PricedLine(sku=r["sku"], quantity=r["quantity"], unit_price_cents=r["unit_price_cents"])
+            for r in items
+        ),
+    )
+
+
 class ValidateActivities:
     def __init__(self, db: ConnectionSource) -> None:
         self.db = db
@@ -105,11 +146,16 @@ class ValidateActivities:
 
         skus = [line.sku for line in order.lines]
         async with self.db.connection(DB_ROLE) as conn:
+            earlier = await _recorded(conn, order.order_id)
+            if earlier is not None:
+                return earlier
             rows = await conn.fetch(
-                "SELECT sku, unit_price_cents FROM app.products WHERE sku = ANY($1::text[])",
+                "SELECT sku, unit_price_cents, currency FROM app.products "
+                "WHERE sku = ANY($1::text[])",
                 skus,
             )
             prices: dict[str, int] = {r["sku"]: r["unit_price_cents"] for r in rows}
+            other_currency = sorted(r["sku"] for r in rows if r["currency"] != order.currency)
             unknown = sorted(set(skus) - prices.keys())
             priced = [
                 PricedLine(sku=li.sku, quantity=li.quantity, unit_price_cents=prices[li.sku])
@@ -121,20 +167,28 @@ class ValidateActivities:
             reason: str | None = None
             if unknown:
                 reason = f"unknown SKU: {', '.join(unknown)}"
+            elif other_currency:
+                reason = (
+                    f"the order is in {order.currency} but SKU {', '.join(other_currency)} "
+                    "is priced in another currency; order in the catalogue's currency"
+                )
             elif total > MAX_TOTAL_CENTS:
                 reason = "order total is larger than a single order may be"
             if reason is not None:
                 await _record_order(
                     conn, order, status="rejected", reason=reason, total_cents=0, lines=[]
                 )
+                # a concurrent first attempt may have recorded the order: its answer stands
+                earlier = await _recorded(conn, order.order_id)
+                if earlier is not None:
+                    return earlier
                 raise OrderRejected(reason)
 
             await _record_order(
                 conn, order, status="received", reason=None, total_cents=total, lines=priced
             )
-        return ValidateOrderOutput(
-            order_id=order.order_id,
-            total_cents=total,
-            currency=order.currency,
-            lines=tuple(priced),
-        )
+            # Return what is recorded: a concurrent duplicate may have recorded first.
+            recorded = await _recorded(conn, order.order_id)
+        if recorded is None:
+            raise RuntimeError("order row missing right after insert")
+        return recorded

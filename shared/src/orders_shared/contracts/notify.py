@@ -8,6 +8,7 @@ from orders_shared.contracts.common import OrderOutcome
 TASK_QUEUE = SERVICES["notify"].task_queue
 
 NOTIFY_CUSTOMER = "notify_customer"
+RECORD_ORDER_STATUS = "record_order_status"
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,26 @@ class NotifyCustomerOutput:
     order_id: str
     notified: bool
     already_notified: bool
+
+
+@dataclass(frozen=True)
+class RecordOrderStatusInput:
+    """Record the final status *without* a message: the fallback when
+    :data:`NOTIFY_CUSTOMER` failed for good. ``cause`` is the error type that
+    made the message impossible (logged and counted, for an alert)."""
+
+    order_id: str
+    outcome: OrderOutcome
+    cause: str
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordOrderStatusOutput:
+    """``status`` is what ``app.orders.status`` holds afterwards (``None`` when the
+    order was never recorded); ``changed`` whether this call set it."""
+
+    order_id: str
+    status: str | None
+    changed: bool

@@ -24,7 +24,9 @@ class OrderWorkflowResult:
     included (their names are the activity name constants). ``reason_code`` is
     the error type that ended the happy path (``OutOfStock``...), and
     ``reason`` a short operator-facing explanation; both are ``None`` on
-    success.
+    success. Every path ends with the order's final status recorded in the
+    database; when the customer message could not be written, ``notified`` is
+    false and ``notify_problem`` says why.
     """
 
     order_id: str
@@ -34,6 +36,15 @@ class OrderWorkflowResult:
     reason: str | None = None
     total_cents: int | None = None
     tracking_id: str | None = None
+    notified: bool = True
+    """False when the customer could not be told (see ``notify_problem``)."""
+    notify_problem: str | None = None
+    """The error type that made the customer message impossible (e.g.
+    ``SealedFieldInvalid``); the status was then recorded without a message and
+    an error was logged and counted. ``None`` when notify succeeded."""
+    recorded_status: str | None = None
+    """What ``app.orders.status`` holds when notify could not record ``status``
+    itself (e.g. an order already finished by an earlier run)."""
 
 
 @dataclass(frozen=True)
