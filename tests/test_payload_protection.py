@@ -412,13 +412,15 @@ async def test_each_service_opens_only_its_own_seal_key(identities: Any) -> None
             transit = await identities.transit(name)
             if name == owner:
                 opened = await transit.decrypt(
-                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id, field)
                 )
                 assert opened.decode() == getattr(plain, field)
             else:
                 with pytest.raises(TransitDenied):
                     await transit.decrypt(
-                        seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                        seal_key(owner),
+                        getattr(sealed, field),
+                        seal_context(sealed.order_id, field),
                     )
 
 
