@@ -714,9 +714,9 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                 raise _transit_failure(
                     exc,
                     "unwrap the payload's data key",
-                    need=f"This identity's policy needs update on transit/decrypt/{name} "
-                    f"(payloads under {name} are for its service, the orchestrator and "
-                    "readers only)",
+                    need=f"This identity's policy lacks update on transit/decrypt/{name}, "
+                    "which only the service owning the key, the orchestrator and readers "
+                    "(policy payload-reader) hold",
                 ) from None
             if len(plain) != DATA_KEY_BYTES:
                 raise PayloadDecodeError(
