@@ -35,13 +35,27 @@ import pytest_asyncio
 import support  # tests/ is on pytest's pythonpath
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from temporalio.api.common.v1 import Payload
-from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+from temporalio import activity
+from temporalio.api.common.v1 import Payload, Payloads, WorkflowType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    RegisterNamespaceRequest,
+    StartWorkflowExecutionRequest,
+)
 from temporalio.client import Client
+from temporalio.converter import (
+    ActivitySerializationContext,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+    WorkflowSerializationContext,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -60,8 +74,12 @@ from orders_payment import worker as payment_worker
 from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
 from orders_shared.codec import (
+    META_FORMAT,
+    META_KEY_ID,
+    META_WORKFLOW_ID,
     META_WRAPPED_KEY,
     CodecMode,
+    PayloadAccessDenied,
     PayloadDecodeError,
     TokenTransit,
     TransitDenied,
@@ -69,6 +87,8 @@ from orders_shared.codec import (
     codec_stats,
     data_converter,
     parse_wrapped_key,
+    payload_key,
+    payload_keys,
     rewrap_payload,
 )
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -279,9 +299,12 @@ async def deployment(
     namespace: str,
     mode: CodecMode,
     codec_transits: dict[str, Any] | None = None,
+    overrides: dict[str, tuple[Client, list[Any]]] | None = None,
 ) -> AsyncIterator[Deployment]:
     """``codec_transits``: the Transit client each identity's *codec* uses (default: its
-    own Vault session); sealed fields are always opened with the service's own session."""
+    own Vault session); sealed fields are always opened with the service's own session.
+    ``overrides``: service -> (client, activities) of a worker polling that service's
+    task queue instead of the genuine one (a rogue)."""
     address = stack.settings.temporal_address
     await _namespace(address, namespace)
     base = await Client.connect(address, namespace=namespace)
@@ -307,7 +330,10 @@ async def deployment(
     }
     async with AsyncExitStack() as exits:
         for name, queue in SERVICES_WITH_QUEUES:
-            if name == "orchestrator":
+            if overrides and name in overrides:
+                rogue_client, rogue_activities = overrides[name]
+                worker = Worker(rogue_client, task_queue=queue, activities=rogue_activities)
+            elif name == "orchestrator":
                 worker = Worker(
                     clients[name], task_queue=queue, workflows=orchestrator_worker.WORKFLOWS
                 )
@@ -415,13 +441,15 @@ async def test_each_service_opens_only_its_own_seal_key(identities: Any) -> None
             transit = await identities.transit(name)
             if name == owner:
                 opened = await transit.decrypt(
-                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id, field)
                 )
                 assert opened.decode() == getattr(plain, field)
             else:
                 with pytest.raises(TransitDenied):
                     await transit.decrypt(
-                        seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id)
+                        seal_key(owner),
+                        getattr(sealed, field),
+                        seal_context(sealed.order_id, field),
                     )
 
 
@@ -616,8 +644,10 @@ async def test_rotation_histories_before_and_after_decode(
 ) -> None:
     before = sample_order("rot-before")
     assert (await run_order(secured, before, identities)).status == "completed"
-    root.secrets.transit.rotate_key(PAYLOAD_KEY)
-    latest = root.secrets.transit.read_key(PAYLOAD_KEY)["data"]["latest_version"]
+    latest = {}
+    for key in payload_keys():
+        root.secrets.transit.rotate_key(key)
+        latest[key] = root.secrets.transit.read_key(key)["data"]["latest_version"]
     secured.forget_keys()  # else each process switches at its cache bound (max_key_age)
     after = sample_order("rot-after")
     assert (await run_order(secured, after, identities)).status == "completed"
@@ -629,12 +659,17 @@ async def test_rotation_histories_before_and_after_decode(
         assert code == 0, err
         history = json.loads(out)
         versions[o.order_id] = {
-            parse_wrapped_key(base64.b64decode(p["metadata"][META_WRAPPED_KEY]))[0]
+            (
+                base64.b64decode(p["metadata"][META_KEY_ID]).decode(),
+                parse_wrapped_key(base64.b64decode(p["metadata"][META_WRAPPED_KEY]))[0],
+            )
             for _, p in payload_dicts(history)
         }
         (tmp_path / f"{o.order_id}.json").write_text(out)
-    assert max(versions[before.order_id]) < latest
-    assert versions[after.order_id] == {latest}
+    assert all(version < latest[key] for key, version in versions[before.order_id])
+    assert versions[after.order_id] == {(k, latest[k]) for k, _ in versions[after.order_id]}
+    # every service's activities wrote under their own key
+    assert {k for k, _ in versions[after.order_id]} == set(payload_keys())
 
     reader = f"Bearer {reader_vault_token(stack)}"
     for o in (before, after):
@@ -672,7 +707,11 @@ async def test_rotation_histories_before_and_after_decode(
     assert "rewrapped" in out_b.decode()
     history = json.loads(rewrapped.read_text())
     payloads = [json_format.ParseDict(p, Payload()) for _, p in payload_dicts(history)]
-    assert {parse_wrapped_key(p.metadata[META_WRAPPED_KEY])[0] for p in payloads} == {latest}
+    assert {
+        parse_wrapped_key(p.metadata[META_WRAPPED_KEY])[0]
+        - latest[p.metadata[META_KEY_ID].decode()]
+        for p in payloads
+    } == {0}
     reader_codec = TransitEnvelopeCodec(
         TokenTransit(stack.settings.vault_addr, reader_vault_token(stack))
     )
@@ -1059,3 +1098,282 @@ async def test_ui_shows_ciphertext_unless_the_codec_server_decodes(
         dev.stop()
         plain_dev.stop()
         shutil.rmtree(tmp_path / "ui-test.db", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- per-service keys
+
+ROGUE_NAMESPACE = "orders-payload-rogue"
+
+
+async def _events(client: Client, workflow_id: str) -> list[HistoryEvent]:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return list(history.events)
+
+
+def _scheduled(events: list[HistoryEvent], activity_type: str) -> list[HistoryEvent]:
+    return [
+        e
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+    ]
+
+
+async def _workflow_task_failure(d: Deployment, namespace: str, workflow_id: str) -> str:
+    """The orchestrator's first failed workflow task for ``workflow_id``, decoded as the
+    orchestrator (the failure message is encrypted too)."""
+    orchestrator = d.clients["orchestrator"]
+    for _ in range(300):
+        for event in await _events(orchestrator, workflow_id):
+            if event.HasField("workflow_task_failed_event_attributes"):
+                failure = event.workflow_task_failed_event_attributes.failure
+                converter = orchestrator.data_converter.with_context(
+                    WorkflowSerializationContext(namespace=namespace, workflow_id=workflow_id)
+                )
+                return str(await converter.decode_failure(failure))
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no workflow task of {workflow_id} failed")
+
+
+def _payment_context(workflow_id: str) -> ActivitySerializationContext:
+    return ActivitySerializationContext(
+        namespace=ROGUE_NAMESPACE,
+        activity_id="1",
+        activity_type=payment.PROCESS_PAYMENT,
+        activity_task_queue=payment.TASK_QUEUE,
+        workflow_id=workflow_id,
+        workflow_type=ORDER_WORKFLOW,
+        is_local=False,
+    )
+
+
+class NotifyShellForger(TransitEnvelopeCodec):
+    """What a shell in the notify worker can do from the orders-payment queue: it cannot
+    open the task's input (not its key), so it ignores it, and writes its forged result
+    under the only payload key it may use, its own."""
+
+    async def decode(self, payloads: Any) -> list[Payload]:
+        return [Payload(metadata={"encoding": b"binary/null"}) for _ in payloads]
+
+
+@activity.defn(name=payment.PROCESS_PAYMENT)
+async def forged_process_payment(_: Any = None) -> payment.ProcessPaymentOutput:
+    return payment.ProcessPaymentOutput(
+        order_id=activity.info().workflow_id or "",
+        amount_cents=0,
+        currency="EUR",
+        provider_ref="forged-approved",
+    )
+
+
+async def test_notify_can_neither_open_nor_forge_payment_payloads(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    notify_transit = await identities.transit("notify")
+    base = await Client.connect(stack.settings.temporal_address, namespace=ROGUE_NAMESPACE)
+    forger = NotifyShellForger(
+        notify_transit, activity_keys={payment.TASK_QUEUE: payload_key("notify")}
+    )
+    rogue = Client(
+        **{
+            **base.config(),
+            "data_converter": DataConverter(
+                payload_codec=forger,
+                failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+            ),
+        }
+    )
+    order = sample_order("rogue")
+    async with deployment(
+        stack,
+        identities,
+        source,
+        ROGUE_NAMESPACE,
+        "secured",
+        overrides={"payment": (rogue, [forged_process_payment])},
+    ) as d:
+        await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
+        try:
+            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
+            # the orchestrator refused the forged result: wrong key for a payment activity
+            assert "wrong-key" in message, message
+            assert "orders-payload-payment" in message and "orders-payload-notify" in message
+            events = await _events(d.client, order.order_id)
+            completed = [
+                e for e in events if e.HasField("activity_task_completed_event_attributes")
+            ]
+            forged = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
+            assert forged.metadata[META_KEY_ID] == b"orders-payload-notify"
+            assert not _scheduled(events, fulfill.FULFILL_ORDER)  # it never acted on it
+
+            # notify's real identity cannot open the payment task's input (OpenBao: 403)...
+            (scheduled,) = _scheduled(events, payment.PROCESS_PAYMENT)
+            task_input = scheduled.activity_task_scheduled_event_attributes.input.payloads[0]
+            assert task_input.metadata[META_KEY_ID] == b"orders-payload-payment"
+            assert task_input.metadata[META_WORKFLOW_ID] == order.order_id.encode()
+            notify_codec = TransitEnvelopeCodec(notify_transit)
+            for codec in (
+                notify_codec,
+                notify_codec.with_context(_payment_context(order.order_id)),
+            ):
+                with pytest.raises(PayloadAccessDenied) as denied:
+                    await codec.decode([task_input])
+                assert "transit/decrypt/orders-payload-payment" in str(denied.value)
+            # ...nor write a payment result under the payment key (no data keys of it)
+            with pytest.raises(TransitDenied):
+                await notify_codec.with_context(_payment_context(order.order_id)).encode(
+                    [Payload(metadata={"encoding": b"json/plain"}, data=b"{}")]
+                )
+            # while the orchestrator and the genuine payment identity can open it
+            for name in ("orchestrator", "payment"):
+                own = TransitEnvelopeCodec(await identities.transit(name))
+                opened = await own.with_context(_payment_context(order.order_id)).decode(
+                    [task_input]
+                )
+                assert order.order_id.encode() in opened[0].data
+        finally:
+            await d.client.get_workflow_handle(order.order_id).terminate("test: rogue payment")
+
+
+async def test_a_payload_moved_to_another_workflow_fails_clearly(
+    secured: Deployment, identities: Any
+) -> None:
+    order = sample_order("moved")
+    assert (await run_order(secured, order, identities)).status == "completed"
+    events = await _events(secured.client, order.order_id)
+    started = events[0].workflow_execution_started_event_attributes
+    (copied,) = started.input.payloads
+    assert copied.metadata[META_KEY_ID] == b"orders-payload-orchestrator"
+    assert copied.metadata[META_WORKFLOW_ID] == order.order_id.encode()
+    target = f"{order.order_id}-copy"
+    # started directly over gRPC, the copied ciphertext as the input (no codec in between)
+    await secured.client.workflow_service.start_workflow_execution(
+        StartWorkflowExecutionRequest(
+            namespace=NAMESPACE,
+            workflow_id=target,
+            workflow_type=WorkflowType(name=ORDER_WORKFLOW),
+            task_queue=TaskQueue(name=TASK_QUEUE),
+            input=Payloads(payloads=[copied]),
+            request_id=str(uuid.uuid4()),
+            identity="test-payload-mover",
+        )
+    )
+    try:
+        message = await _workflow_task_failure(secured, NAMESPACE, target)
+        assert "wrong-workflow" in message, message
+        assert f"belongs to workflow '{order.order_id}', not '{target}'" in message
+    finally:
+        await secured.client.get_workflow_handle(target).terminate("test: moved payload")
+
+
+def _legacy_aad(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
+
+
+class SingleKeyClientCodec(PayloadCodec):
+    """The client as it was before per-service keys: ``orders-envelope/1`` under the one
+    key ``orders-payload`` (data keys from a root token: no identity may create them now).
+    Reads with the current codec."""
+
+    def __init__(self, legacy: TokenTransit, current: TransitEnvelopeCodec) -> None:
+        self.legacy = legacy
+        self.current = current
+
+    async def encode(self, payloads: Any) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            key, wrapped = await self.legacy.datakey(PAYLOAD_KEY)
+            nonce = os.urandom(12)
+            aad = _legacy_aad(b"orders-envelope/1", PAYLOAD_KEY.encode(), b"none")
+            sealed = AESGCM(key).encrypt(nonce, payload.SerializeToString(), aad)
+            out.append(
+                Payload(
+                    metadata={
+                        "encoding": b"binary/encrypted",
+                        "encryption-key-id": PAYLOAD_KEY.encode(),
+                        "encryption-format": b"orders-envelope/1",
+                        "encryption-wrapped-key": wrapped.encode(),
+                        "encryption-compression": b"none",
+                    },
+                    data=nonce + sealed,
+                )
+            )
+        return out
+
+    async def decode(self, payloads: Any) -> list[Payload]:
+        return await self.current.decode(payloads)
+
+
+async def test_old_single_key_history_still_decodes(
+    stack: Stack, secured: Deployment, identities: Any, codec_server: RunningServer
+) -> None:
+    client_transit = await identities.transit("client")
+    legacy = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
+    old_client = Client(
+        **{
+            **secured.client.config(),
+            "data_converter": DataConverter(
+                payload_codec=SingleKeyClientCodec(legacy, TransitEnvelopeCodec(client_transit)),
+                failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+            ),
+        }
+    )
+    orchestrator_stats = codec_stats(secured.clients["orchestrator"].data_converter)
+    assert orchestrator_stats is not None
+    legacy_before = orchestrator_stats.legacy
+    order = sample_order("legacy")
+    try:
+        # a workflow started before the upgrade (old input format) runs on the new workers
+        submitted = await asyncio.wait_for(  # a guard against a hang, not a timing claim
+            submit_order(old_client, order, wait=True, transit=client_transit), 120
+        )
+    finally:
+        legacy.close()
+    assert submitted.result is not None and submitted.result.status == "completed"
+    assert orchestrator_stats.legacy > legacy_before
+    events = await _events(secured.client, order.order_id)
+    (old_input,) = events[0].workflow_execution_started_event_attributes.input.payloads
+    assert old_input.metadata[META_FORMAT] == b"orders-envelope/1"
+    # and a reader still reads it through the codec server (the real CLI)
+    code, out, err = await show_history(
+        stack.settings.temporal_address,
+        NAMESPACE,
+        order.order_id,
+        "--codec-endpoint",
+        codec_server.url,
+        "--codec-auth",
+        f"Bearer {reader_vault_token(stack)}",
+    )
+    assert code == 0, err
+    assert order.customer_id in history_text(json.loads(out))
+
+
+async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(
+    stack: Stack, secured: Deployment, identities: Any, tmp_path: Path
+) -> None:
+    order = sample_order("rewrap-denied")
+    assert (await run_order(secured, order, identities)).status == "completed"
+    code, out, err = await show_history(stack.settings.temporal_address, NAMESPACE, order.order_id)
+    assert code == 0, err
+    exported = tmp_path / "history.json"
+    exported.write_text(out)
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("orders-codec")),
+        "rewrap",
+        str(exported),
+        "-o",
+        str(tmp_path / "out.json"),
+        env={
+            **os.environ,
+            "VAULT_ADDR": stack.settings.vault_addr,
+            "VAULT_TOKEN": reader_vault_token(stack),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err_b = await proc.communicate()
+    assert proc.returncode == 1
+    message = err_b.decode()
+    assert "update on transit/rewrap/orders-payload-" in message, message
+    assert "payload-reader" not in message
+    assert len(message.strip().splitlines()) == 1

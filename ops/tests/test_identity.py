@@ -290,7 +290,10 @@ def test_policy_matrix(stack: Stack, root: hvac.Client, service_name: str) -> No
     own = set(SERVICES[service_name].db_roles)
     creds = [creds_path(r) for r in DB_ROLES]
     seals = [f"transit/decrypt/{seal_key(x)}" for x in SEALED_SERVICES]
-    payload = [f"transit/datakey/plaintext/{PAYLOAD_KEY}", f"transit/decrypt/{PAYLOAD_KEY}"]
+    keys = [f"orders-payload-{x}" for x in SERVICES]
+    payload = [
+        f"transit/{op}/{k}" for k in (PAYLOAD_KEY, *keys) for op in ("datakey/plaintext", "decrypt")
+    ]
     caps = _capabilities(root, client.token, [*creds, *seals, *payload, *ADMIN_PATHS])
 
     for role in DB_ROLES:
@@ -299,8 +302,13 @@ def test_policy_matrix(stack: Stack, root: hvac.Client, service_name: str) -> No
     for sealed in SEALED_SERVICES:
         expected = ["update"] if sealed == service_name else ["deny"]
         assert caps[f"transit/decrypt/{seal_key(sealed)}"] == expected, sealed
-    for path in payload:
-        assert caps[path] == ["update"], path
+    for key in keys:  # per-service payload keys: its own (the orchestrator: all)
+        mine = service_name == "orchestrator" or key == f"orders-payload-{service_name}"
+        for op in ("datakey/plaintext", "decrypt"):
+            assert caps[f"transit/{op}/{key}"] == (["update"] if mine else ["deny"]), key
+    # the old single key: decrypt for old history, no new data keys
+    assert caps[f"transit/decrypt/{PAYLOAD_KEY}"] == ["update"]
+    assert caps[f"transit/datakey/plaintext/{PAYLOAD_KEY}"] == ["deny"]
     for path in ADMIN_PATHS:
         assert caps[path] == ["deny"], path
 

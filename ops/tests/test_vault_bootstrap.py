@@ -19,6 +19,7 @@ from orders_ops.policies import (
     PAYLOAD_READER_POLICY,
     SEALED_SERVICES,
     all_policies,
+    payload_reader_policy,
     seal_key,
     service_policy,
     transit_keys,
@@ -30,11 +31,13 @@ from orders_ops.vault_bootstrap import (
     TokenTTLs,
     audit_config_hcl,
     audit_log_file,
+    auto_rotate_period,
     configure_vault,
     ensure_kubernetes_auth,
     root_client,
 )
 from orders_shared.catalog import SERVICES
+from orders_shared.codec import payload_key, payload_keys
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +58,9 @@ def test_orchestrator_policy_has_no_database_and_no_lease_paths() -> None:
     paths = _paths(service_policy(SERVICES["orchestrator"]))
     assert not any(p.startswith(("database/", "sys/leases")) for p in paths)
     assert paths == {
-        f"transit/datakey/plaintext/{PAYLOAD_KEY}",
-        f"transit/decrypt/{PAYLOAD_KEY}",
+        *(f"transit/datakey/plaintext/{k}" for k in payload_keys()),
+        *(f"transit/decrypt/{k}" for k in payload_keys()),
+        f"transit/decrypt/{PAYLOAD_KEY}",  # old history only: no datakey on it
         "auth/token/lookup-self",
         "auth/token/renew-self",
         "auth/token/revoke-self",
@@ -77,18 +81,54 @@ def test_service_policy_names_exactly_its_own_paths(name: str) -> None:
         f"sys/leases/{op}/database/creds/{r}/*" for r in spec.db_roles for op in ("renew", "revoke")
     }
     assert not any("*" in p for p in paths - leases)  # no wildcard other than own lease ids
+    payload = {p for p in paths if p.startswith(("transit/datakey/", "transit/decrypt/orders-pa"))}
+    if name != "orchestrator":  # its own payload key; the old single key: decrypt only
+        own = payload_key(name)
+        assert payload == {
+            f"transit/datakey/plaintext/{own}",
+            f"transit/decrypt/{own}",
+            f"transit/decrypt/{PAYLOAD_KEY}",
+        }
+
+
+def test_old_payload_key_grant_goes_when_legacy_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "false")
+    for text in all_policies().values():
+        assert f'"transit/decrypt/{PAYLOAD_KEY}"' not in text
+    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "perhaps")
+    with pytest.raises(ValueError, match="ORDERS_CODEC_ACCEPT_LEGACY='perhaps'"):
+        all_policies()
 
 
 def test_client_and_reader_policies() -> None:
     assert _paths(all_policies()[CLIENT_POLICY]) == {
         "transit/encrypt/orders-seal-*",
-        f"transit/datakey/plaintext/{PAYLOAD_KEY}",
+        "transit/datakey/plaintext/orders-payload-orchestrator",
+        "transit/decrypt/orders-payload-orchestrator",
         f"transit/decrypt/{PAYLOAD_KEY}",
         "auth/token/lookup-self",
         "auth/token/renew-self",
         "auth/token/revoke-self",
     }
-    assert _paths(all_policies()[PAYLOAD_READER_POLICY]) == {f"transit/decrypt/{PAYLOAD_KEY}"}
+    # readers name every key they may read, one by one
+    assert _paths(all_policies()[PAYLOAD_READER_POLICY]) == {
+        f"transit/decrypt/{k}" for k in (PAYLOAD_KEY, *payload_keys())
+    }
+    narrow = payload_reader_policy((payload_key("inventory"),))
+    assert _paths(narrow) == {
+        "transit/decrypt/orders-payload-inventory",
+        f"transit/decrypt/{PAYLOAD_KEY}",
+    }
+
+
+def test_auto_rotate_period_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert auto_rotate_period() == 30 * 24 * 3600
+    monkeypatch.setenv("ORDERS_TRANSIT_AUTO_ROTATE_PERIOD", "600")
+    with pytest.raises(SettingsError, match="under one hour"):
+        auto_rotate_period()
+    monkeypatch.setenv("ORDERS_TRANSIT_AUTO_ROTATE_PERIOD", "30d")
+    with pytest.raises(SettingsError, match="ORDERS_TRANSIT_AUTO_ROTATE_PERIOD='30d'"):
+        auto_rotate_period()
 
 
 def test_token_ttls_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,12 +187,39 @@ def test_transit_keys(root: hvac.Client) -> None:
         assert key["type"] == "aes256-gcm96", name
         assert key["deletion_allowed"] is False
         assert key["exportable"] is False
+        assert key["derived"] is name.startswith("orders-seal-"), name
+        assert key["auto_rotate_period"] == 30 * 24 * 3600, name  # read back from OpenBao
     assert set(transit_keys()) == {
         "orders-payload",
+        *(f"orders-payload-{s}" for s in SERVICES),
         "orders-seal-payment",
         "orders-seal-fulfill",
         "orders-seal-notify",
     }
+
+
+@pytest.mark.stack
+def test_auto_rotate_period_is_repaired_and_configurable(
+    stack: Stack, root: hvac.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = payload_key("payment")
+    root.secrets.transit.update_key_configuration(name, auto_rotate_period="0")  # off
+    assert root.secrets.transit.read_key(name)["data"]["auto_rotate_period"] == 0
+    assert configure_vault(root, stack.settings) == [
+        f"vault: transit key {name} now rotates every 2592000s"
+    ]
+    assert root.secrets.transit.read_key(name)["data"]["auto_rotate_period"] == 2592000
+    monkeypatch.setenv("ORDERS_TRANSIT_AUTO_ROTATE_PERIOD", str(7 * 24 * 3600))
+    try:
+        changes = configure_vault(root, stack.settings)
+        assert len(changes) == len(transit_keys())
+        for key in transit_keys():
+            assert root.secrets.transit.read_key(key)["data"]["auto_rotate_period"] == 604800
+        assert configure_vault(root, stack.settings) == []  # idempotent
+    finally:
+        monkeypatch.delenv("ORDERS_TRANSIT_AUTO_ROTATE_PERIOD")
+        configure_vault(root, stack.settings)
+    assert configure_vault(root, stack.settings) == []
 
 
 def _token_with(root: hvac.Client, policy: str, settings_addr: str) -> hvac.Client:
@@ -195,15 +262,43 @@ def test_sealed_field_opens_only_for_its_consumer(stack: Stack, root: hvac.Clien
 
 @pytest.mark.stack
 def test_payload_keys_for_workers_client_and_reader(stack: Stack, root: hvac.Client) -> None:
-    worker = _worker(stack, "orchestrator")
-    datakey = worker.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")["data"]
-    reader = _token_with(root, PAYLOAD_READER_POLICY, stack.settings.vault_addr)
-    unwrapped = reader.secrets.transit.decrypt_data(PAYLOAD_KEY, datakey["ciphertext"])
-    assert unwrapped["data"]["plaintext"] == datakey["plaintext"]
-    with pytest.raises(hvac.exceptions.Forbidden):  # a reader makes no new data keys
-        reader.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")
+    orchestrator = _worker(stack, "orchestrator").secrets.transit
+    reader = _token_with(root, PAYLOAD_READER_POLICY, stack.settings.vault_addr).secrets.transit
+    client = _token_with(root, CLIENT_POLICY, stack.settings.vault_addr).secrets.transit
+    workers = {name: _worker(stack, name).secrets.transit for name in SERVICES}
+    for owner in SERVICES:
+        key = payload_key(owner)
+        datakey = orchestrator.generate_data_key(key, "plaintext")["data"]
+        for name, transit in workers.items():
+            if name in (owner, "orchestrator"):
+                opened = transit.decrypt_data(key, datakey["ciphertext"])["data"]["plaintext"]
+                assert opened == datakey["plaintext"]
+                transit.generate_data_key(key, "plaintext")
+            else:  # another service's payload key: neither read nor write
+                with pytest.raises(hvac.exceptions.Forbidden):
+                    transit.decrypt_data(key, datakey["ciphertext"])
+                with pytest.raises(hvac.exceptions.Forbidden):
+                    transit.generate_data_key(key, "plaintext")
+        opened = reader.decrypt_data(key, datakey["ciphertext"])["data"]["plaintext"]
+        assert opened == datakey["plaintext"]
+        with pytest.raises(hvac.exceptions.Forbidden):  # a reader makes no new data keys
+            reader.generate_data_key(key, "plaintext")
+        if owner == "orchestrator":  # the client starts workflows and reads their results
+            client.generate_data_key(key, "plaintext")
+            client.decrypt_data(key, datakey["ciphertext"])
+        else:
+            with pytest.raises(hvac.exceptions.Forbidden):
+                client.decrypt_data(key, datakey["ciphertext"])
+    old = root.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")["data"]
+    for transit in (*workers.values(), reader, client):  # old history: decrypt, never datakey
+        assert (
+            transit.decrypt_data(PAYLOAD_KEY, old["ciphertext"])["data"]["plaintext"]
+            == (old["plaintext"])
+        )
+        with pytest.raises(hvac.exceptions.Forbidden):
+            transit.generate_data_key(PAYLOAD_KEY, "plaintext")
     with pytest.raises(hvac.exceptions.Forbidden):  # nobody but root may export/rotate
-        worker.secrets.transit.rotate_key(PAYLOAD_KEY)
+        orchestrator.rotate_key(payload_key("orchestrator"))
 
 
 @pytest.mark.stack

@@ -22,8 +22,9 @@ from orders_shared.codec import (
     META_ENCODING,
     META_FORMAT,
     META_KEY_ID,
+    META_WORKFLOW_ID,
     META_WRAPPED_KEY,
-    PAYLOAD_KEY,
+    WORKFLOW_PAYLOAD_KEY,
     InMemoryTransit,
     PayloadAccessDenied,
     PayloadDecodeError,
@@ -57,9 +58,10 @@ async def test_envelope_format_and_roundtrip() -> None:
     (encoded,) = await codec.encode([plain()])
     meta = encoded.metadata
     assert meta[META_ENCODING] == ENCODING == b"binary/encrypted"
-    assert meta[META_KEY_ID] == PAYLOAD_KEY.encode()
-    assert meta[META_FORMAT] == b"orders-envelope/1"
+    assert meta[META_KEY_ID] == WORKFLOW_PAYLOAD_KEY.encode() == b"orders-payload-orchestrator"
+    assert meta[META_FORMAT] == b"orders-envelope/2"
     assert meta[META_COMPRESSION] == b"none"
+    assert meta[META_WORKFLOW_ID] == b""  # no serialization context: bound to no workflow
     assert parse_wrapped_key(meta[META_WRAPPED_KEY])[0] == 1
     assert b"ada@example.com" not in encoded.SerializeToString()
     assert b"json/plain" not in encoded.SerializeToString()  # the inner encoding is hidden
@@ -67,7 +69,14 @@ async def test_envelope_format_and_roundtrip() -> None:
     assert decoded == plain()
 
 
-async def test_large_payloads_are_compressed_before_encryption() -> None:
+async def test_compression_is_off_by_default() -> None:
+    codec = TransitEnvelopeCodec(InMemoryTransit())
+    (encoded,) = await codec.encode([plain(b"x" * 50_000)])
+    assert encoded.metadata[META_COMPRESSION] == b"none"
+    assert codec.stats.compressed == 0
+
+
+async def test_large_payloads_are_compressed_when_turned_on() -> None:
     codec = TransitEnvelopeCodec(InMemoryTransit(), compress_over=1024)
     big = plain(b"x" * 50_000)
     (encoded,) = await codec.encode([big])
@@ -163,7 +172,9 @@ async def test_truncated_payload() -> None:
         await codec.decode([encoded])
 
 
-@pytest.mark.parametrize("field", [META_KEY_ID, META_FORMAT, META_WRAPPED_KEY, META_COMPRESSION])
+@pytest.mark.parametrize(
+    "field", [META_KEY_ID, META_FORMAT, META_WRAPPED_KEY, META_COMPRESSION, META_WORKFLOW_ID]
+)
 async def test_missing_metadata_field(field: str) -> None:
     codec, encoded = await _encoded()
     del encoded.metadata[field]
@@ -183,7 +194,7 @@ async def test_unknown_key_name_is_refused_before_vault() -> None:
 
 async def test_key_name_known_to_codec_but_not_vault() -> None:
     transit = InMemoryTransit()
-    codec = TransitEnvelopeCodec(transit, decrypt_keys=[PAYLOAD_KEY, "orders-gone"])
+    codec = TransitEnvelopeCodec(transit, decrypt_keys=[WORKFLOW_PAYLOAD_KEY, "orders-gone"])
     (encoded,) = await TransitEnvelopeCodec(transit).encode([plain()])
     encoded.metadata[META_KEY_ID] = b"orders-gone"
     with pytest.raises(PayloadDecodeError, match="unknown-key"):
@@ -208,8 +219,8 @@ async def test_non_canonical_wrapped_key_is_refused() -> None:
 async def test_access_denied_is_its_own_error() -> None:
     transit = InMemoryTransit()
     _, encoded = await _encoded(TransitEnvelopeCodec(transit))
-    transit.denied.add(("decrypt", PAYLOAD_KEY))
-    with pytest.raises(PayloadAccessDenied, match="payload-reader"):
+    transit.denied.add(("decrypt", WORKFLOW_PAYLOAD_KEY))
+    with pytest.raises(PayloadAccessDenied, match="transit/decrypt/orders-payload-orchestrator"):
         await TransitEnvelopeCodec(transit).decode([encoded])
 
 
@@ -220,7 +231,7 @@ async def test_rotation_rewrap_and_retired_versions() -> None:
     transit = InMemoryTransit()
     codec = TransitEnvelopeCodec(transit)
     (old,) = await codec.encode([plain(b"before")])
-    transit.rotate(PAYLOAD_KEY)
+    transit.rotate(WORKFLOW_PAYLOAD_KEY)
     (still_v1,) = await codec.encode([plain(b"cached key")])  # until the cache bound
     assert parse_wrapped_key(still_v1.metadata[META_WRAPPED_KEY])[0] == 1
     codec.forget_keys()
@@ -235,7 +246,7 @@ async def test_rotation_rewrap_and_retired_versions() -> None:
     assert parse_wrapped_key(rewrapped.metadata[META_WRAPPED_KEY])[0] == 2
     assert rewrapped.data == old.data  # only the wrapped key changed
 
-    transit.set_min_decryption_version(PAYLOAD_KEY, 2)
+    transit.set_min_decryption_version(WORKFLOW_PAYLOAD_KEY, 2)
     with pytest.raises(PayloadDecodeError, match="key-version-retired") as info:
         await TransitEnvelopeCodec(transit).decode([old])
     assert "min_decryption_version" in str(info.value)
@@ -256,10 +267,10 @@ async def test_rewrap_history_json() -> None:
             {"result": {"payloads": [json_format.MessageToDict(plain(b"3"))]}},
         ]
     }
-    transit.rotate(PAYLOAD_KEY)
+    transit.rotate(WORKFLOW_PAYLOAD_KEY)
     report = await rewrap_history_json(history, transit)
     assert (report.payloads, report.rewrapped, report.skipped) == (3, 2, 1)
-    transit.set_min_decryption_version(PAYLOAD_KEY, 2)
+    transit.set_min_decryption_version(WORKFLOW_PAYLOAD_KEY, 2)
     payloads = [
         json_format.ParseDict(p, Payload()) for p in history["events"][0]["input"]["payloads"]
     ]

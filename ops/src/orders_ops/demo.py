@@ -516,7 +516,7 @@ async def who_can_unseal(
             for name, session in sessions.items():
                 try:
                     await VaultTransit(session).decrypt(
-                        seal_key(consumer), order[field], seal_context(order["order_id"])
+                        seal_key(consumer), order[field], seal_context(order["order_id"], field)
                     )
                     verdicts[name] = "opens"
                 except TransitDenied:

@@ -24,10 +24,10 @@ import requests
 
 from orders_ops import issuer
 from orders_ops.policies import (
-    PAYLOAD_KEY,
     PAYLOAD_READER_POLICY,
     TRANSIT_MOUNT,
     all_policies,
+    seal_keys,
     transit_keys,
 )
 from orders_ops.settings import SettingsError, StackSettings
@@ -242,21 +242,44 @@ def _ensure_auth_method(client: hvac.Client, mount: str, kind: str) -> list[str]
 # --------------------------------------------------------------------------- transit
 
 
+DEFAULT_AUTO_ROTATE_PERIOD = 30 * 24 * 3600
+AUTO_ROTATE_ENV = "ORDERS_TRANSIT_AUTO_ROTATE_PERIOD"
+
+
+def auto_rotate_period() -> int:
+    """Seconds between automatic rotations of every Transit key the bootstrap owns
+    (``ORDERS_TRANSIT_AUTO_ROTATE_PERIOD``, default 30 days; OpenBao's minimum is one
+    hour). Old versions keep decrypting until ``min_decryption_version`` is raised."""
+    period = _seconds(AUTO_ROTATE_ENV, DEFAULT_AUTO_ROTATE_PERIOD)
+    if period < 3600:
+        raise SettingsError(
+            f"{AUTO_ROTATE_ENV}={period} is under one hour, the shortest period Vault accepts"
+        )
+    return period
+
+
 def ensure_transit(client: hvac.Client) -> list[str]:
-    """The Transit engine and its keys: one for payload data keys, one per sealed consumer."""
+    """The Transit engine and its keys: the per-service payload keys (and the old single
+    one, for old history), one seal key per sealed consumer; each rotating itself."""
     changes = _ensure_secrets_engine(client, TRANSIT_MOUNT, "transit")
+    period = auto_rotate_period()
+    derived_keys = set(seal_keys())
     for name in transit_keys():
-        # seal keys are derived: a sealed field is bound to its order (a context)
-        derived = name != PAYLOAD_KEY
+        # seal keys are derived: a sealed field is bound to its order and field (a context)
+        derived = name in derived_keys
         try:
             key = client.secrets.transit.read_key(name, mount_point=TRANSIT_MOUNT)["data"]
         except hvac.exceptions.InvalidPath:
             client.secrets.transit.create_key(
-                name, key_type=TRANSIT_KEY_TYPE, derived=derived, mount_point=TRANSIT_MOUNT
+                name,
+                key_type=TRANSIT_KEY_TYPE,
+                derived=derived,
+                auto_rotate_period=f"{period}s",
+                mount_point=TRANSIT_MOUNT,
             )
             changes.append(
                 f"vault: created transit key {name} ({TRANSIT_KEY_TYPE}"
-                f"{', derived' if derived else ''})"
+                f"{', derived' if derived else ''}, rotates every {period}s)"
             )
             continue
         if bool(key.get("derived")) != derived:
@@ -270,6 +293,11 @@ def ensure_transit(client: hvac.Client) -> list[str]:
                 f"transit key {name} is {key['type']!r}, not {TRANSIT_KEY_TYPE!r}; a key's type "
                 "cannot change: delete the key (losing what it encrypted) or rename it in code"
             )
+        if int(key.get("auto_rotate_period") or 0) != period:
+            client.secrets.transit.update_key_configuration(
+                name, auto_rotate_period=f"{period}s", mount_point=TRANSIT_MOUNT
+            )
+            changes.append(f"vault: transit key {name} now rotates every {period}s")
     return changes
 
 

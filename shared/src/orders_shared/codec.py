@@ -3,36 +3,78 @@
 Two codecs behind one interface (:class:`temporalio.converter.PayloadCodec`),
 chosen by configuration so a benchmark can swap them without forking a service:
 
-* :class:`TransitEnvelopeCodec` (the default, ``secured``): envelope encryption.
-  A 256-bit data key comes from Transit ``datakey/plaintext/orders-payload``;
-  payloads are encrypted locally with AES-256-GCM; the *wrapped* data key (the
-  Transit ciphertext ``vault:vN:...``), the Transit key name and a format
-  version travel in the payload metadata, as Temporal's encryption samples do
-  (``encoding: binary/encrypted``, ``encryption-key-id``). Unwrapped keys are
-  cached with a bound on age and on uses, so in steady state a process makes
-  almost no Vault calls (:attr:`CodecStats.vault_calls` counts them).
+* :class:`TransitEnvelopeCodec` (the default, ``secured``): envelope encryption
+  with **one Transit key per service**. A 256-bit data key comes from Transit
+  ``datakey/plaintext/<key>``; payloads are encrypted locally with AES-256-GCM;
+  the *wrapped* data key (the Transit ciphertext ``vault:vN:...``), the Transit
+  key name, the workflow id and a format version travel in the payload
+  metadata, as Temporal's encryption samples do (``encoding: binary/encrypted``,
+  ``encryption-key-id``). Unwrapped keys are cached per key with a bound on age
+  and on uses, so in steady state a process makes almost no Vault calls
+  (:attr:`CodecStats.vault_calls` counts them).
 * :class:`TransitPerCallCodec` (``per-call``): one Transit ``encrypt`` or
   ``decrypt`` call per payload, no envelope, no cache; for comparisons.
 
-Envelope format ``orders-envelope/1``::
+Which key (``TransitEnvelopeCodec.with_context``, Temporal's serialization context):
+
+=============================================  ==========================================
+payloads of                                    Transit key (who may use it)
+=============================================  ==========================================
+an activity on task queue ``orders-<svc>``     ``orders-payload-<svc>`` (svc, orchestrator)
+(input, result, failure, heartbeat details)
+the workflow (input, result, queries,          ``orders-payload-orchestrator``
+signals, its failure) and anything without     (orchestrator, client)
+a context
+=============================================  ==========================================
+
+So a shell in the notify worker can neither read a payment activity's payloads
+nor write a payment result the orchestrator accepts: on decode *with* a
+context the payload's key must be the key of that context (cause
+``wrong-key``), and its workflow id must be the context's (cause
+``wrong-workflow``), so a payload copied into another workflow does not decode.
+Decode *without* a context (the codec server) needs nothing but the metadata.
+
+Envelope format ``orders-envelope/2``::
 
     metadata  encoding                 = "binary/encrypted"
-              encryption-key-id        = Transit key name ("orders-payload")
-              encryption-format        = "orders-envelope/1"
+              encryption-key-id        = Transit key name ("orders-payload-payment")
+              encryption-format        = "orders-envelope/2"
               encryption-wrapped-key   = "vault:v<n>:<base64>" (the data key, wrapped by Transit)
               encryption-compression   = "none" | "zlib"
+              encryption-workflow-id   = the workflow the payload belongs to ("" if none)
     data      nonce (12 bytes) || AES-256-GCM(ciphertext || tag)
 
 The plaintext is the original payload, serialised (metadata and data), so its
-encoding is hidden too. The GCM associated data binds the format, the key name
-and the compression flag. It does not bind the wrapped key, so the wrapped key
-can be *rewrapped* to a newer Transit key version (:func:`rewrap_payload`)
-without re-encrypting the data: the wrapped key is authenticated by Transit's
-own AES-GCM, it must be in canonical form (strict base64, so no two spellings
-reach Vault as the same ciphertext), and a different data key fails the
-payload's GCM tag. Every change to any byte of the data, the metadata or the
-wrapped key therefore fails to decode, with a :class:`PayloadDecodeError`
-naming the cause, never with plaintext or a crash.
+encoding is hidden too. The GCM associated data binds the format, the key name,
+the compression flag and the workflow id (length-prefixed). It does not bind
+the wrapped key, so the wrapped key can be *rewrapped* to a newer Transit key
+version (:func:`rewrap_payload`) without re-encrypting the data: the wrapped
+key is authenticated by Transit's own AES-GCM, it must be in canonical form
+(strict base64, so no two spellings reach Vault as the same ciphertext), and a
+different data key fails the payload's GCM tag. Every change to any byte of
+the data, the metadata or the wrapped key therefore fails to decode, with a
+:class:`PayloadDecodeError` naming the cause, never with plaintext or a crash.
+
+Old history (``orders-envelope/1``: one key ``orders-payload`` for everything,
+no workflow id) still decodes while ``accept_legacy`` is on (the default;
+``ORDERS_CODEC_ACCEPT_LEGACY=false`` turns it off). Nobody may create data keys
+of ``orders-payload`` any more (the policies grant only ``decrypt`` on it), so
+no new legacy payload can be forged; but a legacy payload *copied* from old
+history is not bound to a workflow. Turn legacy off once no workflow started
+before the upgrade is open (then remove the legacy grant, see
+:mod:`orders_ops.policies`).
+
+Compression: off by default (``compress_over=None``). Compressing before
+encrypting makes the ciphertext length depend on the content; where an
+attacker can place chosen text next to a secret in one payload and watch
+lengths (history sizes are visible to anyone who can read history), that is a
+compression oracle (CRIME/BREACH). Payloads here are small and their secret
+fields are sealed (random, incompressible), so compression buys nothing worth
+that risk. Decoding still accepts ``zlib`` payloads (written by earlier
+versions, or by a deployment that turns compression on), bounded: the
+decompressed size may not exceed ``max_decompressed`` (default 4 MiB,
+``ORDERS_CODEC_MAX_DECOMPRESSED`` in bytes), else :class:`PayloadTooLarge`
+(cause ``too_large``) without inflating more than that.
 
 Plain (unencrypted) payloads on decode: refused by default
 (``allow_plaintext=False``): a worker must not act on input that bypassed
@@ -42,16 +84,16 @@ already readable in history (e.g. written before encryption was turned on), and
 hiding them helps nobody. Turn it on in workers only while migrating a
 namespace whose open workflows were started before encryption.
 
-Rotation: after ``transit/keys/orders-payload/rotate`` a process uses the new
-version for its *next* data key (when the cached one reaches its age or use
-bound, or at once after :meth:`TransitEnvelopeCodec.forget_keys`); payloads
-wrapped with older versions keep decoding until ``min_decryption_version``
-is raised past them, after which they fail with a clear error. Temporal
-history is immutable: there is no way to rewrap the keys inside stored
-history, so ``min_decryption_version`` must stay at or below the oldest
-version referenced by any history still within retention.
-:func:`rewrap_history_json` rewraps payloads stored *outside* Temporal
-(exported histories, archives).
+Rotation: every payload key rotates itself (``auto_rotate_period``, set by the
+bootstrap). A process uses the new version for its *next* data key (when the
+cached one reaches its age or use bound, or at once after
+:meth:`TransitEnvelopeCodec.forget_keys`); payloads wrapped with older versions
+keep decoding until ``min_decryption_version`` is raised past them, after
+which they fail with a clear error. Temporal history is immutable: there is no
+way to rewrap the keys inside stored history, so ``min_decryption_version``
+must stay at or below the oldest version referenced by any history still
+within retention. :func:`rewrap_history_json` rewraps payloads stored
+*outside* Temporal (exported histories, archives).
 
 hvac is synchronous: :class:`VaultTransit` runs it through
 :meth:`orders_shared.identity.VaultSession.call` (a thread pool). Workflow
@@ -63,6 +105,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import dataclasses
 import os
 import re
@@ -81,11 +124,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
+    ActivitySerializationContext,
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
 )
 
+from orders_shared.catalog import SERVICES
 from orders_shared.identity import VaultSession
 from orders_shared.metrics import CODEC_BYTES, CODEC_SECONDS
 
@@ -93,6 +141,35 @@ T = TypeVar("T")
 
 TRANSIT_MOUNT = "transit"
 PAYLOAD_KEY = "orders-payload"
+"""The single payload key of format ``orders-envelope/1`` (old history; decrypt only)."""
+LEGACY_PAYLOAD_KEY = PAYLOAD_KEY
+WORKFLOW_SERVICE = "orchestrator"
+
+
+def payload_key(service: str) -> str:
+    """The Transit key the payloads of ``service``'s activities are encrypted under."""
+    if service not in SERVICES:
+        raise KeyError(f"unknown service {service!r}; known services: {', '.join(SERVICES)}")
+    return f"orders-payload-{service}"
+
+
+WORKFLOW_PAYLOAD_KEY = payload_key(WORKFLOW_SERVICE)
+"""Workflow input, result, queries, signals and context-free payloads."""
+
+
+def payload_keys() -> tuple[str, ...]:
+    """Every per-service payload key (the workflow's included), in catalog order."""
+    return tuple(payload_key(name) for name in SERVICES)
+
+
+def activity_payload_keys() -> dict[str, str]:
+    """Task queue -> the key of the service that polls it (from the catalog)."""
+    return {spec.task_queue: payload_key(spec.name) for spec in SERVICES.values()}
+
+
+DEFAULT_MAX_DECOMPRESSED = 4 * 1024 * 1024
+MAX_DECOMPRESSED_ENV = "ORDERS_CODEC_MAX_DECOMPRESSED"
+ACCEPT_LEGACY_ENV = "ORDERS_CODEC_ACCEPT_LEGACY"
 
 ENCODING = b"binary/encrypted"
 META_ENCODING = "encoding"
@@ -100,7 +177,9 @@ META_KEY_ID = "encryption-key-id"
 META_FORMAT = "encryption-format"
 META_WRAPPED_KEY = "encryption-wrapped-key"
 META_COMPRESSION = "encryption-compression"
-ENVELOPE_FORMAT = b"orders-envelope/1"
+META_WORKFLOW_ID = "encryption-workflow-id"
+ENVELOPE_FORMAT = b"orders-envelope/2"
+LEGACY_ENVELOPE_FORMAT = b"orders-envelope/1"
 PER_CALL_FORMAT = b"orders-transit/1"
 
 NONCE_BYTES = 12
@@ -124,6 +203,23 @@ class PayloadDecodeError(ValueError):
 
 class PayloadAccessDenied(PayloadDecodeError):
     """Vault refused the caller: its policy does not allow this Transit operation."""
+
+
+class PayloadTooLarge(PayloadDecodeError):
+    """A compressed payload would inflate beyond the codec's bound (cause ``too_large``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "too_large",
+            f"the payload decompresses to more than {limit} bytes, the codec's bound; refused "
+            f"without inflating it (raise {MAX_DECOMPRESSED_ENV} if such payloads are expected)",
+        )
+        self.limit = limit
+
+
+class PayloadContextError(PayloadDecodeError):
+    """A payload decodes, but not in this place: another service's key (``wrong-key``) or
+    another workflow (``wrong-workflow``)."""
 
 
 class TransitError(RuntimeError):
@@ -284,6 +380,7 @@ class CodecStats:
     decoded: int = 0
     passed_through: int = 0
     compressed: int = 0
+    legacy: int = 0  # orders-envelope/1 payloads decoded
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
@@ -311,10 +408,14 @@ def _meta(payload: Payload, name: str) -> bytes:
     return value
 
 
-def _aad(fmt: bytes, key_name: bytes, compression: bytes) -> bytes:
-    """Length-prefixed, so no two (format, key, compression) triples share an encoding."""
+def _aad(*parts: bytes) -> bytes:
+    """Length-prefixed, so no two tuples of parts share an encoding.
+
+    ``orders-envelope/1``: (format, key, compression); ``/2`` adds the workflow id."""
     out = bytearray()
-    for part in (fmt, key_name, compression):
+    for part in parts:
+        if len(part) > 0xFFFF:
+            raise PayloadDecodeError("malformed-metadata", "a metadata field is over 64 KiB")
         out += len(part).to_bytes(2, "big") + part
     return bytes(out)
 
@@ -339,12 +440,19 @@ def parse_wrapped_key(wrapped: bytes) -> tuple[int, bytes]:
     return int(match.group(1)), raw
 
 
-def _transit_failure(exc: TransitError, what: str) -> PayloadDecodeError:
+def _transit_failure(
+    exc: TransitError, what: str, *, need: str | None = None
+) -> PayloadDecodeError:
+    """``need``: what the caller's policy lacks, for the message (default: a reader's)."""
     if isinstance(exc, TransitDenied):
         return PayloadAccessDenied(
             "access-denied",
-            f"Vault refused to {what}: {exc}. A reader needs policy payload-reader "
-            "(transit/decrypt/orders-payload)",
+            f"Vault refused to {what}: {exc}. "
+            + (
+                need
+                or "A reader needs policy payload-reader (update on transit/decrypt/<key> "
+                "for the payload's key)"
+            ),
         )
     text = str(exc)
     if "too old" in text:
@@ -368,6 +476,47 @@ def _transit_failure(exc: TransitError, what: str) -> PayloadDecodeError:
 # --------------------------------------------------------------------------- envelope codec
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number of bytes") from None
+    if value < 1:
+        raise ValueError(f"{name}={value} must be a positive number of bytes")
+    return value
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def bounded_inflate(data: bytes, limit: int) -> bytes:
+    """zlib-decompress ``data``, producing at most ``limit`` bytes (memory stays bounded).
+
+    :class:`PayloadTooLarge` when there is more; ``corrupt`` when it is not zlib data."""
+    inflater = zlib.decompressobj()
+    try:
+        # one byte past the bound says "more" without inflating any further
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise PayloadDecodeError("corrupt", "compressed content is corrupt") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(limit)
+    if not inflater.eof or inflater.unused_data:
+        raise PayloadDecodeError("corrupt", "compressed content is truncated or has trailing data")
+    return out
+
+
 @dataclasses.dataclass
 class _CachedKey:
     key: AESGCM
@@ -375,28 +524,67 @@ class _CachedKey:
     uses: int = 0
 
 
-class TransitEnvelopeCodec(PayloadCodec):
-    """Envelope encryption with Transit data keys and local AES-256-GCM (see module doc).
+@dataclasses.dataclass
+class _KeyState:
+    """What every context view of one codec shares: data keys (one current per Transit
+    key), the unwrapped-key cache and the counters."""
 
-    ``max_key_age`` (seconds) and ``max_key_uses`` bound how long a data key is used
-    to encrypt and how long an unwrapped key stays cached for decryption;
+    stats: CodecStats
+    current: dict[str, tuple[_CachedKey, bytes]]  # key name -> (key, wrapped)
+    unwrapped: OrderedDict[tuple[bytes, bytes], _CachedKey]
+    inflight: dict[tuple[bytes, bytes], asyncio.Future[_CachedKey]]
+    datakey_locks: dict[str, asyncio.Lock]
+
+
+@dataclasses.dataclass(frozen=True)
+class PayloadScope:
+    """Where a payload belongs: the Transit key it must be under and the workflow it is
+    bound to (``""``: none). ``what`` names the context in error messages."""
+
+    key_name: str
+    workflow_id: str
+    what: str
+
+
+class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
+    """Envelope encryption with per-service Transit data keys and local AES-256-GCM
+    (see the module doc).
+
+    ``key_name``: the key of workflow and context-free payloads (default
+    ``orders-payload-orchestrator``). ``activity_keys``: task queue -> key for
+    activity payloads (default: from the catalog). An activity context whose
+    task queue has no key is refused (fail closed). ``decrypt_keys``: the keys
+    whose wrapped data keys this codec will ask Vault to unwrap when decoding
+    *without* a context (default: every payload key, plus the legacy key when
+    ``accept_legacy``), so a crafted payload cannot make a worker decrypt with
+    another key (a sealing key). ``accept_legacy`` (default
+    ``ORDERS_CODEC_ACCEPT_LEGACY``, true): decode ``orders-envelope/1`` payloads.
+
+    ``max_key_age`` (seconds) and ``max_key_uses`` bound how long a data key is
+    used to encrypt and how long an unwrapped key stays cached for decryption;
     ``cache_size`` bounds how many unwrapped keys are kept. ``compress_over``
     (bytes): payloads larger than this are zlib-compressed before encryption
-    (``None``: never). ``decrypt_keys`` names the Transit keys whose wrapped data
-    keys this codec will ask Vault to unwrap (default: ``key_name`` only), so a
-    crafted payload cannot make a worker decrypt with another key (a sealing key).
+    (default ``None``: never; see the module doc). ``max_decompressed``
+    (default ``ORDERS_CODEC_MAX_DECOMPRESSED`` or 4 MiB): the most a compressed
+    payload may inflate to.
+
+    :meth:`with_context` returns a view bound to a Temporal serialization
+    context that shares the key cache and counters of this codec.
     """
 
     def __init__(
         self,
         transit: TransitClient,
         *,
-        key_name: str = PAYLOAD_KEY,
+        key_name: str = WORKFLOW_PAYLOAD_KEY,
+        activity_keys: Mapping[str, str] | None = None,
         decrypt_keys: Sequence[str] | None = None,
+        accept_legacy: bool | None = None,
         max_key_age: float = 300.0,
         max_key_uses: int = 100_000,
         cache_size: int = 1024,
-        compress_over: int | None = 4096,
+        compress_over: int | None = None,
+        max_decompressed: int | None = None,
         allow_plaintext: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -404,78 +592,132 @@ class TransitEnvelopeCodec(PayloadCodec):
             raise ValueError("max_key_uses, max_key_age and cache_size must be positive")
         self.transit = transit
         self.key_name = key_name
-        self.decrypt_keys = frozenset(decrypt_keys or (key_name,))
+        self.activity_keys: Mapping[str, str] = dict(
+            activity_payload_keys() if activity_keys is None else activity_keys
+        )
+        self.accept_legacy = (
+            _env_flag(ACCEPT_LEGACY_ENV, True) if accept_legacy is None else accept_legacy
+        )
+        if decrypt_keys is None:
+            decrypt_keys = [key_name, *self.activity_keys.values()]
+            if self.accept_legacy:
+                decrypt_keys.append(LEGACY_PAYLOAD_KEY)
+        self.decrypt_keys = frozenset(decrypt_keys)
         self.max_key_age = max_key_age
         self.max_key_uses = max_key_uses
         self.cache_size = cache_size
         self.compress_over = compress_over
+        self.max_decompressed = (
+            _env_int(MAX_DECOMPRESSED_ENV, DEFAULT_MAX_DECOMPRESSED)
+            if max_decompressed is None
+            else max_decompressed
+        )
+        if self.max_decompressed < 1:
+            raise ValueError("max_decompressed must be positive")
         self.allow_plaintext = allow_plaintext
-        self.stats = CodecStats()
+        self.context: SerializationContext | None = None
         self._clock = clock
-        self._current: tuple[_CachedKey, bytes] | None = None  # (key, wrapped)
-        self._datakey_lock = asyncio.Lock()
-        self._unwrapped: OrderedDict[tuple[bytes, bytes], _CachedKey] = OrderedDict()
-        self._inflight: dict[tuple[bytes, bytes], asyncio.Future[_CachedKey]] = {}
+        self._state = _KeyState(CodecStats(), {}, OrderedDict(), {}, {})
 
-    # -- keys -----------------------------------------------------------------------
+    @property
+    def stats(self) -> CodecStats:
+        return self._state.stats
+
+    # -- context ----------------------------------------------------------------------
+    def with_context(self, context: SerializationContext) -> TransitEnvelopeCodec:
+        """A view of this codec for one Temporal serialization context (same cache)."""
+        view = copy.copy(self)
+        view.context = context
+        return view
+
+    def scope(self) -> PayloadScope | None:
+        """Key and workflow for this view's context; None without one."""
+        ctx = self.context
+        if isinstance(ctx, ActivitySerializationContext):
+            queue = ctx.activity_task_queue or ""
+            key = self.activity_keys.get(queue)
+            if key is None:
+                raise PayloadContextError(
+                    "unknown-task-queue",
+                    f"no payload key for activities on task queue {queue[:80]!r}; add the "
+                    "service to orders_shared.catalog (and run the bootstrap)",
+                )
+            what = f"activity {ctx.activity_type or '?'} on task queue {queue}"
+            return PayloadScope(key, ctx.workflow_id or "", what)
+        if isinstance(ctx, WorkflowSerializationContext):
+            return PayloadScope(self.key_name, ctx.workflow_id, "the workflow")
+        return None
+
+    # -- keys -------------------------------------------------------------------------
     def _fresh(self, entry: _CachedKey) -> bool:
         return entry.uses < self.max_key_uses and self._clock() - entry.created < self.max_key_age
 
     def forget_keys(self) -> None:
         """Drop every cached key: the next encode fetches a new data key (after a rotation)."""
-        self._current = None
-        self._unwrapped.clear()
+        self._state.current.clear()
+        self._state.unwrapped.clear()
 
-    async def _encryption_key(self) -> tuple[_CachedKey, bytes]:
-        current = self._current
+    async def _encryption_key(self, key_name: str) -> tuple[_CachedKey, bytes]:
+        state = self._state
+        current = state.current.get(key_name)
         if current is not None and self._fresh(current[0]):
             current[0].uses += 1
-            self.stats.key_cache_hits += 1
+            state.stats.key_cache_hits += 1
             return current
-        async with self._datakey_lock:
-            current = self._current
+        lock = state.datakey_locks.setdefault(key_name, asyncio.Lock())
+        async with lock:
+            current = state.current.get(key_name)
             if current is None or not self._fresh(current[0]):
-                self.stats.vault_calls += 1
-                self.stats.datakeys += 1
-                plain, wrapped = await self.transit.datakey(self.key_name)
+                state.stats.vault_calls += 1
+                state.stats.datakeys += 1
+                plain, wrapped = await self.transit.datakey(key_name)
                 if len(plain) != DATA_KEY_BYTES:
                     raise TransitRejected(f"Transit returned a {len(plain) * 8}-bit data key")
                 entry = _CachedKey(AESGCM(plain), self._clock())
                 current = (entry, wrapped.encode())
-                self._current = current
+                state.current[key_name] = current
                 # the same key decrypts what it encrypted, without asking Vault
-                self._remember((self.key_name.encode(), current[1]), entry)
+                self._remember((key_name.encode(), current[1]), entry)
             current[0].uses += 1
             return current
 
     def _remember(self, cache_key: tuple[bytes, bytes], entry: _CachedKey) -> None:
-        self._unwrapped[cache_key] = entry
-        self._unwrapped.move_to_end(cache_key)
-        while len(self._unwrapped) > self.cache_size:
-            self._unwrapped.popitem(last=False)
+        unwrapped = self._state.unwrapped
+        unwrapped[cache_key] = entry
+        unwrapped.move_to_end(cache_key)
+        while len(unwrapped) > self.cache_size:
+            unwrapped.popitem(last=False)
 
     async def _decryption_key(self, key_name: bytes, wrapped: bytes) -> _CachedKey:
+        state = self._state
         cache_key = (key_name, wrapped)
-        entry = self._unwrapped.get(cache_key)
+        entry = state.unwrapped.get(cache_key)
         if entry is not None and self._fresh(entry):
             entry.uses += 1
-            self.stats.key_cache_hits += 1
-            self._unwrapped.move_to_end(cache_key)
+            state.stats.key_cache_hits += 1
+            state.unwrapped.move_to_end(cache_key)
             return entry
-        pending = self._inflight.get(cache_key)
+        pending = state.inflight.get(cache_key)
         if pending is not None:  # another decode is unwrapping the same key right now
             entry = await asyncio.shield(pending)
             entry.uses += 1
             return entry
         future: asyncio.Future[_CachedKey] = asyncio.get_running_loop().create_future()
-        self._inflight[cache_key] = future
+        state.inflight[cache_key] = future
         try:
-            self.stats.vault_calls += 1
-            self.stats.unwraps += 1
+            state.stats.vault_calls += 1
+            state.stats.unwraps += 1
+            name = key_name.decode()
             try:
-                plain = await self.transit.decrypt(key_name.decode(), wrapped.decode())
+                plain = await self.transit.decrypt(name, wrapped.decode())
             except (TransitDenied, TransitRejected) as exc:
-                raise _transit_failure(exc, "unwrap the payload's data key") from None
+                raise _transit_failure(
+                    exc,
+                    "unwrap the payload's data key",
+                    need=f"This identity's policy lacks update on transit/decrypt/{name}, "
+                    "which only the service owning the key, the orchestrator and readers "
+                    "(policy payload-reader) hold",
+                ) from None
             if len(plain) != DATA_KEY_BYTES:
                 raise PayloadDecodeError(
                     "malformed-wrapped-key", "the unwrapped data key is not 256 bits"
@@ -488,7 +730,7 @@ class TransitEnvelopeCodec(PayloadCodec):
             future.exception()  # retrieved: waiters re-raise it, nobody warns
             raise
         finally:
-            del self._inflight[cache_key]
+            del state.inflight[cache_key]
         entry.uses += 1
         return entry
 
@@ -496,20 +738,24 @@ class TransitEnvelopeCodec(PayloadCodec):
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         with CODEC_SECONDS.labels("encode").time():
             CODEC_BYTES.labels("encode").inc(sum(len(p.data) for p in payloads))
-            return [await self._encode_one(p) for p in payloads]
+            scope = self.scope()
+            key_name = scope.key_name if scope else self.key_name
+            workflow_id = scope.workflow_id if scope else ""
+            return [await self._encode_one(p, key_name, workflow_id) for p in payloads]
 
-    async def _encode_one(self, payload: Payload) -> Payload:
+    async def _encode_one(self, payload: Payload, key: str, workflow_id: str) -> Payload:
         plain = payload.SerializeToString()
         compression = b"none"
         if self.compress_over is not None and len(plain) > self.compress_over:
             packed = zlib.compress(plain, 6)
-            if len(packed) < len(plain):
+            if len(packed) < len(plain) and len(plain) <= self.max_decompressed:
                 plain, compression = packed, b"zlib"
                 self.stats.compressed += 1
-        entry, wrapped = await self._encryption_key()
-        key_name = self.key_name.encode()
+        entry, wrapped = await self._encryption_key(key)
+        key_name = key.encode()
+        wid = workflow_id.encode()
         nonce = os.urandom(NONCE_BYTES)
-        sealed = entry.key.encrypt(nonce, plain, _aad(ENVELOPE_FORMAT, key_name, compression))
+        sealed = entry.key.encrypt(nonce, plain, _aad(ENVELOPE_FORMAT, key_name, compression, wid))
         self.stats.encoded += 1
         return Payload(
             metadata={
@@ -518,17 +764,50 @@ class TransitEnvelopeCodec(PayloadCodec):
                 META_FORMAT: ENVELOPE_FORMAT,
                 META_WRAPPED_KEY: wrapped,
                 META_COMPRESSION: compression,
+                META_WORKFLOW_ID: wid,
             },
             data=nonce + sealed,
         )
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         with CODEC_SECONDS.labels("decode").time():
-            decoded = [await self._decode_one(p) for p in payloads]
+            scope = self.scope()
+            decoded = [await self._decode_one(p, scope) for p in payloads]
             CODEC_BYTES.labels("decode").inc(sum(len(p.data) for p in decoded))
             return decoded
 
-    async def _decode_one(self, payload: Payload) -> Payload:
+    def _check_key(self, fmt: bytes, key_name: bytes, scope: PayloadScope | None) -> None:
+        name = key_name.decode(errors="replace")
+        if fmt == LEGACY_ENVELOPE_FORMAT:
+            if not self.accept_legacy:
+                raise PayloadDecodeError(
+                    "legacy-refused",
+                    f"format {LEGACY_ENVELOPE_FORMAT.decode()!r} (one key for every service, "
+                    f"written before per-service keys) is refused: {ACCEPT_LEGACY_ENV}=false",
+                )
+            if name != LEGACY_PAYLOAD_KEY:
+                raise PayloadDecodeError(
+                    "unknown-key",
+                    f"a {LEGACY_ENVELOPE_FORMAT.decode()!r} payload must be under "
+                    f"{LEGACY_PAYLOAD_KEY}, not {key_name[:60]!r}",
+                )
+            return
+        if scope is not None:
+            if name != scope.key_name:
+                raise PayloadContextError(
+                    "wrong-key",
+                    f"payloads of {scope.what} must be under {scope.key_name}, this one is "
+                    f"under {key_name[:60]!r}: written by another service's identity, refused",
+                )
+            return
+        if name not in self.decrypt_keys:
+            raise PayloadDecodeError(
+                "unknown-key",
+                f"encryption-key-id {key_name[:60]!r} is not a payload key this codec "
+                f"accepts ({', '.join(sorted(self.decrypt_keys))})",
+            )
+
+    async def _decode_one(self, payload: Payload, scope: PayloadScope | None) -> Payload:
         if not is_encrypted(payload):
             if self.allow_plaintext:
                 self.stats.passed_through += 1
@@ -540,25 +819,31 @@ class TransitEnvelopeCodec(PayloadCodec):
                 "payload codec",
             )
         fmt = _meta(payload, META_FORMAT)
-        if fmt != ENVELOPE_FORMAT:
+        if fmt not in (ENVELOPE_FORMAT, LEGACY_ENVELOPE_FORMAT):
             raise PayloadDecodeError(
                 "unknown-format",
                 f"format {fmt[:40]!r} is not {ENVELOPE_FORMAT.decode()!r} (a payload from "
                 "another codec configuration?)",
             )
         key_name = _meta(payload, META_KEY_ID)
-        if key_name.decode(errors="replace") not in self.decrypt_keys:
-            raise PayloadDecodeError(
-                "unknown-key",
-                f"encryption-key-id {key_name[:60]!r} is not a payload key this codec "
-                f"accepts ({', '.join(sorted(self.decrypt_keys))})",
-            )
+        self._check_key(fmt, key_name, scope)
         wrapped = _meta(payload, META_WRAPPED_KEY)
         compression = _meta(payload, META_COMPRESSION)
         if compression not in (b"none", b"zlib"):
             raise PayloadDecodeError(
                 "unknown-compression", f"compression {compression[:20]!r} is not none or zlib"
             )
+        if fmt == ENVELOPE_FORMAT:
+            wid = _meta(payload, META_WORKFLOW_ID)
+            if scope is not None and scope.workflow_id and wid != scope.workflow_id.encode():
+                raise PayloadContextError(
+                    "wrong-workflow",
+                    f"the payload belongs to workflow {wid[:200].decode(errors='replace')!r}, "
+                    f"not {scope.workflow_id!r}: copied from another workflow, refused",
+                )
+            aad = _aad(fmt, key_name, compression, wid)
+        else:
+            aad = _aad(fmt, key_name, compression)
         parse_wrapped_key(wrapped)
         data = payload.data
         if len(data) < NONCE_BYTES + TAG_BYTES:
@@ -567,9 +852,7 @@ class TransitEnvelopeCodec(PayloadCodec):
             )
         entry = await self._decryption_key(key_name, wrapped)
         try:
-            plain = entry.key.decrypt(
-                data[:NONCE_BYTES], data[NONCE_BYTES:], _aad(fmt, key_name, compression)
-            )
+            plain = entry.key.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
         except InvalidTag:
             raise PayloadDecodeError(
                 "authentication-failed",
@@ -577,15 +860,14 @@ class TransitEnvelopeCodec(PayloadCodec):
                 "or truncated",
             ) from None
         if compression == b"zlib":
-            try:
-                plain = zlib.decompress(plain)
-            except zlib.error:
-                raise PayloadDecodeError("corrupt", "compressed content is corrupt") from None
+            plain = bounded_inflate(plain, self.max_decompressed)
         inner = Payload()
         try:
             inner.ParseFromString(plain)
         except DecodeError:
             raise PayloadDecodeError("corrupt", "decrypted content is not a payload") from None
+        if fmt == LEGACY_ENVELOPE_FORMAT:
+            self.stats.legacy += 1
         self.stats.decoded += 1
         return inner
 
@@ -694,6 +976,12 @@ def data_converter(
     Failure messages and stack traces are moved into an encrypted payload
     (``encode_common_attributes``). ``options`` go to the codec
     (:class:`TransitEnvelopeCodec` or :class:`TransitPerCallCodec`).
+
+    The SDK calls ``DataConverter.with_context`` for every workflow activation
+    and activity task, which hands the envelope codec its serialization context
+    (:meth:`TransitEnvelopeCodec.with_context`); failures are encoded through
+    the same contextual codec (``DataConverter.encode_failure``), so an
+    activity's failure is under its service's key like its result.
     """
     codec = make_codec(transit, mode, **options)
     if codec is None:
@@ -714,22 +1002,37 @@ def codec_stats(converter: DataConverter) -> CodecStats | None:
 # --------------------------------------------------------------------------- rewrap
 
 
+def rewrap_need(key_name: str) -> str:
+    """What a token needs to rewrap payloads under ``key_name`` (for error messages)."""
+    return (
+        f"Rewrap needs an operator token with update on transit/rewrap/{key_name} "
+        "(no worker or reader policy grants it)"
+    )
+
+
 async def rewrap_payload(payload: Payload, transit: TransitClient) -> Payload | None:
     """The payload with its wrapped data key rewrapped to the key's latest version.
 
     Only the wrapped key changes (Transit ``rewrap``: the plaintext key never
     leaves Vault, the data is not touched). ``None`` when the payload is not an
     envelope (plain, or per-call format, which would need re-encryption).
+    Transit always returns a new ciphertext, also when the key version stays the
+    same: compare :func:`parse_wrapped_key` versions to see whether it moved.
     """
-    if not is_encrypted(payload) or payload.metadata.get(META_FORMAT) != ENVELOPE_FORMAT:
+    if not is_encrypted(payload) or payload.metadata.get(META_FORMAT) not in (
+        ENVELOPE_FORMAT,
+        LEGACY_ENVELOPE_FORMAT,
+    ):
         return None
-    key_name = _meta(payload, META_KEY_ID).decode()
+    key_name = _meta(payload, META_KEY_ID).decode(errors="replace")
     wrapped = _meta(payload, META_WRAPPED_KEY)
     parse_wrapped_key(wrapped)
     try:
         fresh = await transit.rewrap(key_name, wrapped.decode())
     except (TransitDenied, TransitRejected) as exc:
-        raise _transit_failure(exc, "rewrap the payload's data key") from None
+        raise _transit_failure(
+            exc, "rewrap the payload's data key", need=rewrap_need(key_name)
+        ) from None
     out = Payload()
     out.CopyFrom(payload)
     out.metadata[META_WRAPPED_KEY] = fresh.encode()
@@ -739,9 +1042,13 @@ async def rewrap_payload(payload: Payload, transit: TransitClient) -> Payload | 
 @dataclasses.dataclass
 class RewrapReport:
     payloads: int = 0
-    rewrapped: int = 0
-    unchanged: int = 0
+    rewrapped: int = 0  # moved to a newer key version
+    unchanged: int = 0  # already on the key's latest version
     skipped: int = 0  # not an envelope payload
+
+
+def _key_version(payload: Payload) -> int:
+    return parse_wrapped_key(payload.metadata[META_WRAPPED_KEY])[0]
 
 
 def _b64(value: bytes) -> str:
@@ -779,7 +1086,8 @@ async def rewrap_history_json(
                 fresh = await rewrap_payload(payload, transit)
                 if fresh is None:
                     report.skipped += 1
-                elif fresh.metadata[META_WRAPPED_KEY] == payload.metadata[META_WRAPPED_KEY]:
+                elif _key_version(fresh) <= _key_version(payload):
+                    # Transit re-encrypts under the same version: keep the original bytes
                     report.unchanged += 1
                 else:
                     report.rewrapped += 1
@@ -809,7 +1117,7 @@ class InMemoryTransit:
         self._min_version: dict[str, int] = {}
         self.denied: set[tuple[str, str]] = set()  # (operation, key name) answered with 403
         self.calls = 0
-        for name in key_names or (PAYLOAD_KEY,):
+        for name in key_names or (PAYLOAD_KEY, *payload_keys()):
             self.create_key(name)
 
     def create_key(self, name: str) -> None:

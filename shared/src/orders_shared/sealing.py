@@ -20,18 +20,32 @@ checks that they are sealed and stores them as given in
 ``app.customer_contacts``). This is on top of the payload codec: a reader of
 history with the payload-reader policy sees the order, but its sensitive
 fields still sealed.
+
+Each field is sealed with the context ``order:<order id>:<field>`` (the seal
+keys are derived keys): a sealed value opens only for the order *and the field*
+it was sealed for, so a sealed email moved into ``customer_name`` (both sealed
+to notify) does not open, nor does a payment token copied into another order.
+
+Transition: values sealed before per-field contexts (context ``order:<id>``)
+are in the history of workflows started before the upgrade and in
+``app.customer_contacts``. While ``ORDERS_SEAL_ACCEPT_LEGACY`` is true (the
+default) a value that does not open with its field's context is tried once
+more with the old order-only context. Set it to false once no order sealed
+before the upgrade will be processed again (open workflows finished, stored
+contacts re-sealed or no longer needed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from orders_shared.codec import TransitClient, TransitDenied, TransitRejected
+from orders_shared.codec import TransitClient, TransitRejected
 from orders_shared.contracts.common import Order, OrderLine
 from orders_shared.order_input import OrderInputError, check_order
 
@@ -84,10 +98,13 @@ async def seal_order(order: Order, transit: TransitClient) -> Order:
     fields = [f for f in SEALED_FIELDS if not is_sealed(getattr(order, f))]
     done: dict[str, Any] = {f: _PLACEHOLDERS[f] for f in SEALED_FIELDS if f not in fields}
     check_order(dataclasses.replace(order, **done))
-    context = seal_context(order.order_id)
     sealed = await asyncio.gather(
         *(
-            transit.encrypt(seal_key(SEALED_FIELDS[f]), getattr(order, f).encode(), context)
+            transit.encrypt(
+                seal_key(SEALED_FIELDS[f]),
+                getattr(order, f).encode(),
+                seal_context(order.order_id, f),
+            )
             for f in fields
         )
     )
@@ -110,11 +127,32 @@ def check_sealed_order(order: Order) -> None:
     check_order(dataclasses.replace(order, **_PLACEHOLDERS))
 
 
-def seal_context(order_id: str) -> bytes:
-    """What a sealed field is bound to: its order. The seal keys are derived keys, so a
-    field opens only for the order it was sealed for; copied into another order (say a
-    payment token seen in history), it does not open."""
+def seal_context(order_id: str, field: str) -> bytes:
+    """What a sealed field is bound to: its order and its field. The seal keys are derived
+    keys, so a field opens only for the order and field it was sealed for; copied into
+    another order (say a payment token seen in history) or into another field of the same
+    consumer (an email as the customer name), it does not open."""
+    if field not in SEALED_FIELDS:
+        raise KeyError(f"{field!r} is not a sealed field ({', '.join(SEALED_FIELDS)})")
+    return f"order:{order_id}:{field}".encode()
+
+
+def legacy_seal_context(order_id: str) -> bytes:
+    """The context values were sealed with before per-field contexts (order only)."""
     return f"order:{order_id}".encode()
+
+
+SEAL_ACCEPT_LEGACY_ENV = "ORDERS_SEAL_ACCEPT_LEGACY"
+
+
+def accept_legacy_seals() -> bool:
+    """``ORDERS_SEAL_ACCEPT_LEGACY`` (default true): also open values sealed to the order only."""
+    raw = os.environ.get(SEAL_ACCEPT_LEGACY_ENV, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{SEAL_ACCEPT_LEGACY_ENV}={raw!r} is not a boolean (true/false)")
 
 
 _TEMPLATE = Order(
@@ -144,32 +182,45 @@ async def open_field(
     value: str,
     *,
     order_id: str,
-    field: str | None = None,
+    field: str,
+    accept_legacy: bool | None = None,
 ) -> str:
-    """Open a field sealed to ``service`` for order ``order_id``, with the caller's identity.
+    """Open ``field`` of order ``order_id``, sealed to ``service``, with the caller's identity.
 
-    :class:`SealedFieldError` when the value is not a field sealed to this
-    service; Vault being down (:class:`orders_shared.codec.TransitUnavailable`)
-    or refusing the identity (:class:`orders_shared.codec.TransitDenied`, a
-    policy problem) propagate, so the activity is retried.
+    :class:`SealedFieldError` when the value is not this field sealed to this
+    service for this order; Vault being down
+    (:class:`orders_shared.codec.TransitUnavailable`) or refusing the identity
+    (:class:`orders_shared.codec.TransitDenied`, a policy problem) propagate, so
+    the activity is retried. ``accept_legacy`` (default
+    ``ORDERS_SEAL_ACCEPT_LEGACY``): also try the old order-only context.
     """
+    if SEALED_FIELDS.get(field) != service:
+        raise SealedFieldError(f"the field {field} is not sealed to the {service} service")
     if not is_sealed(value):
-        raise SealedFieldError(f"the field is not sealed to the {service} service")
+        raise SealedFieldError(f"the field {field} is not sealed to the {service} service")
+    if accept_legacy is None:
+        accept_legacy = accept_legacy_seals()
+    key = seal_key(service)
+    plain: bytes | None = None
     try:
-        plain = await transit.decrypt(seal_key(service), value, seal_context(order_id))
+        plain = await transit.decrypt(key, value, seal_context(order_id, field))
     except TransitRejected as exc:
+        rejected = exc
+    if plain is None and accept_legacy:
+        try:
+            plain = await transit.decrypt(key, value, legacy_seal_context(order_id))
+        except TransitRejected:
+            pass
+    if plain is None:
         raise SealedFieldError(
-            f"the field does not open with {seal_key(service)} ({exc}): sealed to another "
-            "service or another order, or altered"
-        ) from None
-    except TransitDenied:
-        raise
+            f"the field {field} does not open with {key} ({rejected}): sealed to another "
+            "service, order or field, or altered"
+        )
     try:
         text = plain.decode()
     except UnicodeDecodeError:
         raise SealedFieldError("the opened field is not text") from None
-    if field is not None:
-        check_opened(field, text)
+    check_opened(field, text)
     return text
 
 

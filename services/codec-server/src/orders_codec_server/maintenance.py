@@ -14,8 +14,15 @@ immutable. Keep ``min_decryption_version`` at or below the oldest key version
 any history within the namespace's retention still references; export (and
 rewrap) before raising it if older histories must stay readable.
 
-Needs ``VAULT_ADDR`` and ``VAULT_TOKEN`` (an operator token with ``update`` on
-``transit/rewrap/orders-payload``; no worker or reader policy grants it).
+Needs ``VAULT_ADDR`` and ``VAULT_TOKEN``: an operator token with ``update`` on
+``transit/rewrap/<key>`` for every payload key the document uses
+(``orders-payload-<service>``, and ``orders-payload`` for history written
+before per-service keys); no worker or reader policy grants it.
+
+The report counts a payload as *rewrapped* when its wrapped key moved to a newer
+key version, and as *already on the latest key version* when Transit returned
+the same version (the document keeps the original bytes then: Transit re-encrypts
+on every rewrap, so comparing ciphertexts would never find one unchanged).
 """
 
 from __future__ import annotations
@@ -32,12 +39,25 @@ from orders_shared.codec import (
     PayloadDecodeError,
     RewrapReport,
     TokenTransit,
+    TransitClient,
     TransitError,
     rewrap_history_json,
 )
 
+NEEDS = (
+    "an operator token with update on transit/rewrap/<key> for each payload key "
+    "(orders-payload-<service>, orders-payload)"
+)
 
-def _rewrap(source: Path, target: Path, transit: TokenTransit) -> RewrapReport:
+
+def summary(report: RewrapReport) -> str:
+    return (
+        f"orders-codec: {report.payloads} payloads: {report.rewrapped} rewrapped, "
+        f"{report.unchanged} already on the latest key version, {report.skipped} not envelopes"
+    )
+
+
+def _rewrap(source: Path, target: Path, transit: TransitClient) -> RewrapReport:
     document = json.loads(source.read_text())
     report = asyncio.run(rewrap_history_json(document, transit))
     tmp = target.with_suffix(target.suffix + ".tmp")
@@ -57,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
     if not addr or not token:
         print(
-            "orders-codec: error: set VAULT_ADDR and VAULT_TOKEN (an operator token with "
-            "update on transit/rewrap/orders-payload)",
+            f"orders-codec: error: set VAULT_ADDR and VAULT_TOKEN ({NEEDS})",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -76,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     finally:
         transit.close()
-    print(
-        f"orders-codec: {report.payloads} payloads: {report.rewrapped} rewrapped, "
-        f"{report.unchanged} already on the latest key version, {report.skipped} not envelopes"
-    )
+    print(summary(report))
 
 
 if __name__ == "__main__":
