@@ -34,12 +34,13 @@ from orders_fulfill import worker as fulfill_worker
 from orders_inventory import worker as inventory_worker
 from orders_inventory.activities import InventoryActivities
 from orders_ops.database import bootstrap_database
+from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack
 from orders_orchestrator import worker as orchestrator_worker
 from orders_orchestrator.workflows import WORKFLOW_NOT_BOUND
 from orders_payment import worker as payment_worker
 from orders_payment.activities import PaymentActivities
-from orders_payment.provider import SimulatedProvider
+from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -405,7 +406,7 @@ async def test_a_compensated_order_whose_status_was_never_recorded_is_not_charge
     order = await seal_order(make_order([(sku, 1)]), sealer)
     oid = order.order_id
     inv = InventoryActivities(source)
-    pay = PaymentActivities(source, SimulatedProvider(), opener["payment"])
+    pay = PaymentActivities(source, stack_provider(), opener["payment"])
     await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
     await env.run(inv.reserve_inventory, inventory.ReserveInventoryInput(oid, order.lines))
     await env.run(pay.process_payment, payment.ProcessPaymentInput(oid, order.payment_token))
@@ -581,9 +582,14 @@ async def _until_waiting_on_advisory_lock(admin: asyncpg.Connection) -> None:
     raise AssertionError("the release never waited for the order's lock")
 
 
-class CountingProvider(SimulatedProvider):
+def stack_provider() -> HttpCardProvider:
+    """The stack's payment provider simulator (its own process and ledger)."""
+    return HttpCardProvider(StackSettings.from_env().provider_url)
+
+
+class CountingProvider(HttpCardProvider):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(StackSettings.from_env().provider_url)
         self.charges = 0
 
     async def charge(self, request: Any) -> Any:
