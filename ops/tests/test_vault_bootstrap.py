@@ -311,13 +311,15 @@ def test_kubernetes_cluster_mode_config(
     ca.write_text(tokenreview.any_ca_pem())
     monkeypatch.setenv("ORDERS_KUBERNETES_CA_FILE", str(ca))
     monkeypatch.setenv("ORDERS_KUBERNETES_HOST", "https://10.96.0.1:443")
+    monkeypatch.setenv("ORDERS_KUBERNETES_ISSUER", "https://oidc.example/id/cluster-1")
     config = KubernetesAuthConfig.from_env()
     mount = "kubernetes-cluster-test"
     try:
         ensure_kubernetes_auth(root, stack.settings, TokenTTLs(), config, mount=mount)
         got = root.read(f"auth/{mount}/config")["data"]
         assert got["kubernetes_host"] == "https://10.96.0.1:443"
-        assert got["issuer"] == "https://kubernetes.default.svc.cluster.local"
+        # the cluster's own issuer, when given, is checked by Vault as well
+        assert got["issuer"] == "https://oidc.example/id/cluster-1"
         assert got["disable_iss_validation"] is False
         assert got["disable_local_ca_jwt"] is False
         role = root.read(f"auth/{mount}/role/orders-fulfill")["data"]

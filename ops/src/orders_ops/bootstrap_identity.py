@@ -70,7 +70,8 @@ path "auth/oidc-readers/role/*" { capabilities = ["create", "read", "update"] }
 
 # generated passwords (owner, Vault's admin login) live in its own KV mount
 path "orders-bootstrap/data/*" { capabilities = ["create", "read", "update"] }
-path "orders-bootstrap/metadata/*" { capabilities = ["read"] }
+# (delete: the vault_admin password is dropped once Vault has rotated it)
+path "orders-bootstrap/metadata/*" { capabilities = ["read", "delete"] }
 """
 
 
