@@ -23,3 +23,10 @@ def test_unknown_code_gets_the_generic_text() -> None:
     assert kind == "order_failed"
     assert "nothing has been charged" in body
     assert "StepFailed" not in body
+
+
+def test_an_unfinished_refund_is_never_claimed_as_done() -> None:
+    for code in (FulfillmentFailed.TYPE, "StepFailed"):
+        body = compose("ord-1", "Ada", "failed", code, refund_unfinished=True)[2]
+        assert "has been refunded" not in body and "nothing has been charged" not in body
+        assert "not been refunded yet" in body

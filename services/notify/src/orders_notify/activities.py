@@ -77,10 +77,22 @@ _FAILURE_TEXT = {
 _FAILURE_DEFAULT = "we could not process it; nothing has been charged or kept for it"
 
 
+_REFUND_PENDING = (
+    "Your payment has not been refunded yet: our team is handling it and will write to "
+    "you once it is done.\n"
+)
+
+
 def compose(
-    order_id: str, name: str, outcome: OrderOutcome, reason_code: str | None
+    order_id: str,
+    name: str,
+    outcome: OrderOutcome,
+    reason_code: str | None,
+    *,
+    refund_unfinished: bool = False,
 ) -> tuple[str, str, str]:
-    """(kind, subject, body) of the message for an outcome."""
+    """(kind, subject, body) of the message for an outcome. With ``refund_unfinished``
+    the message never claims a refund (or that nothing was charged)."""
     if outcome == "completed":
         return (
             "order_completed",
@@ -88,11 +100,15 @@ def compose(
             f"Hello {name},\n\nyour order {order_id} has been paid and shipped.\n",
         )
     why = _FAILURE_TEXT.get(reason_code or "", _FAILURE_DEFAULT)
+    if refund_unfinished:
+        why = why.split(";", 1)[0]
+        if why == _FAILURE_DEFAULT.split(";", 1)[0]:
+            why = "we could not process it"
     return (
         "order_failed",
         f"Your order {order_id} could not be completed",
         f"Hello {name},\n\nwe are sorry: your order {order_id} could not be completed "
-        f"because {why}.\n",
+        f"because {why}.\n" + (_REFUND_PENDING if refund_unfinished else ""),
     )
 
 
@@ -158,7 +174,13 @@ class NotifyActivities:
         email = await open_in_activity(
             self.transit, "notify", contact["email"], order_id=inp.order_id, field="email"
         )
-        kind, subject, body = compose(inp.order_id, name, inp.outcome, inp.reason_code)
+        kind, subject, body = compose(
+            inp.order_id,
+            name,
+            inp.outcome,
+            inp.reason_code,
+            refund_unfinished=inp.refund_unfinished,
+        )
         async with self.db.connection(DB_ROLE) as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """

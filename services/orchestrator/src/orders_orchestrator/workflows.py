@@ -12,11 +12,14 @@ Retries and timeouts, per kind of step:
   that still fails at its deadline ends the order as ``failed`` with reason
   code ``StepFailed``, after compensation; it is never reported as one of the
   business outcomes.
-* Compensations (release, refund) and the final notify have no deadline: there
-  is no point after which leaving stock reserved, money charged or the order's
-  status unrecorded is right, so they retry until the infrastructure is back.
-  Each attempt is still bounded by ``start_to_close`` so a hung worker is
-  noticed.
+* The release and the final notify have no deadline: there is no point after
+  which leaving stock reserved or the order's status unrecorded is right, so they
+  retry until the infrastructure is back. The refund depends on a provider, which
+  may refuse or stay away: it runs beside the release (never before it) and is
+  bounded by ``REFUND_DEADLINE``; past it, or on a refusal, the order still ends,
+  with ``compensation_problem`` set, an error logged and the customer told the
+  refund is being handled. Each attempt is bounded by ``start_to_close`` so a hung
+  worker is noticed.
 * A notify that fails for good (a non-retryable error: the contact does not
   open, or the order already holds another final status) must neither undo nor
   hide what happened: the workflow then records the final status without a
@@ -33,6 +36,8 @@ compensation (:mod:`orders_shared.fence`).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -64,6 +69,9 @@ T = TypeVar("T")
 WORKFLOW_NOT_BOUND = "WorkflowNotBoundToOrder"
 """Error type of a workflow started with an id other than its order's id."""
 
+REFUND_UNFINISHED = "RefundUnfinished"
+"""``compensation_problem`` when the refund did not finish before its deadline."""
+
 STEP_FAILED = "StepFailed"
 """Reason code when a forward step failed for a reason other than a business
 refusal (its retries ran out at the deadline)."""
@@ -81,6 +89,21 @@ COMPENSATION_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=2),
     maximum_attempts=0,  # until it succeeds
 )
+
+REFUND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=0,  # bounded by REFUND_DEADLINE instead
+    # the provider refused the refund for a reason other than "no such charge": a person
+    # must look (it would refuse again)
+    non_retryable_error_types=[payment.REFUND_REFUSED],
+)
+REFUND_DEADLINE = timedelta(minutes=30)
+"""schedule_to_close of the refund: a provider may refuse or be away for good, and that
+must not hold the reservation's release and the final status forever. Past it the order
+ends with ``compensation_problem`` set, an error logged and the refund row left pending
+(counted by the payment service), for a person to settle."""
 
 ATTEMPT_TIMEOUT = timedelta(seconds=30)
 """start_to_close of every activity: each does a few SQL statements (and, for
@@ -200,24 +223,21 @@ class OrderWorkflow:
                 OrderStateConflict.TYPE,
             ):
                 charged = False
+            # The compensations run side by side: a refund the provider holds up must
+            # not hold the stock too.
+            compensations: list[Awaitable[str | None]] = []
             if charged:
-                await self._compensate(
-                    payment.REFUND_PAYMENT,
-                    payment.TASK_QUEUE,
-                    payment.RefundPaymentInput(order_id=order_id),
-                    payment.RefundPaymentOutput,
-                )
+                compensations.append(self._refund(order_id))
             if reserved:
-                await self._compensate(
-                    inventory.RELEASE_INVENTORY,
-                    inventory.TASK_QUEUE,
-                    inventory.ReleaseInventoryInput(order_id=order_id),
-                    inventory.ReleaseInventoryOutput,
-                )
+                compensations.append(self._release(order_id))
+            problems = [p for p in await asyncio.gather(*compensations) if p is not None]
+            problem = problems[0] if problems else None
             outcome: OrderOutcome = (
                 "rejected" if failure.reason_code == OrderRejected.TYPE else "failed"
             )
-            told = await self._notify(order_id, outcome, failure.reason_code, failure.reason)
+            told = await self._notify(
+                order_id, outcome, failure.reason_code, failure.reason, refund_unfinished=problem
+            )
             self._step = "done"
             return OrderWorkflowResult(
                 order_id=order_id,
@@ -229,6 +249,7 @@ class OrderWorkflow:
                 notified=told.notified,
                 notify_problem=told.problem,
                 recorded_status=told.recorded_status,
+                compensation_problem=problem,
             )
 
         told = await self._notify(order_id, "completed", None, None)
@@ -285,8 +306,51 @@ class OrderWorkflow:
         )
         return cast(T, result)
 
+    async def _refund(self, order_id: str) -> str | None:
+        """Refund, bounded by :data:`REFUND_DEADLINE`; the problem's type if it could not
+        finish (``None`` when it did)."""
+        self._enter(payment.REFUND_PAYMENT)
+        try:
+            await workflow.execute_activity(
+                payment.REFUND_PAYMENT,
+                payment.RefundPaymentInput(order_id=order_id),
+                task_queue=payment.TASK_QUEUE,
+                result_type=payment.RefundPaymentOutput,
+                start_to_close_timeout=ATTEMPT_TIMEOUT,
+                schedule_to_close_timeout=REFUND_DEADLINE,
+                retry_policy=REFUND_RETRY,
+            )
+            return None
+        except ActivityError as err:
+            cause = err.cause
+            problem = (
+                cause.type
+                if isinstance(cause, ApplicationError) and cause.type
+                else REFUND_UNFINISHED
+            )
+            workflow.logger.error(
+                "refund could not finish; the order needs a person",
+                extra={"cause": problem},
+            )
+            return problem
+
+    async def _release(self, order_id: str) -> None:
+        await self._compensate(
+            inventory.RELEASE_INVENTORY,
+            inventory.TASK_QUEUE,
+            inventory.ReleaseInventoryInput(order_id=order_id),
+            inventory.ReleaseInventoryOutput,
+        )
+        return None
+
     async def _notify(
-        self, order_id: str, outcome: OrderOutcome, reason_code: str | None, reason: str | None
+        self,
+        order_id: str,
+        outcome: OrderOutcome,
+        reason_code: str | None,
+        reason: str | None,
+        *,
+        refund_unfinished: str | None = None,
     ) -> _Told:
         """Retried like a compensation: the order's final status must be recorded.
 
@@ -297,7 +361,11 @@ class OrderWorkflow:
                 notify.NOTIFY_CUSTOMER,
                 notify.TASK_QUEUE,
                 notify.NotifyCustomerInput(
-                    order_id=order_id, outcome=outcome, reason_code=reason_code, reason=reason
+                    order_id=order_id,
+                    outcome=outcome,
+                    reason_code=reason_code,
+                    reason=reason,
+                    refund_unfinished=refund_unfinished is not None,
                 ),
                 notify.NotifyCustomerOutput,
             )

@@ -22,6 +22,9 @@ class NotifyCustomerInput:
     outcome: OrderOutcome
     reason_code: str | None = None
     reason: str | None = None
+    refund_unfinished: bool = False
+    """True when the refund could not be completed: the message must not say the
+    payment was refunded."""
 
 
 @dataclass(frozen=True)

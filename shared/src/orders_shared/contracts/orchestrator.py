@@ -45,6 +45,10 @@ class OrderWorkflowResult:
     recorded_status: str | None = None
     """What ``app.orders.status`` holds when notify could not record ``status``
     itself (e.g. an order already finished by an earlier run)."""
+    compensation_problem: str | None = None
+    """Set when a compensation could not finish: the refund was refused by the
+    provider (``PaymentRefundRefused``) or not done by its deadline
+    (``RefundUnfinished``). The order still ended; a person must settle the refund."""
 
 
 @dataclass(frozen=True)
