@@ -74,3 +74,27 @@ def test_cache_expiry_and_bound_with_a_clock() -> None:
     assert cache.get("b") is not None
     now[0] = 150.0
     assert cache.get("b") is None and len(cache) == 1  # expired at its end
+
+
+async def test_reader_token_without_lookup_rights_is_verified_by_vault(stack: Stack) -> None:
+    """A payload reader's Vault token (no default policy: it may not look itself up) is
+    accepted only because Vault lets it decrypt; a default-policy-only token is refused."""
+    import hvac
+
+    jwt = issuer.mint_user(stack.settings, "cli-reader", ttl=300)
+    auth = hvac.Client(url=stack.settings.vault_addr).auth.jwt.jwt_login(
+        "payload-reader", jwt, path="oidc-readers"
+    )["auth"]
+    assert "default" not in auth["policies"]
+    root = hvac.Client(url=stack.settings.vault_addr, token=stack.settings.root_token())
+    nobody = root.auth.token.create(policies=["default"], no_default_policy=False, ttl="5m")
+    async with serve(stack) as server:
+        url = f"{server.url}/decode"
+        status, out, _ = await post(url, {"payloads": [plain()]}, token=auth["client_token"])
+        assert status == 200, out
+        # a real token with default only: Vault accepts it; it may not decrypt (403 later)
+        status, out, _ = await post(
+            url, {"payloads": [plain()]}, token=nobody["auth"]["client_token"]
+        )
+        assert status == 200  # plain payloads are readable by any caller Vault accepted
+    root.adapter.close()

@@ -438,16 +438,33 @@ class Authorizer:
         )
         if status >= 500:
             raise HttpError(503, "Vault could not check the token; try again")
-        if status != 200:
+        if status == 200:
+            data = body.get("data") or {}
+            self.lookups += 1
+            ttl = float(data.get("ttl") or 0)
+            name = str(data.get("display_name") or "")
+            return Caller(token, "vault-token", name, self._expiry(ttl))
+        # A token without the default policy (a payload reader's) may not look itself up.
+        # Ask Vault to decrypt a malformed ciphertext with it: a token Vault accepts, with
+        # decrypt rights on the payload key, gets 400 (bad ciphertext); any other gets 403.
+        # Its lease is then unknown: it is cached for at most caller_seconds.
+        status, _ = await self._vault(
+            "POST",
+            f"{self.config.transit_mount}/decrypt/{self.config.key_name}",
+            headers={"X-Vault-Token": token},
+            json={"ciphertext": "vault:v1:AAAA"},
+        )
+        if status >= 500:
+            raise HttpError(503, "Vault could not check the token; try again")
+        if status != 400:
             raise HttpError(
                 401,
-                "Vault does not accept this token (unknown, expired or revoked): send a "
-                "valid Vault token or OIDC identity token",
+                "Vault does not accept this token (unknown, expired or revoked), or it may "
+                "neither look itself up nor decrypt payloads: send a valid Vault token or "
+                "OIDC identity token",
             )
-        data = body.get("data") or {}
         self.lookups += 1
-        ttl = float(data.get("ttl") or 0)
-        return Caller(token, "vault-token", str(data.get("display_name") or ""), self._expiry(ttl))
+        return Caller(token, "vault-token", None, self._expiry(0))
 
     async def local_identity(self) -> Caller:
         path = self.config.local_reader_token_file
@@ -589,11 +606,11 @@ class Budget:
 
 def _strict_b64(value: Any, where: str) -> None:
     if not isinstance(value, str):
-        raise HttpError(400, f"{where} must be a base64 string")
+        raise HttpError(400, f"not a Temporal Payloads message: {where} must be a base64 string")
     stripped = value.rstrip("=")
     padded = len(stripped) != len(value)
     if not _B64.fullmatch(value) or len(stripped) % 4 == 1 or (padded and len(value) % 4 != 0):
-        raise HttpError(400, f"{where} is not valid base64")
+        raise HttpError(400, f"not a Temporal Payloads message: {where} is not valid base64")
 
 
 async def read_payloads(request: web.Request, config: ServerConfig) -> Payloads:
@@ -637,10 +654,14 @@ async def read_payloads(request: web.Request, config: ServerConfig) -> Payloads:
         )
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise HttpError(400, f"payload {index} is not a JSON object")
+            raise HttpError(
+                400, f"not a Temporal Payloads message: payload {index} is not an object"
+            )
         metadata = item.get("metadata", {})
         if not isinstance(metadata, dict):
-            raise HttpError(400, f"payload {index}: metadata must be an object")
+            raise HttpError(
+                400, f"not a Temporal Payloads message: payload {index}: metadata is not an object"
+            )
         for value in metadata.values():
             _strict_b64(value, f"payload {index}: a metadata value")
         if "data" in item:
@@ -776,6 +797,16 @@ class CodecServer:
         self._gate = Gate(
             self.config.max_concurrent, self.config.max_queued, self.config.body_timeout
         )
+        if self.config.local_mode:
+            identity = await self.auth.local_identity()
+            log.warning(
+                "codec.local_mode",
+                acting_as=identity.reader,
+                reason="requests without a token at the secret endpoint decode as this "
+                "reader (loopback only)",
+            )
+
+    def log_started(self) -> None:
         log.info(
             "codec.started",
             host=self.config.host,
@@ -790,14 +821,6 @@ class CodecServer:
             max_response_bytes=self.config.max_response_bytes,
             max_concurrent=self.config.max_concurrent,
         )
-        if self.config.local_mode:
-            identity = await self.auth.local_identity()
-            log.warning(
-                "codec.local_mode",
-                acting_as=identity.reader,
-                reason="requests without a token at the secret endpoint decode as this "
-                "reader (loopback only)",
-            )
 
     async def cleanup(self, _app: web.Application | None = None) -> None:
         if self._auth is not None:
@@ -1026,6 +1049,7 @@ async def start(config: ServerConfig) -> RunningServer:
     except BaseException:
         await runner.cleanup()
         raise
+    server.log_started()
     return RunningServer(runner, server, f"http://{config.authority}")
 
 
