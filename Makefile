@@ -41,10 +41,11 @@ bootstrap: install ## configure Vault and the database again (idempotent)
 demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
 	KEEP=$(KEEP) $(BIN)/orders-demo
 
-bench: install ## figures: Vault and database costs, codec, orders end to end (prints, asserts nothing)
+bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
 	$(BIN)/orders-bench
+	$(BIN)/python -m orders_codec_server.abuse
 
-abuse: install ## codec server under abuse (needs `make up`): answer, time, peak memory per case
+abuse: install ## codec server under abuse: answer, time, peak memory per case (asserts it stays up)
 	$(BIN)/python -m orders_codec_server.abuse
 
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)

@@ -98,3 +98,16 @@ async def test_reader_token_without_lookup_rights_is_verified_by_vault(stack: St
         )
         assert status == 200  # plain payloads are readable by any caller Vault accepted
     root.adapter.close()
+
+
+async def test_a_concurrent_token_flood_reaches_vault_at_most_the_limit(stack: Stack) -> None:
+    import asyncio
+
+    async with serve(stack, failed_logins=5, max_concurrent=64) as server:
+        url = f"{server.url}/decode"
+        results = await asyncio.gather(
+            *(post(url, {"payloads": []}, token=f"flood-{i}") for i in range(40))
+        )
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses.count(401) <= 5 and statuses.count(429) >= 35, statuses
+        assert len(server.server.auth.callers) == 0

@@ -7,8 +7,9 @@ until it came, and the server's peak resident memory (psutil RSS, sampled every
 10 ms). It asserts only that the server stays up and refuses each case (no 200,
 no 500); the figures are for reading, not for asserting (machines are noisy).
 
-Needs the stack (``make up``); uses the dev root token to encrypt the payloads
-and a payload-reader token to ask for their decoding.
+Uses the local stack (started if it is not running, and then stopped again); the
+dev root token encrypts the payloads and a payload reader's Vault token asks for
+their decoding.
 """
 
 from __future__ import annotations
@@ -238,19 +239,25 @@ def main() -> None:
 
     from orders_ops.issuer import mint_user
     from orders_ops.settings import StackSettings
+    from orders_ops.stack import Stack
 
-    settings = StackSettings.from_env()
-    if not settings.root_token_file.exists():
-        raise SystemExit("orders-codec abuse: the local stack is not up: run 'make up' first")
-    root_token = settings.root_token()
-    reader = hvac.Client(url=settings.vault_addr).auth.jwt.jwt_login(
-        "payload-reader", mint_user(settings, "abuse-bench"), path="oidc-readers"
-    )["auth"]["client_token"]
-    print(
-        "orders-codec-server, default limits (header/body timeouts 5 s for the bench), "
-        f"Vault {settings.vault_addr}"
-    )
-    rows = asyncio.run(run(settings.vault_addr, root_token, reader))
+    stack = Stack(StackSettings.from_env())
+    already = {s.name for s in stack.servers if s.pid() is not None}
+    try:
+        stack.up(timeout=90, echo=lambda _line: None)
+        settings = stack.settings
+        reader = hvac.Client(url=settings.vault_addr).auth.jwt.jwt_login(
+            "payload-reader", mint_user(settings, "abuse-bench"), path="oidc-readers"
+        )["auth"]["client_token"]
+        print(
+            "orders-codec-server, default limits (header/body timeouts 5 s for the bench), "
+            f"Vault {settings.vault_addr}"
+        )
+        rows = asyncio.run(run(settings.vault_addr, settings.root_token(), reader))
+    finally:
+        for server in reversed(stack.servers):
+            if server.name not in already:
+                server.stop()
     print_rows(rows)
     print("the server stayed up and refused every case")
 

@@ -102,6 +102,7 @@ FAILED_LOGIN_WINDOW = 60.0
 MAX_TRACKED_ADDRESSES = 4096
 JSON_VALUES_PER_PAYLOAD = 16
 CACHE_SECONDS = 60.0
+LINGER_SECONDS = 1.0
 ALLOWED_HEADERS = "content-type,x-namespace,authorization"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9_-]*={0,2}")
@@ -363,6 +364,12 @@ class FailedLogins:
         while len(self._seen) > MAX_TRACKED_ADDRESSES:
             self._seen.popitem(last=False)
 
+    def forgive(self, address: str) -> None:
+        """Undo one :meth:`failed` (an attempt counted in advance that succeeded)."""
+        times = self._seen.get(address)
+        if times:
+            times.pop()
+
 
 class Authorizer:
     """Turns a request's bearer token into a caller Vault accepted."""
@@ -511,12 +518,15 @@ class Authorizer:
             return hit
         address = request.remote or "unknown"
         self.failures.check(address)
+        # counted as failed until Vault accepts it, so concurrent attempts count too
+        self.failures.failed(address)
         try:
             caller = await (self.exchange(token) if looks_like_jwt(token) else self.lookup(token))
         except HttpError as exc:
-            if exc.status in (401, 403):
-                self.failures.failed(address)
+            if exc.status not in (401, 403):  # Vault down or busy: not the caller's fault
+                self.failures.forgive(address)
             raise
+        self.failures.forgive(address)
         self.callers.put(key, caller)
         return caller
 
@@ -756,10 +766,17 @@ class _EdgeServer(web_server.Server):
 
 class EdgeRunner(web.AppRunner):
     """An AppRunner whose connections use :class:`_EdgeHandler`; the keep-alive timer
-    (which also closes a connection whose headers do not arrive) is ``header_timeout``."""
+    (which also closes a connection whose headers do not arrive) is ``header_timeout``;
+    the unread rest of a refused body is drained for at most ``LINGER_SECONDS`` (so the
+    client can read the answer) before the connection is closed (aiohttp's default: 10 s)."""
 
     def __init__(self, app: web.Application, config: ServerConfig) -> None:
-        super().__init__(app, access_log=None, keepalive_timeout=config.header_timeout)
+        super().__init__(
+            app,
+            access_log=None,
+            keepalive_timeout=config.header_timeout,
+            lingering_time=LINGER_SECONDS,
+        )
 
     async def _make_server(self) -> web_server.Server:
         server = await super()._make_server()
