@@ -111,3 +111,28 @@ async def test_a_concurrent_token_flood_reaches_vault_at_most_the_limit(stack: S
         statuses = sorted(status for status, _, _ in results)
         assert statuses.count(401) <= 5 and statuses.count(429) >= 35, statuses
         assert len(server.server.auth.callers) == 0
+
+
+async def test_failed_logins_behind_a_trusted_proxy(stack: Stack) -> None:
+    body = {"payloads": []}
+    async with serve(stack, failed_logins=2, trusted_proxy_hops=1) as server:
+        url = f"{server.url}/decode"
+        # the client's own X-Forwarded-For claim (left) is ignored; the proxy's entry counts
+        attacker = {"X-Forwarded-For": "9.9.9.9, 10.0.0.1"}
+        for _ in range(2):
+            status, _, _ = await post(url, body, token="bad", headers=attacker)
+            assert status == 401
+        status, _, _ = await post(url, body, token="bad", headers=attacker)
+        assert status == 429
+        other = {"X-Forwarded-For": "10.0.0.2"}
+        status, _, _ = await post(url, body, token="bad", headers=other)
+        assert status == 401  # another client behind the same proxy is not locked out
+    async with serve(stack, failed_logins=2) as server:  # no trusted proxy: the peer counts
+        url = f"{server.url}/decode"
+        for forwarded in ("10.0.0.1", "10.0.0.2"):
+            status, _, _ = await post(
+                url, body, token="bad", headers={"X-Forwarded-For": forwarded}
+            )
+            assert status == 401
+        status, _, _ = await post(url, body, token="bad", headers={"X-Forwarded-For": "10.0.0.3"})
+        assert status == 429

@@ -25,6 +25,8 @@ Settings (flags override the environment; every limit has a default):
 ``ORDERS_CODEC_MAX_CALLERS``            verified callers cached [256]
 ``ORDERS_CODEC_CALLER_SECONDS``         longest a verified caller is cached [300]
 ``ORDERS_CODEC_FAILED_LOGINS``          failed logins a minute per client address [10]; 429 beyond
+``ORDERS_CODEC_TRUSTED_PROXY_HOPS``     proxies in front (an ingress) whose X-Forwarded-For
+                                        names the client address [0: the TCP peer]
 ``ORDERS_CODEC_LOG_FILE`` / ``--log-file``
                                         write logs there, rotated at ``ORDERS_CODEC_LOG_MAX_BYTES``
                                         [10 MiB], ``ORDERS_CODEC_LOG_BACKUPS`` [3] old files kept
@@ -93,6 +95,7 @@ _LIMITS: tuple[tuple[str, str, Any, Callable[[str], Any]], ...] = (
     ("max_callers", "ORDERS_CODEC_MAX_CALLERS", codec_app.DEFAULT_MAX_CALLERS, int),
     ("caller_seconds", "ORDERS_CODEC_CALLER_SECONDS", codec_app.DEFAULT_CALLER_SECONDS, float),
     ("failed_logins", "ORDERS_CODEC_FAILED_LOGINS", codec_app.DEFAULT_FAILED_LOGINS, int),
+    ("trusted_proxy_hops", "ORDERS_CODEC_TRUSTED_PROXY_HOPS", 0, int),
 )
 
 

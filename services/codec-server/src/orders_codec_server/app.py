@@ -149,6 +149,7 @@ class ServerConfig:
     max_callers: int = DEFAULT_MAX_CALLERS
     caller_seconds: float = DEFAULT_CALLER_SECONDS
     failed_logins: int = DEFAULT_FAILED_LOGINS
+    trusted_proxy_hops: int = 0
     local_mode: bool = False
     local_reader_token_file: Path | None = None
     local_secret_file: Path | None = None
@@ -179,8 +180,9 @@ class ServerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.max_queued < 0:
-            raise ConfigurationError(f"max_queued must be 0 or more, not {self.max_queued}")
+        for name in ("max_queued", "trusted_proxy_hops"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.local_mode:
             if not is_loopback(self.host):
                 raise ConfigurationError(
@@ -371,6 +373,21 @@ class FailedLogins:
             times.pop()
 
 
+def client_address(request: web.Request, trusted_hops: int) -> str:
+    """The caller's address for rate limiting: the peer, or behind ``trusted_hops``
+    proxies (an ingress controller) the ``X-Forwarded-For`` entry the outermost trusted
+    proxy added (entries left of it are the client's own claims, never trusted)."""
+    if trusted_hops > 0:
+        hops = [
+            h.strip()
+            for line in request.headers.getall("X-Forwarded-For", [])
+            for h in line.split(",")
+        ]
+        if len(hops) >= trusted_hops and hops[-trusted_hops]:
+            return hops[-trusted_hops][:64]
+    return request.remote or "unknown"
+
+
 class Authorizer:
     """Turns a request's bearer token into a caller Vault accepted."""
 
@@ -516,7 +533,7 @@ class Authorizer:
         hit = self.callers.get(key)
         if hit is not None:
             return hit
-        address = request.remote or "unknown"
+        address = client_address(request, self.config.trusted_proxy_hops)
         self.failures.check(address)
         # counted as failed until Vault accepts it, so concurrent attempts count too
         self.failures.failed(address)
