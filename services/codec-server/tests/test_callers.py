@@ -136,3 +136,16 @@ async def test_failed_logins_behind_a_trusted_proxy(stack: Stack) -> None:
             assert status == 401
         status, _, _ = await post(url, body, token="bad", headers={"X-Forwarded-For": "10.0.0.3"})
         assert status == 429
+
+
+async def test_concurrent_requests_with_one_new_token_log_in_once(stack: Stack) -> None:
+    import asyncio
+
+    jwt = issuer.mint_user(stack.settings, "burst-reader", ttl=120)
+    async with serve(stack, max_concurrent=16) as server:
+        url = f"{server.url}/decode"
+        results = await asyncio.gather(
+            *(post(url, {"payloads": [plain()]}, token=jwt) for _ in range(8))
+        )
+        assert [status for status, _, _ in results] == [200] * 8
+        assert server.server.auth.exchanges == 1  # one Vault login (one Vault token), not 8

@@ -398,6 +398,27 @@ class Authorizer:
         self.failures = FailedLogins(config.failed_logins)
         self.exchanges = 0
         self.lookups = 0
+        self._pending: dict[str, asyncio.Future[Caller]] = {}
+
+    async def _once(self, key: str, verify: Callable[[], Awaitable[Caller]]) -> Caller:
+        """One Vault check per token at a time: concurrent requests with the same new token
+        (the UI sends several at once) share it, so Vault issues one token, not one each."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Caller] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            caller = await verify()
+            self.callers.put(key, caller)
+            future.set_result(caller)
+            return caller
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody warns
+            raise
+        finally:
+            del self._pending[key]
 
     def _expiry(self, lease: float, jwt_exp: Any = None) -> float:
         now = time.monotonic()
@@ -504,9 +525,7 @@ class Authorizer:
         hit = self.callers.get(key)
         if hit is not None:
             return hit
-        caller = await self.exchange(jwt, kind="local")
-        self.callers.put(key, caller)
-        return caller
+        return await self._once(key, lambda: self.exchange(jwt, kind="local"))
 
     async def caller(self, request: web.Request, *, via_secret: bool) -> Caller:
         header = request.headers.get("Authorization", "").strip()
@@ -533,19 +552,23 @@ class Authorizer:
         hit = self.callers.get(key)
         if hit is not None:
             return hit
+        if key in self._pending:
+            return await self._once(key, self.lookup_or_exchange(token))
         address = client_address(request, self.config.trusted_proxy_hops)
         self.failures.check(address)
         # counted as failed until Vault accepts it, so concurrent attempts count too
         self.failures.failed(address)
         try:
-            caller = await (self.exchange(token) if looks_like_jwt(token) else self.lookup(token))
+            caller = await self._once(key, self.lookup_or_exchange(token))
         except HttpError as exc:
             if exc.status not in (401, 403):  # Vault down or busy: not the caller's fault
                 self.failures.forgive(address)
             raise
         self.failures.forgive(address)
-        self.callers.put(key, caller)
         return caller
+
+    def lookup_or_exchange(self, token: str) -> Callable[[], Awaitable[Caller]]:
+        return lambda: self.exchange(token) if looks_like_jwt(token) else self.lookup(token)
 
     def close(self) -> None:
         self.callers.close()
