@@ -1,11 +1,12 @@
 """``make abuse``: a small, bounded abuse benchmark of the real codec server process.
 
 Starts ``orders-codec-server`` (default limits, except 5 s header and body
-timeouts so the slow cases end sooner) against the running local stack's
-OpenBao, sends each abusive request, and prints per case: the answer, the time
-until it came, and the server's peak resident memory (psutil RSS, sampled every
-10 ms). It asserts only that the server stays up and refuses each case (no 200,
-no 500); the figures are for reading, not for asserting (machines are noisy).
+timeouts so the slow cases end sooner) against the local stack's OpenBao, sends
+each abusive request, and prints per case: the answer, the time until it came,
+the server's stall (the slowest answer to ``/healthz``, polled meanwhile) and
+its peak resident memory (psutil RSS, sampled every 10 ms). It asserts only
+that the server stays up and refuses each case (no 200, no 500); the figures
+are for reading, not for asserting (machines are noisy).
 
 Uses the local stack (started if it is not running, and then stopped again); the
 dev root token encrypts the payloads and a payload reader's Vault token asks for
@@ -66,6 +67,7 @@ class Row:
     case: str
     answer: str
     seconds: float
+    stall: float
     peak_mib: float
 
 
@@ -128,6 +130,19 @@ async def _slow_flood(port: int, token: str, count: int) -> str:
     return " ".join(f"{n}x{s}" for s, n in sorted(counts.items()))
 
 
+async def _stall(url: str, done: asyncio.Event) -> float:
+    """The longest the server took to answer ``/healthz`` (not limited) meanwhile."""
+    worst = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        while not done.is_set():
+            started = time.monotonic()
+            async with http.get(f"{url}/healthz") as r:
+                await r.read()
+            worst = max(worst, time.monotonic() - started)
+            await asyncio.sleep(0.02)
+    return worst
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:  # noqa: S310
@@ -176,6 +191,11 @@ async def run(vault_addr: str, root_token: str, reader_token: str) -> list[Row]:
             for i in range(100)
         ]
         empties = b'{"payloads":[' + b",".join([b"{}"] * 1_398_000) + b"]}"
+        per_calls, bomb_body, mediums_body = (
+            _body([per_call] * 10_000),
+            _body([bomb]),
+            _body(mediums),
+        )
         cases: list[tuple[str, Callable[[], Awaitable[str]]]] = [
             (
                 f"1.4M empty payloads ({len(empties) // 1024} KiB)",
@@ -183,15 +203,15 @@ async def run(vault_addr: str, root_token: str, reader_token: str) -> list[Row]:
             ),
             (
                 "10,000 per-call payloads",
-                lambda: _post(f"{url}/decode", _body([per_call] * 10_000), reader_token),
+                lambda: _post(f"{url}/decode", per_calls, reader_token),
             ),
             (
-                f"zlib bomb: 64 MiB in {len(_body([bomb])) // 1024} KiB",
-                lambda: _post(f"{url}/decode", _body([bomb]), reader_token),
+                f"zlib bomb: 64 MiB in {len(bomb_body) // 1024} KiB",
+                lambda: _post(f"{url}/decode", bomb_body, reader_token),
             ),
             (
-                f"100 x 3.5 MiB bombs in {len(_body(mediums)) // 1024} KiB",
-                lambda: _post(f"{url}/decode", _body(mediums), reader_token),
+                f"100 x 3.5 MiB bombs in {len(mediums_body) // 1024} KiB",
+                lambda: _post(f"{url}/decode", mediums_body, reader_token),
             ),
             (
                 "slow body: declares 1 MB, sends 14 B",
@@ -212,11 +232,14 @@ async def run(vault_addr: str, root_token: str, reader_token: str) -> list[Row]:
         ]
         for name, case in cases:
             sampler.reset()
+            done = asyncio.Event()
+            stall = asyncio.create_task(_stall(url, done))
             started = time.monotonic()
             answer = await case()
             seconds = time.monotonic() - started
             await asyncio.sleep(0.05)  # let the sampler see the tail
-            rows.append(Row(name, answer, seconds, sampler.peak / MIB))
+            done.set()
+            rows.append(Row(name, answer, seconds, await stall, sampler.peak / MIB))
             alive = server.poll() is None and _healthy(url)
             assert alive, f"the codec server is down after: {name}"
             assert "200" not in answer and "500" not in answer, f"{name}: {answer}"
@@ -229,9 +252,9 @@ async def run(vault_addr: str, root_token: str, reader_token: str) -> list[Row]:
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"{'case':<42} {'answer':<20} {'time s':>7} {'peak RSS MiB':>13}")
+    print(f"{'case':<42} {'answer':<20} {'time s':>7} {'stall s':>8} {'peak RSS MiB':>13}")
     for r in rows:
-        print(f"{r.case:<42} {r.answer:<20} {r.seconds:>7.2f} {r.peak_mib:>13.1f}")
+        print(f"{r.case:<42} {r.answer:<20} {r.seconds:>7.2f} {r.stall:>8.2f} {r.peak_mib:>13.1f}")
 
 
 def main() -> None:
