@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo bench browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo bench abuse browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -41,8 +41,12 @@ bootstrap: install ## configure Vault and the database again (idempotent)
 demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
 	KEEP=$(KEEP) $(BIN)/orders-demo
 
-bench: install ## figures: Vault and database costs, codec, orders end to end (prints, asserts nothing)
+bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
 	$(BIN)/orders-bench
+	$(BIN)/python -m orders_codec_server.abuse
+
+abuse: install ## codec server under abuse: answer, time, peak memory per case (asserts it stays up)
+	$(BIN)/python -m orders_codec_server.abuse
 
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
 	@ops/scripts/install-browser.sh

@@ -984,7 +984,9 @@ async def test_ui_shows_ciphertext_unless_the_codec_server_decodes(
     from playwright.async_api import async_playwright
 
     codec_port = free_port()
-    endpoint = f"http://127.0.0.1:{codec_port}"
+    secret_file = tmp_path / "codec-secret"  # local mode's secret path prefix, as the stack makes
+    secret_file.write_text("ui-test-secret\n")
+    endpoint = f"http://127.0.0.1:{codec_port}/ui-test-secret"
     dev = DevServer(tmp_path, endpoint)
     plain_dev = DevServer(tmp_path, None, name="ui-plain")
     dev.start()
@@ -1075,6 +1077,7 @@ async def test_ui_shows_ciphertext_unless_the_codec_server_decodes(
                         cors_origins=origins,
                         local_mode=True,
                         local_reader_token_file=reader_file,
+                        local_secret_file=secret_file,
                     )
                 )
                 try:

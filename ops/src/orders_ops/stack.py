@@ -487,8 +487,11 @@ class Temporal(Server):
             "--log-level",
             "warn",
         ]
-        # the UI decodes payloads through the local codec server (the stack runs it)
-        codec = os.environ.get("ORDERS_UI_CODEC_ENDPOINT") or self.settings.codec_url
+        # the UI decodes payloads through the local codec server (the stack runs it), at a
+        # secret path made for this start: only the UI (and `orders-stack env`) know it
+        codec = os.environ.get("ORDERS_UI_CODEC_ENDPOINT") or codec_endpoint(
+            self.settings, renew=True
+        )
         argv += ["--ui-codec-endpoint", codec]
         self._spawn(argv)
 
@@ -606,6 +609,20 @@ class WorkerProcess(Server):
         return super().stop(timeout)
 
 
+def codec_secret_file(settings: StackSettings) -> Path:
+    """The local codec server's secret path prefix (root-only, like the other secrets)."""
+    return settings.secrets_dir / "codec-endpoint-secret"
+
+
+def codec_endpoint(settings: StackSettings, *, renew: bool = False) -> str:
+    """The local codec endpoint for callers without a token (the UI, `temporal` via
+    TEMPORAL_CODEC_ENDPOINT): ``<codec url>/<secret>``; ``renew`` makes a new secret."""
+    path = codec_secret_file(settings)
+    if renew or not path.exists():
+        _write_secret(path, secrets.token_urlsafe(24))
+    return f"{settings.codec_url}/{path.read_text().strip()}"
+
+
 class LocalCodecServer(Server):
     """The codec server in explicit local mode, for the dev server's UI (which sends no
     token): loopback only, acting as the reader ``local-developer`` (payload-reader
@@ -626,6 +643,7 @@ class LocalCodecServer(Server):
         from orders_ops.issuer import mint_user
 
         _write_secret(self.reader_token_file, mint_user(self.settings, self.READER))
+        codec_endpoint(self.settings)  # the secret exists (Temporal's start made it)
         ui = self.settings.temporal_ui_port
         self._spawn(
             [
@@ -645,6 +663,10 @@ class LocalCodecServer(Server):
                 "--local",
                 "--local-reader-token-file",
                 str(self.reader_token_file),
+                "--local-secret-file",
+                str(codec_secret_file(self.settings)),
+                "--log-file",  # size-rotated by the server itself
+                str(self.log_file),
             ],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
         )
@@ -848,6 +870,8 @@ class Stack:
             env["BAO_TOKEN"] = env["VAULT_TOKEN"]
         if s.pg_password_file.exists():
             env["ORDERS_ADMIN_DATABASE_URL"] = s.admin_dsn(s.database)
+        if codec_secret_file(s).exists():  # `temporal workflow show` decodes as the local reader
+            env["TEMPORAL_CODEC_ENDPOINT"] = codec_endpoint(s)
         return env
 
 

