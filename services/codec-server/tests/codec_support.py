@@ -64,7 +64,11 @@ def as_json(payload: Payload) -> dict[str, Any]:
 
 
 async def envelope(transit: TokenTransit, *datas: bytes, compress: bool = True) -> list[Payload]:
-    codec = TransitEnvelopeCodec(transit, compress_over=0 if compress else None)
+    # max_decompressed raised: the test crafts what an attacker would (the codec itself
+    # refuses to write a payload that would inflate past its own decode bound)
+    codec = TransitEnvelopeCodec(
+        transit, compress_over=0 if compress else None, max_decompressed=1 << 30
+    )
     return await codec.encode(
         [Payload(metadata={"encoding": b"binary/plain"}, data=d) for d in datas]
     )

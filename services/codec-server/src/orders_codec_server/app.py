@@ -70,6 +70,7 @@ from orders_shared.codec import (
     META_ENCODING,
     META_FORMAT,
     META_WRAPPED_KEY,
+    PAYLOAD_KEY,
     PER_CALL_FORMAT,
     TRANSIT_MOUNT,
     WORKFLOW_PAYLOAD_KEY,
@@ -279,8 +280,10 @@ class Caller:
                 allow_plaintext=True,
                 max_key_age=CACHE_SECONDS,
             )
+            # the per-call format exists only for the benchmark's per-call configuration,
+            # which encrypts under the single pre-per-service key
             self.per_call = TransitPerCallCodec(
-                self.transit, key_name=config.key_name, allow_plaintext=True
+                self.transit, key_name=PAYLOAD_KEY, allow_plaintext=True
             )
         return self.envelope, self.per_call
 
