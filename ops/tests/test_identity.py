@@ -142,11 +142,12 @@ def test_write_tokens_is_private_and_fresh(local_settings: StackSettings) -> Non
     issuer.ensure_signing_key(local_settings)
     assert issuer.tokens_fresh(local_settings) is False  # nothing written yet
     paths = issuer.write_tokens(local_settings, ttl=100)
-    assert sorted(p.name for p in paths) == sorted(f"{s}.jwt" for s in (*SERVICES, "client"))
+    assert sorted(paths) == sorted(local_settings.token_file(s) for s in (*SERVICES, "client"))
     assert stat.S_IMODE(local_settings.identity_dir.stat().st_mode) == 0o700
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in local_settings.identity_dir.iterdir() if p.name.startswith(".")] == []
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in local_settings.identity_dir.rglob(".*")] == []
     assert issuer.tokens_fresh(local_settings) is True
 
     later = time.time() + 95  # 5% of the lifetime left: overdue for re-minting
@@ -246,9 +247,13 @@ def test_serve_remints_before_expiry_and_stops_on_sigterm(local_settings: StackS
 def test_token_files_after_up(stack: Stack) -> None:
     s = stack.settings
     assert issuer.tokens_fresh(s)
-    assert stat.S_IMODE(s.identity_dir.stat().st_mode) == 0o700
+    # as root: passable, not listable; each identity's folder is its own (test_isolation)
+    shared = os.geteuid() == 0
+    assert stat.S_IMODE(s.identity_dir.stat().st_mode) == (0o711 if shared else 0o700)
     for name in SERVICES:
-        assert stat.S_IMODE(s.token_file(name).stat().st_mode) == 0o600
+        assert stat.S_IMODE(s.token_file(name).stat().st_mode) == (0o640 if shared else 0o600)
+        folder_mode = stat.S_IMODE(s.token_dir(name).stat().st_mode)
+        assert folder_mode == (0o2750 if shared else 0o700)
     assert stack.identity.healthy()
 
 
