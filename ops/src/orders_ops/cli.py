@@ -6,7 +6,7 @@
 Temporal's address comes from ``TEMPORAL_ADDRESS`` (default 127.0.0.1:7233).
 The CLI runs as the ``orders-client`` identity: it logs in to Vault
 (``VAULT_ADDR``, default the local stack's; ``VAULT_TOKEN_FILE``, default
-``<ORDERS_STATE_DIR>/identity/client.jwt``), seals the order's sensitive fields
+``<ORDERS_STATE_DIR>/identity/client/token.jwt``), seals the order's sensitive fields
 to their consuming services and encrypts every payload it sends and reads.
 Exit codes: 0 ok, 1 the order or Temporal could not be reached or found,
 2 bad input (the message names the field and the rule), 3 with ``--wait``:
