@@ -112,6 +112,8 @@ def test_each_running_process_is_its_own_user(workers: Stack) -> None:
         pid = server.pid()
         assert pid is not None, f"{server.name} is not running"
         assert pwd.getpwuid(_uid_of(pid)).pw_name == expected[server.name], server.name
-        # ready, so it imported its code from .venv and writes its log
+        # ready, so it imported its code from .venv; and its log (a file only root
+        # can open, handed to it at start) has what it wrote
         assert server.healthy(), server.name
+        assert server.log_file.stat().st_size > 0, f"{server.name} wrote no log"
     assert len(set(expected.values())) == len(expected)  # eight distinct users

@@ -17,6 +17,7 @@ from pathlib import Path
 import hvac
 import pytest
 
+from orders_ops.policies import PAYLOAD_KEY
 from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack, StackError, _port_free, child_env, main
 from orders_ops.testing import free_port, isolated_settings
@@ -194,29 +195,29 @@ def _temporal(s: StackSettings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_vault_and_temporal_keep_their_data_across_down_and_up(own_stack: Stack) -> None:
     s = own_stack.settings
-    own_stack.up(timeout=90, bootstrap=False, **QUIET)
+    own_stack.up(timeout=90, echo=_quiet)
     assert own_stack.vault.initialized_now
     root = s.root_token()
     client = hvac.Client(url=s.vault_addr, token=root)
-    client.sys.enable_secrets_engine("transit", path="transit")
-    client.secrets.transit.create_key("persist-test")
+    # the key the payload codec encrypts history with (made by the bootstrap)
     plaintext = base64.b64encode(b"an order that must stay readable").decode()
-    ciphertext = client.secrets.transit.encrypt_data("persist-test", plaintext)["data"][
-        "ciphertext"
-    ]
+    encrypted = client.secrets.transit.encrypt_data(PAYLOAD_KEY, plaintext)
+    ciphertext = encrypted["data"]["ciphertext"]
     started = _temporal(
         s, "workflow", "start", "--type", "Persist", "--task-queue", "nobody", "-w", "persist-1"
     )
     assert started.returncode == 0, started.stderr
     client.adapter.close()
 
-    own_stack.down(**QUIET)
+    own_stack.down(echo=_quiet)
     again = Stack(s)  # a new manager, as a new 'orders-stack up' would be
-    again.up(timeout=90, bootstrap=False, **QUIET)
+    lines: list[str] = []
+    again.up(timeout=90, echo=lines.append)
     assert not again.vault.initialized_now, "Vault was initialised again: its data is gone"
+    assert any("bootstrap no changes" in line for line in lines), lines
     assert s.root_token() == root
     client = hvac.Client(url=s.vault_addr, token=root)
-    decrypted = client.secrets.transit.decrypt_data("persist-test", ciphertext)["data"]
+    decrypted = client.secrets.transit.decrypt_data(PAYLOAD_KEY, ciphertext)["data"]
     assert decrypted["plaintext"] == plaintext
     client.adapter.close()
     described = _temporal(s, "workflow", "describe", "-w", "persist-1")

@@ -1030,7 +1030,8 @@ class Stack:
     def check_ports(self) -> None:
         """Refuse before starting anything when a port of a server that is not running
         is taken: a second stack must not come half up beside the first."""
-        busy = [line for s in self.servers if s.pid() is None for line in s.busy_ports()]
+        servers = [*self.base_servers, *self.app_servers]  # workers: see workers_up
+        busy = [line for s in servers if s.pid() is None for line in s.busy_ports()]
         if busy:
             raise StackError("\n  ".join(["ports already in use:", *busy]))
 
