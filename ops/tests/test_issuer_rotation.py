@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,40 @@ def test_user_tokens_live_at_most_twelve_hours(tmp_path: Path) -> None:
     assert cli.returncode == 2
     assert "use 1 to 43200 seconds" in cli.stderr
     assert cli.stdout == ""
+
+
+def test_serve_keeps_the_local_readers_token_fresh(tmp_path: Path) -> None:
+    """The local codec server's reader token is a 1 h user token: the issuer re-mints
+    it with the others, or the UI would stop decoding an hour after 'make up'."""
+    s = isolated_settings(tmp_path / "state")
+    issuer.ensure_signing_key(s)
+    issuer.local_reader_token_file(s).parent.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orders_ops.issuer", "serve"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "ORDERS_STATE_DIR": str(s.state_dir),
+            issuer.TTL_ENV: "2",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[str] = set()
+    try:
+        for _ in range(200):  # bounded by count, not by time: each round waits 0.1 s
+            try:
+                token = issuer.local_reader_token_file(s).read_text().strip()
+            except FileNotFoundError:
+                token = ""
+            if token:
+                seen.add(token)
+            if len(seen) >= 2:
+                break
+            assert proc.poll() is None, "serve exited"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert len(seen) >= 2, "the reader token was not re-minted"
+    claims = jwt.decode(sorted(seen)[0], options={"verify_signature": False})
+    assert claims["sub"] == issuer.LOCAL_READER

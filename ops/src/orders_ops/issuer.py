@@ -347,6 +347,22 @@ def write_tokens(settings: StackSettings, ttl: int = DEFAULT_TTL) -> list[Path]:
     return written
 
 
+LOCAL_READER = "local-developer"
+"""The reader the local codec server acts as (the dev server's UI sends no token)."""
+LOCAL_READER_DIR = "codec"
+
+
+def local_reader_token_file(settings: StackSettings) -> Path:
+    return settings.token_dir(LOCAL_READER_DIR) / "reader.jwt"
+
+
+def write_local_reader_token(settings: StackSettings) -> Path:
+    """(Re)write the local codec server's reader token (a user token, 1 h)."""
+    path = local_reader_token_file(settings)
+    _write_atomic(path, mint_user(settings, LOCAL_READER) + "\n")
+    return path
+
+
 def token_share_left(
     settings: StackSettings, service_name: str, *, now: float | None = None
 ) -> float:
@@ -415,6 +431,8 @@ def serve(settings: StackSettings, ttl: int, stop: threading.Event) -> None:
         issued = int(time.time())
         try:
             write_tokens(settings, ttl)
+            if local_reader_token_file(settings).parent.is_dir():  # a local codec server runs
+                write_local_reader_token(settings)
             wait = issued + interval - time.time()
         except (OSError, IssuerError) as exc:
             # a transient disk or key problem: keep the loop alive and try again soon

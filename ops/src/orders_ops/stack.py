@@ -900,8 +900,8 @@ class LocalCodecServer(Server):
     token): loopback only, acting as the reader ``local-developer`` (payload-reader
     policy: it can read payloads, not the services' sealed fields)."""
 
-    READER = "local-developer"
-    NAME = "codec"
+    READER = "local-developer"  # issuer.LOCAL_READER
+    NAME = "codec"  # issuer.LOCAL_READER_DIR
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(
@@ -914,13 +914,16 @@ class LocalCodecServer(Server):
 
     @property
     def reader_token_file(self) -> Path:
-        return self.settings.token_dir(self.NAME) / "reader.jwt"
+        """Written here at start, then kept fresh by the identity issuer."""
+        from orders_ops.issuer import local_reader_token_file
+
+        return local_reader_token_file(self.settings)
 
     def write_reader_token(self) -> None:
-        from orders_ops.issuer import _write_atomic, mint_user
+        from orders_ops.issuer import write_local_reader_token
 
         prepare_identity_dirs(self.settings)
-        _write_atomic(self.reader_token_file, mint_user(self.settings, self.READER) + "\n")
+        write_local_reader_token(self.settings)
 
     def _launch(self) -> None:
         self.write_reader_token()
