@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from orders_ops import osusers
+from orders_ops import stack as stack_module
 from orders_ops.settings import StackSettings
-from orders_ops.stack import LocalCodecServer, Stack
+from orders_ops.stack import LocalCodecServer, Stack, StackError
 from orders_shared.catalog import SERVICES
 
 pytestmark = [
@@ -117,3 +118,20 @@ def test_each_running_process_is_its_own_user(workers: Stack) -> None:
         assert server.healthy(), server.name
         assert server.log_file.stat().st_size > 0, f"{server.name} wrote no log"
     assert len(set(expected.values())) == len(expected)  # eight distinct users
+
+
+def test_a_service_user_that_cannot_run_the_venv_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(hidden / "python"))
+    monkeypatch.setattr(stack_module, "_INTERPRETER_CHECKED", {})
+    with pytest.raises(StackError, match=r"cannot run .* Fix: 'chmod o\+x "):
+        stack_module.check_interpreter(osusers.ensure_user(osusers.ISSUER_USER))
+
+
+def test_the_real_venv_runs_as_a_service_user() -> None:
+    note = stack_module.check_interpreter(osusers.ensure_user(osusers.ISSUER_USER))
+    assert note is None or "chmod o+x" in note

@@ -752,6 +752,59 @@ def _account(name: str) -> Account | None:
     return osusers.ensure_user(name) if osusers.isolating() else None
 
 
+_INTERPRETER_CHECKED: dict[str, str | None] = {}
+
+_PROBE = "import sys, orders_shared, orders_ops; print(sys.base_prefix)"
+
+
+def _unsearchable_parent(path: Path) -> Path | None:
+    for parent in [*reversed(path.parents), path]:
+        with contextlib.suppress(OSError):
+            if parent.is_dir() and not parent.stat().st_mode & 0o001:
+                return parent
+    return None
+
+
+def check_interpreter(account: Account | None) -> str | None:
+    """Can ``account`` run this venv's Python and import our packages? Raises when it
+    cannot (with the folder in the way and the fix). Returns a note when it can only
+    through a fallback: Python's own installation is out of its reach, so it runs with
+    the system's standard library of the same version instead (works, but is not the
+    interpreter the venv was built with)."""
+    if account is None:
+        return None
+    if account.name in _INTERPRETER_CHECKED:
+        return _INTERPRETER_CHECKED[account.name]
+    real = Path(sys.executable).resolve()
+    result = subprocess.run(
+        osusers.as_user(account, [sys.executable, "-c", _PROBE]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=child_env(PYTHONDONTWRITEBYTECODE="1"),
+    )
+    blocked = _unsearchable_parent(real) or _unsearchable_parent(Path(sys.prefix))
+    if result.returncode != 0:
+        where = f": {blocked} is not searchable by other users" if blocked else ""
+        fix = f"'chmod o+x {blocked}'" if blocked else "make the venv readable by other users"
+        raise StackError(
+            f"the service user {account.name} cannot run {sys.executable} with this "
+            f"repository's packages{where}. Fix: {fix}, or install Python where other users "
+            "can reach it"
+        )
+    note = None
+    if result.stdout.strip() != sys.base_prefix:
+        note = (
+            f"service users cannot reach {sys.base_prefix}"
+            + (f" ({blocked} is not searchable by other users)" if blocked else "")
+            + f"; they run with the standard library of {result.stdout.strip()} instead. "
+            + (f"'chmod o+x {blocked}' gives them the venv's own." if blocked else "")
+        )
+    _INTERPRETER_CHECKED[account.name] = note
+    return note
+
+
 def _worker_user(service: str) -> str:
     return SERVICES[service].identity
 
@@ -1053,6 +1106,11 @@ class Stack:
             echo(f"  {server.name:<9} {verb:<16} {server.address}  ({time.monotonic() - t0:.1f}s)")
         if bootstrap:
             from orders_ops.bootstrap import bootstrap as run_bootstrap
+
+            if self.identity.pid() is None or self.codec.pid() is None:
+                note = check_interpreter(_account(osusers.ISSUER_USER))
+                if note:
+                    echo(f"  note: {note}")
 
             t0 = time.monotonic()
             prepare_identity_dirs(self.settings)
