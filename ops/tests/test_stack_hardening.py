@@ -95,6 +95,18 @@ def test_state_and_logs_are_private_and_no_secret_is_logged_or_printed(
         assert value not in out, f"{name} printed by status or logs"
 
 
+def test_logs_an_older_version_left_readable_are_made_private(own_stack: Stack) -> None:
+    s = own_stack.settings
+    s.log_dir.mkdir(parents=True)
+    old = s.log_dir / "worker-validate.log.1"
+    old.write_text("an old run\n")
+    old.chmod(0o644)
+    s.log_dir.chmod(0o755)
+    own_stack.prepare_state_dir()
+    assert _mode(old) == 0o600
+    assert _mode(s.log_dir) == 0o700
+
+
 def test_logs_show_the_current_run_only(own_stack: Stack) -> None:
     s = own_stack.settings
     own_stack.vault.start(timeout=60)

@@ -1082,6 +1082,12 @@ class Stack:
         """0700; as root 0711 (passable, not listable), because the service users
         (postgres's, the workers', the issuer's) reach their own folders inside it."""
         private_dir(self.settings.state_dir, 0o711 if _is_root() else 0o700)
+        # logs an older version left readable (its vault.log held the dev root token)
+        if self.settings.log_dir.is_dir():
+            private_dir(self.settings.log_dir)
+            for log in self.settings.log_dir.iterdir():
+                if log.is_file() and stat.S_IMODE(log.stat().st_mode) != 0o600:
+                    log.chmod(0o600)
 
     def check_ports(self) -> None:
         """Refuse before starting anything when a port of a server that is not running
