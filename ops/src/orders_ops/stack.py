@@ -323,6 +323,11 @@ class Server:
                 start_new_session=True,  # our Ctrl-C must not kill the stack
                 env=env,
             )
+        except OSError as exc:
+            raise StackError(
+                f"{self.name}: could not start {argv[0]}: {exc.strerror or type(exc).__name__}"
+                f" (check that this user can run it)"
+            ) from None
         finally:
             os.close(log)
         write_private(self.pid_file, f"{proc.pid}")
