@@ -826,6 +826,9 @@ def prepare_identity_dirs(settings: StackSettings) -> None:
     from orders_ops.issuer import IDENTITIES
 
     issuer_account = _account(osusers.ISSUER_USER)
+    if settings.identity_dir.is_dir():  # flat token files of an older version
+        for old in settings.identity_dir.glob("*.jwt"):
+            old.unlink()
     if issuer_account is None:
         private_dir(settings.identity_dir)
         for name in (*IDENTITIES, LocalCodecServer.NAME):
