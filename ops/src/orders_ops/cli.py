@@ -8,7 +8,7 @@ Every address comes from the same settings as the local stack's
 else ``127.0.0.1:$ORDERS_TEMPORAL_PORT`` [7233]; Vault from ``VAULT_ADDR``,
 else ``http://127.0.0.1:$ORDERS_VAULT_PORT`` [8200]. The CLI runs as the
 ``orders-client`` identity: it logs in to Vault (``VAULT_TOKEN_FILE``, default
-``<ORDERS_STATE_DIR>/identity/client.jwt``), seals the order's sensitive fields
+``<ORDERS_STATE_DIR>/identity/client/token.jwt``), seals the order's sensitive fields
 to their consuming services and encrypts every payload it sends and reads.
 
 While Vault or Temporal does not answer it retries, with backoff, for up to

@@ -14,9 +14,15 @@ on request, *user* identity tokens (``mint-user``): the stand-in for an OIDC
 provider's ID token, which the codec server exchanges at the ``oidc-readers``
 JWT auth mount for a short-lived reader token.
 
-The signing key lives with the root-only secrets (``settings.issuer_key_file``)
-and is created once by the bootstrap: creating a new key silently would leave
-Vault trusting the old one, so ``serve`` refuses to start without it.
+The signing key lives in the issuer's own folder (``settings.issuer_key_file``;
+as root, only the ``orders-identity`` user reaches it) and is created once by
+the bootstrap: creating a new key silently would leave Vault trusting the old
+one, so ``serve`` refuses to start without it. ``rotate-key`` makes a new key
+the signer while the previous one is still trusted (both public keys are in
+Vault's JWT auth config) until ``rotate-key --finish`` retires it.
+
+Lifetimes are capped: a workload identity token lives at most
+:data:`MAX_TTL` (1 h), a user token at most :data:`MAX_USER_TTL` (12 h).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -50,6 +57,10 @@ AUDIENCE = "vault"
 ALGORITHM = "RS256"  # what the Kubernetes API server signs ServiceAccount tokens with
 DEFAULT_TTL = 600
 MIN_TTL = 2
+MAX_TTL = 3600
+"""Longest life of a workload identity token (the kubelet's default is 1 h too)."""
+MAX_USER_TTL = 12 * 3600
+"""Longest life of a user identity token."""
 TTL_ENV = "ORDERS_IDENTITY_TOKEN_TTL"
 
 # The kubelet refreshes a projected token once 80% of its lifetime has passed.
@@ -86,18 +97,22 @@ class IssuerError(RuntimeError):
 # --------------------------------------------------------------------------- key
 
 
+def _new_key_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def ensure_signing_key(settings: StackSettings) -> bool:
     """Create the signing key unless it exists. True when it was created now."""
     path = settings.issuer_key_file
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pem = _new_key_pem()
     try:
         # O_EXCL: two bootstraps racing must not each write a different key
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -108,8 +123,36 @@ def ensure_signing_key(settings: StackSettings) -> bool:
     return True
 
 
-def load_signing_key(settings: StackSettings) -> rsa.RSAPrivateKey:
-    path = settings.issuer_key_file
+def rotate_signing_key(settings: StackSettings) -> None:
+    """A new key signs from now on; the current one becomes the previous one (still
+    trusted until :func:`retire_previous_key`). A key older than that is dropped:
+    Vault stops trusting it at the next bootstrap."""
+    current = settings.issuer_key_file
+    load_signing_key(settings)  # there must be a current key to rotate
+    fd, tmp = tempfile.mkstemp(dir=current.parent, prefix=".new-key.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_new_key_pem())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(current, settings.issuer_previous_key_file)
+        os.replace(tmp, current)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def retire_previous_key(settings: StackSettings) -> bool:
+    """Forget the previous key (the overlap is over). True when there was one."""
+    try:
+        settings.issuer_previous_key_file.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _load_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -117,20 +160,45 @@ def load_signing_key(settings: StackSettings) -> rsa.RSAPrivateKey:
             f"no identity signing key at {path}; run 'orders-bootstrap' (or 'orders-stack up'), "
             "which creates it and makes Vault trust it"
         ) from None
+    except PermissionError:
+        raise IssuerError(
+            f"cannot read the identity signing key {path}: run this as root or as the issuer's user"
+        ) from None
     key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise IssuerError(f"{path} is not an RSA private key; delete it and run 'orders-bootstrap'")
     return key
 
 
+def load_signing_key(settings: StackSettings) -> rsa.RSAPrivateKey:
+    """The current key: the one that signs."""
+    return _load_key(settings.issuer_key_file)
+
+
+def verification_keys(settings: StackSettings) -> list[rsa.RSAPublicKey]:
+    """Every public key a token may be signed with: the current one, then, during a
+    rotation's overlap, the previous one."""
+    keys = [load_signing_key(settings).public_key()]
+    if settings.issuer_previous_key_file.exists():
+        keys.append(_load_key(settings.issuer_previous_key_file).public_key())
+    return keys
+
+
+def _pem(key: rsa.RSAPublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 def public_key_pem(settings: StackSettings) -> str:
-    """The PEM Vault's JWT auth is configured with (``jwt_validation_pubkeys``)."""
-    return (
-        load_signing_key(settings)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    """The current key's public half (PEM)."""
+    return _pem(load_signing_key(settings).public_key())
+
+
+def public_key_pems(settings: StackSettings) -> list[str]:
+    """What Vault's JWT auth is configured with (``jwt_validation_pubkeys``): the
+    current key and, during a rotation, the previous one."""
+    return [_pem(key) for key in verification_keys(settings)]
 
 
 def key_id(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> str:
@@ -162,6 +230,7 @@ def claims_for(
     Separate from :func:`mint` so tests can alter one claim and sign the rest.
     """
     identity = _identity(service_name)
+    _check_ttl(ttl, MAX_TTL, "a workload identity token")
     issued = int(time.time() if now is None else now)
     return {
         "iss": ISSUER,
@@ -196,6 +265,11 @@ def mint(
     return sign(load_signing_key(settings), claims)
 
 
+def _check_ttl(ttl: int, cap: int, what: str) -> None:
+    if not 0 < ttl <= cap:
+        raise IssuerError(f"ttl {ttl}s for {what} is out of range: use 1 to {cap} seconds")
+
+
 def _identity(name: str) -> str:
     if name not in IDENTITIES:
         raise IssuerError(f"unknown service {name!r}; known services: {', '.join(IDENTITIES)}")
@@ -212,6 +286,7 @@ def user_claims(
     now: float | None = None,
 ) -> dict[str, Any]:
     """The claims of a user's identity token, as an OIDC provider would issue them."""
+    _check_ttl(ttl, MAX_USER_TTL, "a user token")
     issued = int(time.time() if now is None else now)
     return {
         "iss": issuer,
@@ -236,11 +311,17 @@ def mint_user(
 
 
 def _write_atomic(path: Path, content: str) -> None:
-    """Write then rename, so a worker never reads half a token."""
+    """Write then rename, so a worker never reads half a token.
+
+    A folder the stack prepared for another OS user (set-group-id, group = that
+    user's group) gets a file that group may read (0640); otherwise 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.parent.chmod(0o700)
+    shared = bool(path.parent.stat().st_mode & stat.S_ISGID)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if shared:
+            os.fchmod(fd, 0o640)
         with os.fdopen(fd, "w") as f:  # mkstemp creates the file with mode 0600
             f.write(content)
             f.flush()
@@ -256,6 +337,7 @@ def write_tokens(settings: StackSettings, ttl: int = DEFAULT_TTL) -> list[Path]:
     """(Re)write every service's token file (mode 0600, folder 0700)."""
     key = load_signing_key(settings)
     now = int(time.time())  # the iat every token carries; serve schedules from it
+    settings.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     written: list[Path] = []
     for name in IDENTITIES:
         token = sign(key, claims_for(settings.namespace, name, ttl, now=now))
@@ -263,6 +345,22 @@ def write_tokens(settings: StackSettings, ttl: int = DEFAULT_TTL) -> list[Path]:
         _write_atomic(path, token + "\n")
         written.append(path)
     return written
+
+
+LOCAL_READER = "local-developer"
+"""The reader the local codec server acts as (the dev server's UI sends no token)."""
+LOCAL_READER_DIR = "codec"
+
+
+def local_reader_token_file(settings: StackSettings) -> Path:
+    return settings.token_dir(LOCAL_READER_DIR) / "reader.jwt"
+
+
+def write_local_reader_token(settings: StackSettings) -> Path:
+    """(Re)write the local codec server's reader token (a user token, 1 h)."""
+    path = local_reader_token_file(settings)
+    _write_atomic(path, mint_user(settings, LOCAL_READER) + "\n")
+    return path
 
 
 def token_share_left(
@@ -313,6 +411,8 @@ def ttl_from_env() -> int:
         raise SettingsError(f"{TTL_ENV}={raw!r} is not a number of seconds") from None
     if value < MIN_TTL:
         raise SettingsError(f"{TTL_ENV}={value} is too short: use at least {MIN_TTL} seconds")
+    if value > MAX_TTL:
+        raise SettingsError(f"{TTL_ENV}={value} is too long: use at most {MAX_TTL} seconds (1 h)")
     return value
 
 
@@ -331,6 +431,8 @@ def serve(settings: StackSettings, ttl: int, stop: threading.Event) -> None:
         issued = int(time.time())
         try:
             write_tokens(settings, ttl)
+            if local_reader_token_file(settings).parent.is_dir():  # a local codec server runs
+                write_local_reader_token(settings)
             wait = issued + interval - time.time()
         except (OSError, IssuerError) as exc:
             # a transient disk or key problem: keep the loop alive and try again soon
@@ -363,7 +465,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     user_cmd.add_argument(
         "--group", action="append", help=f"group claim (repeatable; default {READER_GROUP})"
     )
-    user_cmd.add_argument("--ttl", type=int, default=DEFAULT_USER_TTL, help="seconds")
+    user_cmd.add_argument(
+        "--ttl", type=int, default=DEFAULT_USER_TTL, help=f"seconds (at most {MAX_USER_TTL})"
+    )
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="make a new signing key the signer (the previous one stays trusted); run as root "
+        "through 'orders-stack rotate-issuer-key', which also updates Vault",
+    )
+    rotate.add_argument(
+        "--finish", action="store_true", help="retire the previous key (the overlap is over)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -387,6 +499,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(mint_user(settings, args.user, args.group or [READER_GROUP], args.ttl))
         elif args.cmd == "public-key":
             print(public_key_pem(settings), end="")
+        elif args.cmd == "rotate-key":
+            from orders_ops.stack import StackError, rotate_issuer_key
+
+            try:
+                for line in rotate_issuer_key(settings, finish=args.finish):
+                    print(f"orders-identity: {line}")
+            except StackError as exc:
+                raise IssuerError(str(exc)) from None
     except (IssuerError, SettingsError) as exc:
         print(f"orders-identity: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,6 +14,39 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 
+PORT_VARIABLES: dict[str, int] = {
+    "ORDERS_TEMPORAL_PORT": 7233,
+    "ORDERS_TEMPORAL_UI_PORT": 8233,
+    "ORDERS_TEMPORAL_HTTP_PORT": 7243,
+    "ORDERS_TEMPORAL_METRICS_PORT": 7244,
+    "ORDERS_VAULT_PORT": 8200,
+    "ORDERS_VAULT_CLUSTER_PORT": 8201,
+    "ORDERS_POSTGRES_PORT": 5433,
+    "ORDERS_CODEC_PORT": 8081,
+    "ORDERS_PROVIDER_PORT": 8090,
+    "ORDERS_WORKER_METRICS_PORT": 9464,
+}
+"""Every port variable of the local stack and its default (``orders-stack --help`` lists them)."""
+
+
+def repo_root() -> Path | None:
+    """The repository this package was installed from (an editable install), if any:
+    the first folder above this file holding ``uv.lock`` and ``ops/pyproject.toml``."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "uv.lock").is_file() and (parent / "ops" / "pyproject.toml").is_file():
+            return parent
+    return None
+
+
+def default_state_dir() -> Path:
+    """``ORDERS_STATE_DIR``, else ``<repository>/.local`` whatever the current directory
+    (so ``make status`` from a sub-folder finds the running stack), else ``./.local``."""
+    explicit = os.environ.get("ORDERS_STATE_DIR")
+    if explicit:
+        return Path(explicit).resolve()
+    root = repo_root()
+    return (root / ".local") if root is not None else (Path.cwd() / ".local").resolve()
+
 
 class SettingsError(ValueError):
     """A bad ``ORDERS_*`` variable; the message names it and the fix."""
@@ -43,6 +76,7 @@ class StackSettings:
     postgres_port: int
     worker_metrics_port: int = 9464  # the first of six: one /metrics port per worker
     codec_port: int = 8081
+    vault_cluster_port: int = 8201  # OpenBao's raft storage listens here too
     provider_port: int = 8090  # the local card-payment provider simulator
     namespace: str = "orders"
     database: str = "orders"
@@ -54,7 +88,7 @@ class StackSettings:
 
     @classmethod
     def from_env(cls) -> StackSettings:
-        state = Path(os.environ.get("ORDERS_STATE_DIR") or Path.cwd() / ".local").resolve()
+        state = default_state_dir()
         local = cls(
             state_dir=state,
             temporal_port=_port("ORDERS_TEMPORAL_PORT", 7233),
@@ -65,6 +99,7 @@ class StackSettings:
             postgres_port=_port("ORDERS_POSTGRES_PORT", 5433),
             worker_metrics_port=_port("ORDERS_WORKER_METRICS_PORT", 9464),
             codec_port=_port("ORDERS_CODEC_PORT", 8081),
+            vault_cluster_port=_port("ORDERS_VAULT_CLUSTER_PORT", 8201),
             provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
         )
@@ -101,8 +136,14 @@ class StackSettings:
 
     @property
     def identity_dir(self) -> Path:
-        """One ServiceAccount-shaped token file per service."""
+        """One folder per identity (``<name>/token.jwt``): as root, each folder is
+        reachable only by that identity's OS user and the issuer."""
         return self.state_dir / "identity"
+
+    @property
+    def issuer_dir(self) -> Path:
+        """The local identity issuer's signing keys: reachable by the issuer alone."""
+        return self.state_dir / "issuer"
 
     @property
     def vault_addr(self) -> str:
@@ -143,9 +184,21 @@ class StackSettings:
         return self.secrets_dir / "postgres-superuser-password"
 
     @property
+    def vault_unseal_key_file(self) -> Path:
+        """The persistent OpenBao's unseal key (one share; local use only)."""
+        return self.secrets_dir / "vault-unseal-key"
+
+    @property
     def issuer_key_file(self) -> Path:
-        """The local identity issuer's private signing key (Vault trusts its public half)."""
-        return self.secrets_dir / "identity-issuer-key.pem"
+        """The local identity issuer's current private signing key (it signs; Vault trusts
+        its public half)."""
+        return self.issuer_dir / "signing-key.pem"
+
+    @property
+    def issuer_previous_key_file(self) -> Path:
+        """The key before the last rotation: during the overlap Vault still trusts it, so
+        tokens it signed keep working until they expire."""
+        return self.issuer_dir / "previous-signing-key.pem"
 
     def root_token(self) -> str:
         return self.root_token_file.read_text().strip()
@@ -159,5 +212,8 @@ class StackSettings:
             f"{self.postgres_port}/{database}"
         )
 
+    def token_dir(self, name: str) -> Path:
+        return self.identity_dir / name
+
     def token_file(self, service: str) -> Path:
-        return self.identity_dir / f"{service}.jwt"
+        return self.token_dir(service) / "token.jwt"

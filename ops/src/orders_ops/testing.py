@@ -63,5 +63,7 @@ def isolated_settings(state_dir: Path) -> StackSettings:
         temporal_metrics_port=free_port(),
         vault_port=free_port(),
         postgres_port=free_port(),
+        vault_cluster_port=free_port(),
+        codec_port=free_port(),
         provider_port=free_port(),
     )

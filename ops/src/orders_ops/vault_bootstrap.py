@@ -372,7 +372,7 @@ def ensure_jwt_auth(
         client,
         f"auth/{mount}/config",
         {
-            "jwt_validation_pubkeys": [issuer.public_key_pem(settings)],
+            "jwt_validation_pubkeys": issuer.public_key_pems(settings),
             "bound_issuer": issuer.ISSUER,
             "jwt_supported_algs": [issuer.ALGORITHM],
         },
@@ -447,7 +447,7 @@ class ReaderAuthConfig:
         discovery = os.environ.get("ORDERS_READER_OIDC_DISCOVERY_URL") or None
         return cls(
             bound_issuer=os.environ.get("ORDERS_READER_ISSUER") or issuer.USER_ISSUER,
-            pubkeys=() if discovery else (issuer.public_key_pem(settings),),
+            pubkeys=() if discovery else tuple(issuer.public_key_pems(settings)),
             oidc_discovery_url=discovery,
             audience=os.environ.get("ORDERS_READER_AUDIENCE") or issuer.READER_AUDIENCE,
             group=os.environ.get("ORDERS_READER_GROUP") or issuer.READER_GROUP,

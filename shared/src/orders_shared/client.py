@@ -218,7 +218,7 @@ def client_vault_config(
 
     ``VAULT_ADDR``, ``VAULT_AUTH_METHOD`` [jwt], ``VAULT_AUTH_MOUNT`` [the method],
     ``VAULT_AUTH_ROLE`` [orders-client], ``VAULT_TOKEN_FILE`` (the client's identity
-    token; locally ``<state>/identity/client.jwt``), ``VAULT_TOKEN`` (method token only),
+    token; locally ``<state>/identity/client/token.jwt``), ``VAULT_TOKEN`` (method token only),
     ``VAULT_REQUEST_TIMEOUT`` [5 s per request; outages are retried up to the deadline].
     """
     e = os.environ if env is None else env
@@ -234,7 +234,7 @@ def client_vault_config(
         raise ConfigError(
             f"VAULT_TOKEN_FILE={str(token_file) if token_file else ''!r} does not exist: point "
             "it at the client's identity token (locally 'orders-stack up' writes "
-            "<state>/identity/client.jwt)"
+            "<state>/identity/client/token.jwt)"
         )
     static = (e.get("VAULT_TOKEN") or "").strip() or None if method == "token" else None
     if method == "token" and static is None:
