@@ -156,7 +156,7 @@ def write_private(path: Path, content: str) -> None:
 def open_log(path: Path) -> int:
     """A fresh log for this run, 0600 from creation. The previous run's log is kept as
     ``<name>.log.1`` (also 0600), so ``orders-stack logs`` shows the current run only."""
-    private_dir(path.parent)
+    private_dir(path.parent, _log_dir_mode())
     if path.exists():
         previous = path.with_suffix(".log.1")
         path.replace(previous)
@@ -288,7 +288,7 @@ class Server:
         busy = self.busy_ports()
         if busy:
             raise StackError(" ".join(busy))
-        private_dir(self.settings.log_dir)
+        private_dir(self.settings.log_dir, _log_dir_mode())
         private_dir(self.settings.run_dir)
         self._launch()
         self.wait_ready(timeout)
@@ -755,6 +755,12 @@ class Temporal(Server):
         return result.returncode == 0
 
 
+def _log_dir_mode() -> int:
+    """0700; as root 0711 (passable, not listable): the codec server's own user rotates
+    its request log in a folder of its own inside (every log file in it is 0600)."""
+    return 0o711 if _is_root() else 0o700
+
+
 def _account(name: str) -> Account | None:
     """The OS user ``name`` when the stack isolates processes (as root), else None."""
     return osusers.ensure_user(name) if osusers.isolating() else None
@@ -1048,10 +1054,20 @@ class LocalCodecServer(Server):
                 "--local-secret-file",
                 str(codec_secret_file(self.settings)),
                 "--log-file",  # size-rotated by the server itself
-                str(self.log_file),
+                str(self.rotated_log_file()),
             ],
             env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1"),
         )
+
+    def rotated_log_file(self) -> Path:
+        """The request log the server rotates itself. Rotating renames files, so as its own
+        OS user it gets a log folder of its own (0700, its user) inside the stack's;
+        otherwise it is the stack's log for it."""
+        if self.account is None:
+            return self.log_file
+        folder = private_dir(self.settings.log_dir / "codec", 0o700)
+        os.chown(folder, self.account.uid, self.account.gid)
+        return folder / "codec.log"
 
     def healthy(self) -> bool:
         try:
@@ -1146,7 +1162,7 @@ class Stack:
                 time.sleep(0.2)
             if busy:
                 raise StackError(" ".join(busy))
-        private_dir(self.settings.log_dir)
+        private_dir(self.settings.log_dir, _log_dir_mode())
         private_dir(self.settings.run_dir)
         for worker in started:
             worker._launch()
@@ -1174,7 +1190,7 @@ class Stack:
         private_dir(self.settings.state_dir, 0o711 if _is_root() else 0o700)
         # logs an older version left readable (its vault.log held the dev root token)
         if self.settings.log_dir.is_dir():
-            private_dir(self.settings.log_dir)
+            private_dir(self.settings.log_dir, _log_dir_mode())
             for log in self.settings.log_dir.iterdir():
                 if log.is_file() and stat.S_IMODE(log.stat().st_mode) != 0o600:
                     log.chmod(0o600)
@@ -1291,6 +1307,10 @@ class Stack:
             if server in (None, srv.name):
                 out.append(f"==> {srv.log_file} (current run) <==")
                 out.append(redact(_tail(srv.log_file, lines), hidden))
+                own = self.settings.log_dir / srv.name / f"{srv.name}.log"
+                if own.exists():  # a log the server rotates itself (the codec server)
+                    out.append(f"==> {own} (rotated by the server) <==")
+                    out.append(redact(_tail(own, lines), hidden))
         return "\n".join(out)
 
 

@@ -49,7 +49,7 @@ async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -
     assert status == 403
 
     # the real temporal CLI, told only TEMPORAL_CODEC_ENDPOINT, calls the local reader
-    log = stack.codec.log_file
+    log = stack.codec.rotated_log_file()  # the request log the server rotates itself
     before = log.read_text().count('"caller_kind": "local"')
     workflow_id = f"codec-cli-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address}
