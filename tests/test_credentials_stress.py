@@ -35,7 +35,9 @@ import pytest
 from orders_ops.stack import Stack
 from orders_shared.config import DatabaseConfig, VaultConfig
 from orders_shared.identity import Backoff, VaultSession
-from orders_shared.leases import RolePool
+from orders_shared.leases import CREDENTIAL_GONE, LeasedPools, RolePool
+from orders_shared.metrics import DB_LEASE_ROTATION_FAILURES
+from orders_shared.runtime import shutdown
 
 pytestmark = pytest.mark.stack
 
@@ -247,3 +249,131 @@ async def test_token_max_ttl_with_vault_down_at_the_last_renewal(
     await _through_token_generations(
         stack, root, admin, ttl=15, drain=2.0, outage_allowance=6.0, pause=6.0, query_seconds=0.5
     )
+
+
+# ---------------------------------------------------------------------------- item 2
+
+
+async def _backend_running(admin: asyncpg.Connection, username: str) -> bool:
+    return bool(
+        await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active'",
+            username,
+        )
+    )
+
+
+async def _long_query(pool: RolePool) -> BaseException | None:
+    try:
+        async with pool.connection() as conn:
+            await conn.fetchval("SELECT pg_sleep(30)")
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _rotation_failures_metric(db_role: str) -> float:
+    return float(DB_LEASE_ROTATION_FAILURES.labels(db_role)._value.get())
+
+
+async def test_a_rotation_that_fails_while_vault_is_away_is_retried(
+    stack: Stack, admin: asyncpg.Connection
+) -> None:
+    vault = VaultSession(_vault_config(stack, "validate"), backoff=FAST)
+    await vault.login()
+    pool = RolePool(vault, _db(stack), "order-validate", drain_timeout=1, backoff=FAST)
+    await pool.open()
+    try:
+        first = pool.credential.username
+        metric_before = _rotation_failures_metric("order-validate")
+        query = asyncio.create_task(_long_query(pool))
+        for _ in range(100):
+            if await _backend_running(admin, first):
+                break
+            await asyncio.sleep(0.05)
+        with vault_stopped(stack):
+            # the credential's session is killed (as a revocation would) while Vault
+            # cannot issue a new one: the rotation it asks for fails...
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                first,
+            )
+            assert isinstance(await query, CREDENTIAL_GONE)
+            assert await _eventually(lambda: pool.rotation_failures >= 1)
+            assert pool.rotation_pending, "the failed rotation is still wanted"
+        # ...and is retried once Vault is back, without anything else asking again
+        assert await _eventually(lambda: pool.credential.username != first)
+        assert not pool.rotation_pending
+        assert _rotation_failures_metric("order-validate") > metric_before
+        async with pool.connection() as conn:
+            assert await conn.fetchval("SELECT current_user") == pool.credential.username
+    finally:
+        await pool.close()
+        await vault.close()
+
+
+async def test_a_lease_revoke_prefix_kills_a_query_and_brings_a_new_credential_at_once(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    vault = VaultSession(_vault_config(stack, "notify"), backoff=FAST)
+    await vault.login()
+    pool = RolePool(vault, _db(stack), "order-notify", drain_timeout=1, backoff=FAST)
+    await pool.open()
+    try:
+        first = pool.credential.username
+        query = asyncio.create_task(_long_query(pool))
+        for _ in range(100):
+            if await _backend_running(admin, first):
+                break
+            await asyncio.sleep(0.05)
+        # an operator: vault lease revoke -prefix database/creds/order-notify
+        root.sys.revoke_prefix("database/creds/order-notify")
+        error = await query
+        assert isinstance(error, (asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError))
+        # nothing uses the pool now: the killed query alone brings the new credential
+        assert await _eventually(lambda: pool.credential.username != first)
+        assert not await _role_exists(admin, first)
+        async with pool.connection() as conn:  # the retried operation succeeds
+            assert await conn.fetchval("SELECT current_user") == pool.credential.username
+    finally:
+        await pool.close()
+        await vault.close()
+
+
+async def test_shutdown_revokes_the_token_even_when_a_lease_revoke_fails(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection
+) -> None:
+    vault = VaultSession(_vault_config(stack, "fulfill"), backoff=FAST)
+    await vault.login()
+    token = vault.client.token
+    pools = LeasedPools(vault, _db(stack), ["order-fulfill"], drain_timeout=1, backoff=FAST)
+    await pools.open()
+    cred = pools.pools["order-fulfill"].credential
+    real_lease, username = cred.lease_id, cred.username
+    # a revoke Vault refuses (this identity may not touch another role's leases)
+    cred.lease_id = real_lease.replace("order-fulfill", "order-validate")
+    try:
+
+        class Broken:
+            """A second source whose close fails outright."""
+
+            def connection(self, db_role: str) -> contextlib.AbstractAsyncContextManager[object]:
+                raise NotImplementedError
+
+            async def close(self) -> None:
+                await pools.close()
+                raise RuntimeError("pool close failed")
+
+        await shutdown(vault, Broken())  # type: ignore[arg-type]
+        with pytest.raises(hvac.exceptions.VaultError):
+            root.auth.token.lookup(token)  # the token is gone...
+        # ...and with it the lease whose own revoke was refused
+        for _ in range(50):
+            if not await _role_exists(admin, username):
+                break
+            await asyncio.sleep(0.1)
+        assert not await _role_exists(admin, username)
+    finally:
+        cred.lease_id = real_lease
+        with contextlib.suppress(Exception):
+            root.sys.revoke_lease(real_lease)
