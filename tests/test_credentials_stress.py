@@ -377,3 +377,96 @@ async def test_shutdown_revokes_the_token_even_when_a_lease_revoke_fails(
         cred.lease_id = real_lease
         with contextlib.suppress(Exception):
             root.sys.revoke_lease(real_lease)
+
+
+# ---------------------------------------------------------------------------- item 3
+
+
+async def _valid_until_passed(admin: asyncpg.Connection, username: str) -> bool:
+    return bool(
+        await admin.fetchval(
+            "SELECT rolvaliduntil < now() FROM pg_roles WHERE rolname = $1", username
+        )
+    )
+
+
+@pytest.mark.parametrize("token_expires", [False, True], ids=["lease", "lease-and-token"])
+async def test_a_credential_that_really_expires_recovers_when_vault_returns(
+    stack: Stack, root: hvac.Client, admin: asyncpg.Connection, token_expires: bool
+) -> None:
+    """Vault stopped past the credential's VALID UNTIL (and, in one run, past the Vault
+    token's end): operations fail meanwhile, and every one, retried, succeeds after."""
+    with contextlib.ExitStack() as roles:
+        roles.enter_context(short_lease(root, "order-process-payment", ttl=3, max_ttl=120))
+        auth_role = None
+        if token_expires:
+            auth_role = roles.enter_context(short_token_role(root, "payment", ttl=5, max_ttl=120))
+        vault = VaultSession(
+            _vault_config(stack, "payment", auth_role), backoff=FAST, relogin_margin=2
+        )
+        await vault.login()
+        vault.start()
+        pool = RolePool(vault, _db(stack), "order-process-payment", drain_timeout=1, backoff=FAST)
+        await pool.open()
+        cred = pool.credential
+        attempts: dict[int, int] = {}
+        results: dict[int, int] = {}
+
+        async def operation(n: int) -> None:
+            """One unit of work, retried (as Temporal retries an activity) until it succeeds."""
+            while True:
+                attempts[n] = attempts.get(n, 0) + 1
+                try:
+                    async with pool.connection() as conn:
+                        results[n] = await conn.fetchval(
+                            "SELECT $1::int + 0 * count(*) FROM app.payments", n
+                        )
+                    return
+                except (*CREDENTIAL_GONE, asyncpg.InterfaceError, asyncpg.InternalClientError):
+                    # infrastructure errors are retried (a connection killed while idle can
+                    # surface as InternalClientError); anything else fails the test
+                    await asyncio.sleep(0.3)
+
+        try:
+            await asyncio.gather(*(operation(n) for n in range(5)))  # all fine before
+            with vault_stopped(stack):
+                assert await _eventually(
+                    lambda: (
+                        cred.lease_seconds_left == 0
+                        and (not token_expires or vault.token_seconds_left == 0)
+                    ),
+                    timeout_polls=200,
+                )
+                for _ in range(50):  # Postgres's clock, not ours, decides
+                    if await _valid_until_passed(admin, cred.username):
+                        break
+                    await asyncio.sleep(0.1)
+                # the credential really is dead for new logins...
+                with pytest.raises(asyncpg.InvalidPasswordError):
+                    await asyncpg.connect(
+                        host="127.0.0.1",
+                        port=stack.settings.postgres_port,
+                        database="orders",
+                        user=cred.username,
+                        password=cred.password,
+                    )
+                # ...and the pool must open new connections (its sessions are recycled)
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                    cred.username,
+                )
+                work = asyncio.gather(*(operation(n) for n in range(5, 25)))
+                await asyncio.sleep(2)  # operations fail and retry while Vault is away
+                failed_meanwhile = sum(attempts[n] - 1 for n in range(5, 25) if n in attempts)
+                assert failed_meanwhile > 0, "the expired credential did stop the work"
+                assert results.keys() == set(range(5)), "no operation got through meanwhile"
+            await asyncio.wait_for(work, timeout=60)
+            assert results == {n: n for n in range(25)}, "every operation succeeded in the end"
+            assert pool.credential.username != cred.username
+            if token_expires:
+                assert vault.logins >= 2
+            async with pool.connection() as conn:
+                assert await conn.fetchval("SELECT current_user") == pool.credential.username
+        finally:
+            await pool.close()
+            await vault.close()
