@@ -324,7 +324,8 @@ class VaultSession:
                 self._client.auth.token.renew_self, increment=max(1, int(self.token_ttl))
             )
         except hvac.exceptions.Forbidden:
-            await self.login()  # the token was revoked or expired under us
+            life.expires_at = 0.0  # revoked or expired under us: nothing left to revoke
+            await self.login()
             return
         auth = resp["auth"]
         granted = float(auth["lease_duration"])
@@ -371,8 +372,11 @@ class VaultSession:
                 error = type(exc).__name__
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._backoff.delay(attempt))
+            except hvac.exceptions.Forbidden:
+                log.info("vault.token_already_gone", serial=life.serial)
+                return
             except hvac.exceptions.VaultError as exc:
-                error = type(exc).__name__  # already expired or revoked: nothing to do
+                error = type(exc).__name__
                 break
         log.warning(
             "vault.revoke_self_failed",
