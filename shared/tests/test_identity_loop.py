@@ -1,7 +1,10 @@
-"""The token renewal loop outlives any error: a dead loop would mean a dead token."""
+"""The token renewal loop outlives any error (a dead loop would mean a dead token), and
+renews early enough to keep the re-login margin."""
 
 import asyncio
 from pathlib import Path
+
+import pytest
 
 from orders_shared.config import VaultConfig
 from orders_shared.identity import Backoff, VaultSession
@@ -43,3 +46,21 @@ async def test_unexpected_errors_do_not_end_the_renewal_loop() -> None:
         assert session._task is not None and not session._task.done()
     finally:
         await session.close(revoke=False)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "margin", "lead"),
+    [
+        (900, 120, 300),  # the defaults: a third of the TTL already exceeds the margin
+        (240, 120, 120),  # the margin wins over a third of the TTL
+        (120, 120, 80),  # a margin the TTL cannot hold: lead capped at 2T/3, no hot loop
+        (6, 3, 3),
+    ],
+)
+def test_renew_lead_keeps_the_margin_when_the_ttl_allows(
+    ttl: float, margin: float, lead: float
+) -> None:
+    session = FlakySession([])
+    session.relogin_margin = margin
+    session.token_ttl = ttl
+    assert session.renew_lead == pytest.approx(lead)

@@ -4,7 +4,10 @@ Activities ask a :class:`ConnectionSource` for a connection *as a Vault
 database role* (``order-reserve-inventory``...). The production source
 (:class:`orders_shared.leases.LeasedPools`) holds one Vault lease and one
 asyncpg pool per role and rotates them underneath; a benchmark or a test can
-swap in another source without touching activity code.
+swap in another source without touching activity code. The runtime needs
+nothing more from a source than this protocol (readiness checks take the roles
+to probe; :func:`orders_shared.runtime.shutdown` closes it, logs if that fails,
+and revokes the Vault token regardless).
 """
 
 from __future__ import annotations

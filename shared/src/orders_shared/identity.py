@@ -2,10 +2,21 @@
 
 A worker never holds a static Vault token. It presents its identity token
 (a Kubernetes ServiceAccount token in a cluster, the local issuer's JWT in
-process mode) at Vault's ``kubernetes`` or ``jwt`` auth method, renews the
-Vault token it gets at two thirds of its TTL, and logs in again (re-reading
-the token file, which the kubelet or the local issuer rotates) when the token
-can no longer be renewed.
+process mode) at Vault's ``kubernetes`` or ``jwt`` auth method, keeps the
+Vault token it gets alive, and logs in again (re-reading the token file, which
+the kubelet or the local issuer rotates) before the token reaches its max TTL.
+
+Timing (``T`` is the TTL granted at login, ``M`` the re-login margin):
+
+* the token is renewed (with increment ``T``) when ``L = min(max(T/3, M), 2T/3)``
+  seconds of it are left: an outage of up to ``L`` is survived on the old token;
+* a renewal granted less than ``T`` has hit the max TTL: the token's end is now
+  fixed, and the session logs in again at once, with at least ``L`` seconds of
+  the old token left. Database leases are children of the token that created
+  them and die with it, so ``M`` is the pools' drain window plus the Vault outage
+  to survive (default 60 s + 60 s): after the new login the pools move to new
+  credentials, and the old ones get their drain window before the old token ends;
+* a refused renewal (token revoked or expired) logs in again at once.
 
 hvac is synchronous (requests). Every Vault call runs on a small thread pool
 so it never blocks the event loop, and hvac stays out of workflow modules.
@@ -19,7 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import hvac
@@ -48,8 +59,29 @@ VAULT_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+DEFAULT_DRAIN_WINDOW = 60.0
+"""Seconds a retired database credential's running queries get before its lease is revoked."""
+DEFAULT_OUTAGE_ALLOWANCE = 60.0
+"""Seconds of Vault outage the last stretch of a token must survive before it ends."""
+DEFAULT_RELOGIN_MARGIN = DEFAULT_DRAIN_WINDOW + DEFAULT_OUTAGE_ALLOWANCE
+
+
 class VaultLoginError(RuntimeError):
     """Vault refused the workload's identity; the message says what to check."""
+
+
+@dataclass
+class TokenLife:
+    """One Vault token of a session: when it ends. Renewals move ``expires_at``."""
+
+    serial: int  # 1 for the first login, +1 per login
+    expires_at: float  # time.monotonic() deadline
+    capped: bool = False  # a renewal hit the max TTL: this end is final
+    token: str = field(default="", repr=False)  # kept only to revoke it at close
+
+    @property
+    def seconds_left(self) -> float:
+        return max(0.0, self.expires_at - time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -72,16 +104,19 @@ class VaultSession:
         *,
         backoff: Backoff | None = None,
         executor_threads: int = 4,
+        relogin_margin: float = DEFAULT_RELOGIN_MARGIN,
     ) -> None:
         self.config = config
+        self.relogin_margin = relogin_margin
         self._client = hvac.Client(url=config.addr, timeout=config.request_timeout)
         self._executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="vault")
         self._backoff = backoff or Backoff()
         self._login_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.token_ttl: float = 0.0  # TTL granted at the last login or renewal
-        self.token_expires_at: float = 0.0  # time.monotonic() deadline
+        self.token_ttl: float = 0.0  # TTL granted at the last login (the renewal increment)
         self.token_renewable = False
+        self._life = TokenLife(serial=0, expires_at=0.0)
+        self._retired: list[TokenLife] = []  # tokens replaced by a new login, revoked at close
         self.policies: tuple[str, ...] = ()
         self.logins = 0
         self.renewals = 0
@@ -125,8 +160,27 @@ class VaultSession:
         return self._client
 
     @property
+    def token_life(self) -> TokenLife:
+        """The current token's life; a lease issued now dies no later than it."""
+        return self._life
+
+    @property
+    def token_expires_at(self) -> float:
+        return self._life.expires_at
+
+    @token_expires_at.setter
+    def token_expires_at(self, value: float) -> None:
+        self._life.expires_at = value
+
+    @property
     def token_seconds_left(self) -> float:
-        return max(0.0, self.token_expires_at - time.monotonic())
+        return self._life.seconds_left
+
+    @property
+    def renew_lead(self) -> float:
+        """Seconds before the token's end at which it is renewed (or replaced)."""
+        ttl = self.token_ttl
+        return min(max(ttl / 3, self.relogin_margin), ttl * 2 / 3)
 
     @property
     def logged_in(self) -> bool:
@@ -154,7 +208,7 @@ class VaultSession:
             self._client.token = cfg.static_token
             info = await self.call(self._client.auth.token.lookup_self)
             data = info["data"]
-            self._set_token_state(float(data.get("ttl") or 0), bool(data.get("renewable")))
+            self._new_token(float(data.get("ttl") or 0), bool(data.get("renewable")))
             self.policies = tuple(data.get("policies") or ())
             log.warning("vault.static_token_in_use", reason="VAULT_AUTH_METHOD=token (dev only)")
             self.logins += 1
@@ -188,26 +242,41 @@ class VaultSession:
                 f"this service's identity and that the auth role exists (orders-bootstrap)."
             ) from None
         auth = resp["auth"]
-        self._set_token_state(float(auth["lease_duration"]), bool(auth["renewable"]))
+        previous = self._life
+        self._client.token = auth["client_token"]
+        self._new_token(float(auth["lease_duration"]), bool(auth["renewable"]))
+        self._life.token = auth["client_token"]
+        if previous.token and previous.seconds_left > 0:
+            self._retired.append(previous)
+        self._retired = [life for life in self._retired if life.seconds_left > 0]
         self.policies = tuple(auth.get("token_policies") or auth.get("policies") or ())
         self.logins += 1
         VAULT_LOGINS.inc()
-        if self.logins > 1:
-            for callback in list(self._login_listeners):
-                callback()
         log.info(
             "vault.login",
             method=cfg.auth_method,
             role=cfg.auth_role,
             ttl=self.token_ttl,
+            previous_seconds_left=round(previous.seconds_left, 1),
             seconds=round(time.monotonic() - started, 4),
         )
+        if self.relogin_margin > self.token_ttl * 2 / 3:
+            log.warning(
+                "vault.relogin_margin_not_met",
+                ttl=self.token_ttl,
+                relogin_margin=self.relogin_margin,
+                fix="give the auth role a token TTL of at least 1.5x the margin",
+            )
+        if self.logins > 1:
+            for callback in list(self._login_listeners):
+                callback()
 
-    def _set_token_state(self, ttl: float, renewable: bool) -> None:
+    def _new_token(self, ttl: float, renewable: bool) -> None:
         self.token_ttl = ttl
         self.token_renewable = renewable
         # ttl 0 means a non-expiring token (root-like; only possible with method=token)
-        self.token_expires_at = time.monotonic() + (ttl if ttl > 0 else 10 * 365 * 86400)
+        end = time.monotonic() + (ttl if ttl > 0 else 10 * 365 * 86400)
+        self._life = TokenLife(serial=self._life.serial + 1, expires_at=end)
 
     # -- keeping the token valid -------------------------------------------------------
     def start(self) -> None:
@@ -219,8 +288,8 @@ class VaultSession:
         attempt = 0
         while True:
             if attempt == 0:
-                # renew at two thirds of the TTL we were last granted
-                wait = max(0.0, self.token_seconds_left - self.token_ttl / 3)
+                # act when renew_lead seconds are left (see the module docstring)
+                wait = max(0.0, self.token_seconds_left - self.renew_lead)
             else:
                 wait = self._backoff.delay(attempt)
             await asyncio.sleep(wait)
@@ -243,26 +312,33 @@ class VaultSession:
                 log.error("vault.renewal_error", error_type=type(exc).__name__, attempt=attempt)
 
     async def renew_or_login(self) -> None:
-        """Renew the token; log in again when it is not renewable or near its max TTL."""
+        """Renew the token; log in again when it is not renewable or at its max TTL."""
         if self.config.auth_method == "token" and self.token_ttl == 0:
             return
-        if not self.token_renewable or not self.logged_in:
+        life = self._life
+        if not self.token_renewable or not self.logged_in or life.capped:
             await self.login()
             return
         try:
-            resp = await self.call(self._client.auth.token.renew_self)
+            resp = await self.call(
+                self._client.auth.token.renew_self, increment=max(1, int(self.token_ttl))
+            )
         except hvac.exceptions.Forbidden:
-            await self.login()  # the token was revoked or expired under us
+            life.expires_at = 0.0  # revoked or expired under us: nothing left to revoke
+            await self.login()
             return
         auth = resp["auth"]
         granted = float(auth["lease_duration"])
         self.renewals += 1
         VAULT_TOKEN_RENEWALS.inc()
-        if granted < self.token_ttl / 3:
-            # capped by the token's max TTL: a fresh login costs less than running dry
+        life.expires_at = time.monotonic() + granted
+        self.token_renewable = bool(auth["renewable"])
+        if granted < int(self.token_ttl):
+            # capped by the max TTL: the token's end is fixed. Log in now, while the
+            # old token still has renew_lead seconds for the pools to move and drain.
+            life.capped = True
+            log.info("vault.token_at_max_ttl", token_seconds_left=round(granted, 1))
             await self.login()
-            return
-        self._set_token_state(granted, bool(auth["renewable"]))
 
     async def close(self, *, revoke: bool = True) -> None:
         """Stop renewing and (by default) revoke the token, so nothing outlives the process."""
@@ -273,12 +349,41 @@ class VaultSession:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if revoke and self.config.auth_method != "token" and self.logged_in:
-            try:
-                await self.call(self._client.auth.token.revoke_self)
-            except (*VAULT_UNAVAILABLE, hvac.exceptions.VaultError) as exc:
-                log.warning("vault.revoke_self_failed", error=type(exc).__name__)
+        if revoke and self.config.auth_method != "token":
+            # the current token and any a re-login replaced: revoking a token revokes
+            # every lease it created, so this also ends leases whose own revoke failed
+            for life in [*self._retired, self._life]:
+                if life.token and life.seconds_left > 0:
+                    await self._revoke_token(life)
+            self._retired.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _revoke_token(self, life: TokenLife, attempts: int = 3) -> None:
+        client = hvac.Client(
+            url=self.config.addr, token=life.token, timeout=self.config.request_timeout
+        )
+        error = "none"
+        for attempt in range(attempts):
+            try:
+                await self.request("revoke_self", client.auth.token.revoke_self)
+                log.info("vault.token_revoked", serial=life.serial)
+                return
+            except VAULT_UNAVAILABLE as exc:
+                error = type(exc).__name__
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._backoff.delay(attempt))
+            except hvac.exceptions.Forbidden:
+                log.info("vault.token_already_gone", serial=life.serial)
+                return
+            except hvac.exceptions.VaultError as exc:
+                error = type(exc).__name__
+                break
+        log.warning(
+            "vault.revoke_self_failed",
+            error=error,
+            serial=life.serial,
+            token_seconds_left=round(life.seconds_left, 1),
+        )
 
 
 def _outcome(exc: BaseException) -> str:

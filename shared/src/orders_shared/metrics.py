@@ -38,6 +38,11 @@ DB_LEASE_ROTATIONS = Counter(
     "Switches of a pool to a new database credential",
     ["db_role"],
 )
+DB_LEASE_ROTATION_FAILURES = Counter(
+    "orders_db_lease_rotation_failures_total",
+    "Attempts to switch a pool to a new database credential that failed (retried with backoff)",
+    ["db_role"],
+)
 
 CODEC_SECONDS = Histogram(
     "orders_codec_seconds",

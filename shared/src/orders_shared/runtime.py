@@ -7,7 +7,9 @@ database roles, and polls only its own task queue.
 
 Shutdown (SIGTERM or SIGINT): stop polling, give in-flight activities the
 grace period to finish, close the pools and revoke every lease, revoke the
-Vault token, exit 0.
+Vault token, exit 0. Each shutdown step runs even when one before it failed:
+the token is revoked (which ends every lease it created) even if a lease
+revoke failed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +31,12 @@ from orders_shared.codec import TransitClient, VaultTransit, data_converter
 from orders_shared.config import ConfigError, WorkerConfig
 from orders_shared.db import ConnectionSource
 from orders_shared.health import HealthServer
-from orders_shared.identity import VaultLoginError, VaultSession
+from orders_shared.identity import (
+    DEFAULT_DRAIN_WINDOW,
+    DEFAULT_OUTAGE_ALLOWANCE,
+    VaultLoginError,
+    VaultSession,
+)
 from orders_shared.interceptors import ObservabilityInterceptor
 from orders_shared.leases import CredentialError, LeasedPools
 from orders_shared.logging import configure_logging
@@ -42,9 +49,18 @@ and to Transit as its own identity (to open the sealed fields that are its to re
 
 
 def readiness_checks(
-    vault: VaultSession, pools: LeasedPools, client: Client
+    vault: VaultSession,
+    source: ConnectionSource,
+    client: Client,
+    db_roles: Iterable[str] | None = None,
 ) -> dict[str, Callable[[], Any]]:
-    """What /readyz asks: can this worker do its job right now?"""
+    """What /readyz asks: can this worker do its job right now?
+
+    ``db_roles`` defaults to the roles of a :class:`LeasedPools`; any other
+    :class:`ConnectionSource` names the roles it serves.
+    """
+    if db_roles is None:
+        db_roles = source.pools if isinstance(source, LeasedPools) else ()
 
     async def temporal() -> None:
         if not await client.service_client.check_health(timeout=timedelta(seconds=2)):
@@ -57,10 +73,10 @@ def readiness_checks(
         await vault.request("readiness", vault.client.auth.token.lookup_self)
 
     checks: dict[str, Callable[[], Any]] = {"temporal": temporal, "vault": vault_check}
-    for role in pools.pools:
+    for role in db_roles:
 
         async def database(role: str = role) -> None:
-            async with pools.connection(role) as conn:
+            async with source.connection(role) as conn:
                 await conn.fetchval("SELECT 1")
 
         checks[f"database:{role}"] = database
@@ -89,8 +105,12 @@ async def serve(
             global_tags={"service": service},
         )
     )
-    vault = VaultSession(config.vault)
-    pools = LeasedPools(vault, config.database, spec.db_roles)
+    # the last re-login leaves the old token enough life for a Vault outage plus the
+    # pools' drain window (leases die with the token that created them)
+    vault = VaultSession(
+        config.vault, relogin_margin=DEFAULT_DRAIN_WINDOW + DEFAULT_OUTAGE_ALLOWANCE
+    )
+    pools = LeasedPools(vault, config.database, spec.db_roles, drain_timeout=DEFAULT_DRAIN_WINDOW)
     health: HealthServer | None = None
     try:
         await vault.login()
@@ -130,11 +150,24 @@ async def serve(
             await stop.wait()
             log.info("worker.stopping", grace_seconds=ops.shutdown_grace)
     finally:
-        if health is not None:
-            await health.stop()
-        await pools.close()
-        await vault.close()
+        await shutdown(vault, pools, health)
         log.info("worker.stopped")
+
+
+async def shutdown(
+    vault: VaultSession, source: ConnectionSource, health: HealthServer | None = None
+) -> None:
+    """Stop serving health, close the connection source (revoking its leases), then revoke
+    the Vault token. Every step runs whatever the one before it did; failures are logged."""
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    if health is not None:
+        steps.append(("health", health.stop))
+    steps += [("database", source.close), ("vault", vault.close)]
+    for name, step in steps:
+        try:
+            await step()
+        except Exception as exc:
+            log.error("worker.shutdown_step_failed", step=name, error_type=type(exc).__name__)
 
 
 def run_service(
