@@ -148,7 +148,8 @@ def test_whatever_is_accepted_carries_no_forbidden_character(field: str, text: s
         order = parse_order(with_field(field, value))
     except OrderInputError as bad:
         assert bad.field == field
-        assert value not in bad.rule  # the value is never echoed
+        # the value is never echoed (a value of a few characters can occur in any text)
+        assert len(value) < 8 or value not in bad.rule
         return
     accepted = getattr(order, field)
     assert not any(
