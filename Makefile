@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo bench browser test lint lint-deploy typecheck clean
+.PHONY: help install up down status env logs bootstrap demo bench chaos browser test lint lint-deploy typecheck clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1
 
 bench: install ## figures: Vault and database costs, codec, orders end to end (prints, asserts nothing)
 	$(BIN)/orders-bench
+
+chaos: install ## faults injected in turn under a steady load of orders; checks every outcome (minutes)
+	$(BIN)/orders-chaos
 
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
 	@ops/scripts/install-browser.sh
