@@ -32,11 +32,12 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,6 +589,18 @@ def table(report: ChaosReport) -> str:
     return "\n".join(lines)
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _until_signalled(work: Coroutine[Any, Any, ChaosReport]) -> ChaosReport:
+    """Run ``work``; SIGTERM (like Ctrl-C) cancels it, so every ``finally`` restores
+    its fault and stops what was started."""
+    task = asyncio.ensure_future(work)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await task
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orders-chaos", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -617,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         print("orders-chaos: stack and workers on 127.0.0.1", flush=True)
         stack.up(timeout=90, echo=_quiet)
-        report = asyncio.run(run_chaos(stack, faults, options, lambda m: print(m, flush=True)))
+        report = asyncio.run(_until_signalled(run_chaos(stack, faults, options, _print)))
     except StackError as exc:
         print(f"orders-chaos: error: {exc}", file=sys.stderr)
     finally:

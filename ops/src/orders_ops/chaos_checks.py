@@ -139,11 +139,12 @@ def check_rows(facts: OrderFacts, expect: Expectation, result_status: str) -> li
 def net_charged(facts: OrderFacts) -> int:
     """Money the order holds: an approved charge minus its refund. A pending charge
     that was refunded nets to zero (the provider refunds, by key, whatever it took)."""
-    charge = next(((s, a) for k, s, a in facts.payments if k == "charge"), None)
     refunded = sum(a for k, _, a in facts.payments if k == "refund")
-    charged = 0
-    if charge is not None and (charge[0] == "approved" or (charge[0] == "pending" and refunded)):
-        charged = charge[1]
+    charged = sum(
+        a
+        for k, s, a in facts.payments
+        if k == "charge" and (s == "approved" or (s == "pending" and refunded))
+    )
     return charged - refunded
 
 

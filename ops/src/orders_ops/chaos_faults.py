@@ -14,8 +14,10 @@ system is whole again (servers restarted and healthy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -85,6 +87,7 @@ class VaultPause(Fault):
         self.hold = hold
         self.name = f"Vault paused {hold:.0f}s"
         self._pid: int | None = None
+        self._watchdog: asyncio.subprocess.Process | None = None
 
     def unavailable(self, stack: Stack) -> str | None:
         return None if stack.vault.pid() is not None else "Vault is not running"
@@ -93,15 +96,28 @@ class VaultPause(Fault):
         self._pid = ctx.stack.vault.pid()
         if self._pid is None:
             raise StackError("Vault is not running: nothing to pause")
+        # should this harness itself be killed, Vault still wakes up: a detached
+        # watchdog sends SIGCONT a little after the bound (stopped again in restore)
+        self._watchdog = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            f"sleep {self.hold + 15:.0f}; kill -CONT {self._pid}",
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.kill(self._pid, signal.SIGSTOP)
 
     async def restore(self, ctx: FaultContext) -> None:
         if self._pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
             self._pid = None
+        if self._watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):  # its own group: sh and its sleep
+                os.killpg(self._watchdog.pid, signal.SIGKILL)
+            await self._watchdog.wait()
+            self._watchdog = None
 
 
 class ServerRestart(Fault):
