@@ -60,8 +60,9 @@ class Fault:
     async def restore(self, ctx: FaultContext) -> None:
         """Undo the fault; safe to call twice, or after a failed inject."""
 
-    async def verify(self, ctx: FaultContext, before: list[str]) -> list[str]:
-        """Extra checks after restore (``before``: orders finished before the fault)."""
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        """Extra checks after restore (``before``: orders finished in earlier phases;
+        ``phase``: this phase's orders). Returns problems; may add ``ctx.notes``."""
         return []
 
 
@@ -200,7 +201,7 @@ class TemporalRestart(ServerRestart):
     def unavailable(self, stack: Stack) -> str | None:
         return None if stack.temporal.pid() is not None else "Temporal is not running"
 
-    async def verify(self, ctx: FaultContext, before: list[str]) -> list[str]:
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
         from temporalio.client import Client
         from temporalio.service import RPCError
 
@@ -288,6 +289,41 @@ class WorkerKill(Fault):
             if busy
             else f"{worker.name} (pid {pid}) killed while idle (no task seen in 10 s)"
         )
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        """Say whether the kill really cut a task short: the orders' histories show a
+        retried activity attempt on this worker's queue, or a workflow task timed out."""
+        from temporalio.api.enums.v1 import EventType
+        from temporalio.client import Client
+
+        queue = SERVICES[self.service].task_queue
+        client = await Client.connect(ctx.stack.settings.temporal_address)
+        hit = 0
+        for order_id in phase:
+            scheduled_on: dict[int, str] = {}
+            async for event in client.get_workflow_handle(order_id).fetch_history_events():
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    attrs = event.activity_task_scheduled_event_attributes
+                    scheduled_on[event.event_id] = attrs.task_queue.name
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                    started = event.activity_task_started_event_attributes
+                    if (
+                        started.attempt > 1
+                        and scheduled_on.get(started.scheduled_event_id) == queue
+                    ):
+                        hit += 1
+                elif (
+                    event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+                    and self.service == "orchestrator"
+                ):
+                    hit += 1
+        ctx.notes.append(
+            f"{hit} task(s) of {len(phase)} orders retried after the kill (their attempt died "
+            "with the worker)"
+            if hit
+            else "no order's task was cut short by the kill (it landed between tasks)"
+        )
+        return []
 
     async def restore(self, ctx: FaultContext) -> None:
         if self._killed and self._worker(ctx.stack).pid() is None:
