@@ -252,6 +252,22 @@ def _slots_used(worker: WorkerProcess) -> float:
     return used
 
 
+def _kill_when_busy(worker: WorkerProcess, pid: int, timeout: float) -> float:
+    """SIGKILL ``pid`` the moment its gauges show a task running (or at ``timeout``).
+
+    Scrape and kill happen in this one thread, back to back: the activities last
+    milliseconds, so any hop in between would let the task finish first."""
+    deadline = time.monotonic() + timeout
+    busy = 0.0
+    while time.monotonic() < deadline:
+        busy = _slots_used(worker)
+        if busy > 0:
+            break
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return busy
+
+
 class WorkerKill(Fault):
     """SIGKILL one worker while it runs a task, keep it dead ``hold`` seconds, restart it."""
 
@@ -269,17 +285,10 @@ class WorkerKill(Fault):
 
     async def inject(self, ctx: FaultContext) -> None:
         worker = self._worker(ctx.stack)
-        busy = 0.0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait for it to be mid-task
-            busy = await asyncio.to_thread(_slots_used, worker)
-            if busy > 0:
-                break
-            await asyncio.sleep(0.05)
         pid = worker.pid()
         if pid is None:
             raise StackError(f"{worker.name} is not running: nothing to kill")
-        os.kill(pid, signal.SIGKILL)
+        busy = await asyncio.to_thread(_kill_when_busy, worker, pid, 10.0)
         self._killed = True
         now = time.time()
         for role in SERVICES[self.service].db_roles:
