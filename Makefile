@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo bench abuse browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo bench abuse chaos browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: install ## figures: Vault and database costs, codec, orders end to end, t
 
 abuse: install ## codec server under abuse: answer, time, peak memory per case (asserts it stays up)
 	$(BIN)/python -m orders_codec_server.abuse
+
+chaos: install ## faults injected in turn under a steady load of orders; checks every outcome (minutes)
+	$(BIN)/orders-chaos
 
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
 	@ops/scripts/install-browser.sh

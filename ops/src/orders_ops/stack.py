@@ -16,6 +16,7 @@ and unsealed by this module, so history stays readable across ``down``/``up``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -535,6 +536,9 @@ class Vault(Server):
     survive ``down``/``up``, and so does the history Temporal keeps encrypted with
     them. No banner with a secret is printed: the init answer comes over the API.
     """
+
+    persistent = True
+    """Its Transit keys and leases survive a restart (fault tests rely on it)."""
 
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(
@@ -1109,6 +1113,17 @@ class ProviderSimulator(Server):
             ],
             env=child_env(),
         )
+
+    def set_fault(self, mode: str | None) -> None:
+        """Switch the simulator's fault for every call (``slow``, ``error``: HTTP 500,
+        ``drop``: charge then drop the answer), or clear it with ``None``."""
+        from orders_ops.provider_sim import ProviderAdmin
+
+        admin = ProviderAdmin(self.settings.provider_url, self.settings.provider_admin_token_file)
+        if mode is None:
+            asyncio.run(admin.clear())
+        else:
+            asyncio.run(admin.fault(mode))
 
     def healthy(self) -> bool:
         try:

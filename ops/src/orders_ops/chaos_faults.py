@@ -1,0 +1,445 @@
+"""The faults ``orders-chaos`` injects, one small class each, in one table.
+
+A fault says whether it can run on this stack (:meth:`Fault.unavailable` returns
+why not, checked with duck-typed attributes so a stack that gains the
+prerequisite later just works), injects itself, and restores what it changed.
+``restore`` is idempotent and the harness always calls it in a ``finally``.
+The blocking ones (processes, sleeps) run in a thread so the load goes on.
+
+The harness's load keeps running while a fault is held for :attr:`Fault.hold`
+seconds; ``inject`` returns once the fault is in place, ``restore`` once the
+system is whole again (servers restarted and healthy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import hvac
+
+from orders_ops.settings import HOST
+from orders_ops.stack import Stack, StackError, WorkerProcess
+from orders_shared.catalog import SERVICES
+
+
+@dataclass
+class FaultContext:
+    """What a fault may use: the stack, a root Vault client, and a notebook."""
+
+    stack: Stack
+    say: Callable[[str], None]
+    killed: dict[str, float] = field(default_factory=dict)  # Vault DB role -> last SIGKILL
+    notes: list[str] = field(default_factory=list)  # what the fault saw (into the report)
+
+    def root_vault(self) -> Any:
+        s = self.stack.settings
+        return hvac.Client(url=s.vault_addr, token=s.root_token(), timeout=10)
+
+
+class Fault:
+    name: str = "fault"
+    hold: float = 30.0  # seconds the fault lasts while the load runs
+
+    def unavailable(self, stack: Stack) -> str | None:
+        """None when the fault can run on ``stack``; otherwise what it waits for."""
+        return None
+
+    async def inject(self, ctx: FaultContext) -> None:
+        raise NotImplementedError
+
+    async def restore(self, ctx: FaultContext) -> None:
+        """Undo the fault; safe to call twice, or after a failed inject."""
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        """Extra checks after restore (``before``: orders finished in earlier phases;
+        ``phase``: this phase's orders). Returns problems; may add ``ctx.notes``."""
+        return []
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
+class Baseline(Fault):
+    """No fault: the latency every other phase is compared with."""
+
+    name = "baseline (no fault)"
+    hold = 10.0
+
+    async def inject(self, ctx: FaultContext) -> None:
+        return None
+
+
+class VaultPause(Fault):
+    """SIGSTOP the Vault server for ``hold`` seconds, then SIGCONT: a hung Vault that
+    still holds its sockets (every call times out instead of being refused)."""
+
+    def __init__(self, hold: float = 30.0) -> None:
+        self.hold = hold
+        self.name = f"Vault paused {hold:.0f}s"
+        self._pid: int | None = None
+        self._watchdog: asyncio.subprocess.Process | None = None
+
+    def unavailable(self, stack: Stack) -> str | None:
+        return None if stack.vault.pid() is not None else "Vault is not running"
+
+    async def inject(self, ctx: FaultContext) -> None:
+        self._pid = ctx.stack.vault.pid()
+        if self._pid is None:
+            raise StackError("Vault is not running: nothing to pause")
+        # should this harness itself be killed, Vault still wakes up: a detached
+        # watchdog sends SIGCONT a little after the bound (stopped again in restore)
+        self._watchdog = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            f"sleep {self.hold + 15:.0f}; kill -CONT {self._pid}",
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.kill(self._pid, signal.SIGSTOP)
+
+    async def restore(self, ctx: FaultContext) -> None:
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGCONT)
+            self._pid = None
+        if self._watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):  # its own group: sh and its sleep
+                os.killpg(self._watchdog.pid, signal.SIGKILL)
+            await self._watchdog.wait()
+            self._watchdog = None
+
+
+class ServerRestart(Fault):
+    """Stop one of the stack's servers, keep it down for ``hold`` seconds, start it again."""
+
+    server_attr = ""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+
+    def _server(self, stack: Stack) -> Any:
+        return getattr(stack, self.server_attr)
+
+    async def inject(self, ctx: FaultContext) -> None:
+        await asyncio.to_thread(self._server(ctx.stack).stop)
+
+    async def restore(self, ctx: FaultContext) -> None:
+        stack = ctx.stack
+        if self._server(stack).pid() is not None:
+            return
+        deadline = time.monotonic() + 30
+        while True:  # the ports of a just-stopped server can stay busy for a moment
+            try:
+                await asyncio.to_thread(self._start, stack)
+                return
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+
+    def _start(self, stack: Stack) -> None:
+        self._server(stack).start(90)
+
+
+class VaultRestart(ServerRestart):
+    """Stop and start Vault. Only on a persistent Vault: the dev-mode server keeps its
+    Transit keys in memory, so a restart would lose every key that sealed a field."""
+
+    server_attr = "vault"
+
+    def __init__(self, hold: float = 5.0) -> None:
+        super().__init__(hold)
+        self.name = "Vault restarted"
+
+    def unavailable(self, stack: Stack) -> str | None:
+        if not getattr(stack.vault, "persistent", False):
+            return (
+                "needs a persistent Vault (stack.vault.persistent): the dev-mode Vault keeps "
+                "its Transit keys in memory and loses them on restart"
+            )
+        return None
+
+    def _start(self, stack: Stack) -> None:
+        # the stack manager starts (and, when persistent, unseals) Vault and bootstraps it
+        stack.up(timeout=90, echo=_quiet)
+
+
+class PostgresRestart(ServerRestart):
+    server_attr = "postgres"
+
+    def __init__(self, hold: float = 10.0) -> None:
+        super().__init__(hold)
+        self.name = f"PostgreSQL restarted ({hold:.0f}s down)"
+
+    def unavailable(self, stack: Stack) -> str | None:
+        return None if stack.postgres.pid() is not None else "PostgreSQL is not running"
+
+
+class TemporalRestart(ServerRestart):
+    """Stop and start the Temporal dev server; its SQLite file must keep every order.
+
+    ``verify`` asks the restarted server for orders that finished before the stop."""
+
+    server_attr = "temporal"
+
+    def __init__(self, hold: float = 10.0) -> None:
+        super().__init__(hold)
+        self.name = f"Temporal restarted ({hold:.0f}s down)"
+
+    def unavailable(self, stack: Stack) -> str | None:
+        return None if stack.temporal.pid() is not None else "Temporal is not running"
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        from temporalio.client import Client
+        from temporalio.service import RPCError
+
+        client = await Client.connect(ctx.stack.settings.temporal_address)
+        missing = []
+        for order_id in before[:20]:
+            try:
+                await client.get_workflow_handle(order_id).describe()
+            except RPCError:
+                missing.append(order_id)
+        ctx.notes.append(
+            f"{len(before[:20]) - len(missing)}/{len(before[:20])} orders finished before the "
+            "restart still known to Temporal"
+        )
+        return [f"history lost on restart: {oid}" for oid in missing]
+
+
+class RevokeAllLeases(Fault):
+    """Revoke every database lease at once with the root token: every worker's
+    credential dies (its sessions are terminated and its login dropped) together."""
+
+    def __init__(self, hold: float = 10.0) -> None:
+        self.hold = hold
+        self.name = "all DB leases revoked"
+
+    async def inject(self, ctx: FaultContext) -> None:
+        vault = ctx.root_vault()
+        await asyncio.to_thread(
+            vault.adapter.put, "/v1/sys/leases/revoke-prefix/database/creds", json={}
+        )
+
+
+def _slots_used(worker: WorkerProcess) -> float:
+    """Tasks the worker is running now, from the Temporal SDK's own gauges: task slots
+    in use, plus (for the workflow worker, whose tasks last milliseconds) the
+    workflows it holds in its sticky cache, i.e. orders in flight on it."""
+    try:
+        with urllib.request.urlopen(  # the worker's loopback metrics port
+            f"http://{HOST}:{worker.ports['sdk-metrics']}/metrics", timeout=2
+        ) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError, KeyError):
+        return 0.0
+    used = 0.0
+    for line in text.splitlines():
+        if line.startswith(("temporal_worker_task_slots_used{", "temporal_sticky_cache_size{")):
+            used += float(line.rsplit(" ", 1)[1])
+    return used
+
+
+def _kill_when_busy(worker: WorkerProcess, pid: int, timeout: float) -> float:
+    """SIGKILL ``pid`` the moment its gauges show a task running (or at ``timeout``).
+
+    Scrape and kill happen in this one thread, back to back: the activities last
+    milliseconds, so any hop in between would let the task finish first."""
+    deadline = time.monotonic() + timeout
+    busy = 0.0
+    while time.monotonic() < deadline:
+        busy = _slots_used(worker)
+        if busy > 0:
+            break
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return busy
+
+
+class WorkerKill(Fault):
+    """SIGKILL one worker while it runs a task, keep it dead ``hold`` seconds, restart it."""
+
+    def __init__(self, service: str, hold: float = 3.0) -> None:
+        self.service = service
+        self.hold = hold
+        self.name = f"worker {service} SIGKILLed"
+        self._killed = False
+
+    def _worker(self, stack: Stack) -> WorkerProcess:
+        return next(w for w in stack.workers if w.service == self.service)
+
+    def unavailable(self, stack: Stack) -> str | None:
+        return None if self._worker(stack).pid() is not None else f"{self.service} not running"
+
+    async def inject(self, ctx: FaultContext) -> None:
+        worker = self._worker(ctx.stack)
+        pid = worker.pid()
+        if pid is None:
+            raise StackError(f"{worker.name} is not running: nothing to kill")
+        busy = await asyncio.to_thread(_kill_when_busy, worker, pid, 10.0)
+        self._killed = True
+        now = time.time()
+        for role in SERVICES[self.service].db_roles:
+            ctx.killed[role] = now
+        ctx.notes.append(
+            f"{worker.name} (pid {pid}) killed with {busy:.0f} task(s) in flight"
+            if busy
+            else f"{worker.name} (pid {pid}) killed while idle (no task seen in 10 s)"
+        )
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        """Say whether the kill really cut a task short: the orders' histories show a
+        retried activity attempt on this worker's queue, or a workflow task timed out."""
+        from temporalio.api.enums.v1 import EventType
+        from temporalio.client import Client
+
+        queue = SERVICES[self.service].task_queue
+        client = await Client.connect(ctx.stack.settings.temporal_address)
+        hit = 0
+        for order_id in phase:
+            scheduled_on: dict[int, str] = {}
+            async for event in client.get_workflow_handle(order_id).fetch_history_events():
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    attrs = event.activity_task_scheduled_event_attributes
+                    scheduled_on[event.event_id] = attrs.task_queue.name
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                    started = event.activity_task_started_event_attributes
+                    if (
+                        started.attempt > 1
+                        and scheduled_on.get(started.scheduled_event_id) == queue
+                    ):
+                        hit += 1
+                elif (
+                    event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+                    and self.service == "orchestrator"
+                ):
+                    hit += 1
+        ctx.notes.append(
+            f"{hit} task(s) of {len(phase)} orders retried after the kill (their attempt died "
+            "with the worker)"
+            if hit
+            else "no order's task was cut short by the kill (it landed between tasks)"
+        )
+        return []
+
+    async def restore(self, ctx: FaultContext) -> None:
+        if self._killed and self._worker(ctx.stack).pid() is None:
+            await asyncio.to_thread(ctx.stack.workers_up, 90, _quiet)
+        self._killed = False
+
+
+class ProviderFault(Fault):
+    """Put the payment-provider simulator in a failure mode for ``hold`` seconds.
+
+    Needs a stack with a provider server offering ``set_fault(mode | None)``
+    (modes ``slow``, ``error`` = HTTP 500, ``drop`` = charge, then drop the response).
+    """
+
+    def __init__(self, mode: str, title: str, hold: float = 30.0) -> None:
+        self.mode = mode
+        self.hold = hold
+        self.name = f"payment provider {title}"
+        self._set = False
+
+    def unavailable(self, stack: Stack) -> str | None:
+        provider = getattr(stack, "provider", None)
+        if provider is None:
+            return "the stack has no payment-provider server (stack.provider)"
+        if not callable(getattr(provider, "set_fault", None)):
+            return "stack.provider has no runtime fault switch (set_fault(mode))"
+        return None
+
+    async def inject(self, ctx: FaultContext) -> None:
+        provider: Any = ctx.stack.provider
+        await asyncio.to_thread(provider.set_fault, self.mode)
+        self._set = True
+
+    async def restore(self, ctx: FaultContext) -> None:
+        if self._set:
+            provider: Any = ctx.stack.provider
+            await asyncio.to_thread(provider.set_fault, None)
+            self._set = False
+
+
+class ShortCredentialTTL(Fault):
+    """Every Vault database role issues credentials with a TTL far below the run
+    (``ttl``/``max_ttl``) for ``hold`` seconds; the roles are written back as read."""
+
+    def __init__(self, ttl: int = 10, max_ttl: int = 30, hold: float = 120.0) -> None:
+        self.ttl, self.max_ttl, self.hold = ttl, max_ttl, hold
+        self.name = f"DB credentials TTL {ttl}s / max {max_ttl}s"
+        self._saved: dict[str, dict[str, Any]] = {}
+
+    async def inject(self, ctx: FaultContext) -> None:
+        vault = ctx.root_vault()
+
+        def change() -> None:
+            names = vault.adapter.list("/v1/database/roles")["data"]["keys"]
+            for name in names:
+                data = vault.adapter.get(f"/v1/database/roles/{name}")["data"]
+                self._saved[name] = data
+                vault.adapter.post(
+                    f"/v1/database/roles/{name}",
+                    json={**data, "default_ttl": self.ttl, "max_ttl": self.max_ttl},
+                )
+
+        await asyncio.to_thread(change)
+        ctx.notes.append(f"{len(self._saved)} database roles set to {self.ttl}s/{self.max_ttl}s")
+
+    async def restore(self, ctx: FaultContext) -> None:
+        if not self._saved:
+            return
+        vault = ctx.root_vault()
+
+        def put_back() -> list[str]:
+            wrong = []
+            for name, data in self._saved.items():
+                vault.adapter.post(f"/v1/database/roles/{name}", json=data)
+                now = vault.adapter.get(f"/v1/database/roles/{name}")["data"]
+                if (now["default_ttl"], now["max_ttl"]) != (data["default_ttl"], data["max_ttl"]):
+                    wrong.append(name)
+            return wrong
+
+        wrong = await asyncio.to_thread(put_back)
+        if wrong:
+            raise StackError(f"database roles not restored: {', '.join(wrong)}")
+        self._saved.clear()
+
+
+def full_set() -> list[Fault]:
+    """``make chaos``: every fault, 30 s where a duration is the point."""
+    return [
+        Baseline(),
+        VaultPause(30),
+        VaultRestart(5),
+        PostgresRestart(10),
+        RevokeAllLeases(10),
+        *(WorkerKill(service, 3) for service in SERVICES),
+        TemporalRestart(10),
+        ProviderFault("slow", "slow", 30),
+        ProviderFault("error", "answering 500", 30),
+        ProviderFault("drop", "dropping responses after charging", 30),
+        ShortCredentialTTL(10, 30, 120),
+    ]
+
+
+def trimmed_set() -> list[Fault]:
+    """The variant ``make test`` runs: two faults, short phases."""
+    baseline = Baseline()
+    baseline.hold = 2
+    return [baseline, RevokeAllLeases(3), WorkerKill("orchestrator", 2)]
+
+
+FAULT_SETS: dict[str, Callable[[], list[Fault]]] = {"full": full_set, "trimmed": trimmed_set}
