@@ -109,7 +109,15 @@ def check_rows(facts: OrderFacts, expect: Expectation, result_status: str) -> li
             Problem("wrong", oid, f"Postgres says {facts.status}, the workflow {result_status}")
         )
     charges = [(s, a) for k, s, a in facts.payments if k == "charge"]
-    refunds = [a for k, _, a in facts.payments if k == "refund"]
+    # money given back: an approved refund. A refund row "not_charged" records that the
+    # provider held nothing to give back; "pending" is a refund still unfinished.
+    refunds = [a for k, s, a in facts.payments if k == "refund" and s == "approved"]
+    if (
+        charges
+        and charges[0][0] == "approved"
+        and any(k == "refund" and s == "not_charged" for k, s, _ in facts.payments)
+    ):
+        problems.append(Problem("wrong", oid, "an approved charge recorded as never charged"))
     charge_status = charges[0][0] if charges else None
     held = [r for r in facts.reservations if r[2] == "reserved"]
     if expect.holds_stock:
@@ -117,11 +125,11 @@ def check_rows(facts: OrderFacts, expect: Expectation, result_status: str) -> li
             problems.append(Problem("wrong", oid, "a completed order does not hold its stock"))
     elif held:
         problems.append(Problem("wrong", oid, f"{len(held)} reservation(s) never released"))
-    if charge_status in ("approved", "pending") and result_status != "completed" and not refunds:
+    if charge_status == "approved" and result_status != "completed" and not refunds:
         problems.append(Problem("wrong", oid, f"charge {charge_status} and never refunded"))
     if charges and refunds and refunds[0] != charges[0][1]:
         problems.append(Problem("wrong", oid, "refund amount differs from the charge"))
-    if charge_status == "pending" and not refunds:
+    if charge_status == "pending" and not any(k == "refund" for k, _, _ in facts.payments):
         problems.append(Problem("wrong", oid, "charge left pending (provider answer unknown)"))
     if expect.charged and (charge_status != "approved" or refunds):
         problems.append(Problem("wrong", oid, f"wanted a charge that stays, got {facts.payments}"))
@@ -139,7 +147,7 @@ def check_rows(facts: OrderFacts, expect: Expectation, result_status: str) -> li
 def net_charged(facts: OrderFacts) -> int:
     """Money the order holds: an approved charge minus its refund. A pending charge
     that was refunded nets to zero (the provider refunds, by key, whatever it took)."""
-    refunded = sum(a for k, _, a in facts.payments if k == "refund")
+    refunded = sum(a for k, s, a in facts.payments if k == "refund" and s == "approved")
     charged = sum(
         a
         for k, s, a in facts.payments
