@@ -271,6 +271,8 @@ async def activity_logins(
 def static_secrets(settings: StackSettings) -> dict[str, bytes]:
     """Every long-lived secret of the stack, to look for in the workers."""
     found = {"Vault root token": settings.root_token().encode()}
+    if settings.vault_unseal_key_file.exists():
+        found["Vault unseal key"] = settings.vault_unseal_key_file.read_text().strip().encode()
     for path in sorted(settings.secrets_dir.glob("postgres-*password")):
         found[f"static database password ({path.name})"] = path.read_text().strip().encode()
     return found
@@ -415,7 +417,7 @@ async def report(
     clean = all("none found" in line for line in audit)
     ok &= clean
     say(
-        "No worker process holds a static database password or the Vault root token."
+        "No worker process holds a static database password, the root token or the unseal key."
         if clean
         else "A WORKER HOLDS A STATIC SECRET (see above)."
     )
