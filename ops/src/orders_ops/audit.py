@@ -205,11 +205,10 @@ def analyse(
                 str(request.get("client_token_accessor") or "")
             )
             who = f"{holder} (revoked or expired token)" if holder else "(no token)"
-        mine = report.identity(who)
         allowed = (auth.get("policy_results") or {}).get("allowed", True)
         error = str(entry.get("error") or "")
         if not allowed or "permission denied" in error:
-            mine.denied[f"{op} {path}"] += 1
+            report.identity(who).denied[f"{op} {path}"] += 1
             report.flags.append(f"{entry.get('time', '?')} DENIED {who}: {op} {path}")
             continue
         if _is_root(auth):
@@ -217,11 +216,12 @@ def analyse(
                 continue
             when = str(entry.get("time", "?"))
             if when <= root_allowed_until:
-                mine.other["(bootstrap)"] += 1
+                report.identity(who).other["(bootstrap)"] += 1
             else:
-                mine.other[f"{op} {path}"] += 1
+                report.identity(who).other[f"{op} {path}"] += 1
                 report.flags.append(f"{when} root token used after the bootstrap: {op} {path}")
             continue
+        mine = report.identity(who)
         roles, keys = known.get(who, (None, None))
         if roles is None and who not in ("(no token)",):
             report.flags.append(f"unknown identity {who!r}: {op} {path}")
