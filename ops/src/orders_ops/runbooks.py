@@ -182,10 +182,11 @@ def revoke(settings: StackSettings, service: str) -> list[str]:
             lines.append(f"revoked every lease under database/creds/{db_role}")
     finally:
         client.adapter.close()
+    logins = ", ".join(f"v-{r}-*" for r in spec.db_roles) or "none: it has no database role"
     lines += [
         f"verify: 'orders-runbook status {service}' shows it disabled; its worker logs "
-        "vault.login_failed; no 'v-" + (spec.db_roles[0] if spec.db_roles else "?") + "-*' "
-        "login in pg_roles; orders-audit lists its refused logins",
+        f"vault.login_failed; no login left in pg_roles ({logins}); orders-audit lists "
+        "its refused logins",
         f"restore: 'orders-runbook reenable {service}' once its identity is trusted again",
     ]
     return lines
