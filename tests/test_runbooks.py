@@ -369,3 +369,37 @@ def test_vault_not_answering_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_an_unknown_service_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunbookError, match="unknown service"):
         runbooks.revoke(StackSettings.from_env(), "billing")
+
+
+# ------------------------------------------------------------------ how a worker comes back
+
+
+@pytest.mark.stack
+async def test_a_worker_session_logs_in_again_at_its_next_refused_transit_call(
+    stack: Stack,
+) -> None:
+    """A revoked token is noticed at the first refused Transit call (a worker whose data
+    keys are not cached fails there, before it ever touches its database pool), and
+    replaced then, not at the next renewal minutes away; while the service is disabled
+    the login is refused, and after ``reenable`` the next refusal brings it back."""
+    from orders_shared.codec import TransitDenied, VaultTransit, payload_key
+
+    s = stack.settings
+    session = await local_session(s, "validate")
+    transit = VaultTransit(session)
+    key = payload_key("validate")
+    try:
+        await transit.datakey(key)
+        await asyncio.to_thread(runbooks.revoke, s, "validate")
+        with pytest.raises(TransitDenied):
+            await transit.datakey(key)
+        assert session.logins == 1  # disabled: the login it tried was refused
+        await asyncio.to_thread(runbooks.reenable, s, "validate")
+        await asyncio.sleep(1.1)  # recover_refused checks at most once a second
+        with pytest.raises(TransitDenied):
+            await transit.datakey(key)  # still the revoked token: refused, and replaced
+        assert session.logins == 2
+        await transit.datakey(key)  # the new token works
+    finally:
+        await asyncio.to_thread(runbooks.reenable, s, "validate")
+        await session.close()
