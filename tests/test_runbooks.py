@@ -380,26 +380,27 @@ async def test_a_worker_session_logs_in_again_at_its_next_refused_transit_call(
 ) -> None:
     """A revoked token is noticed at the first refused Transit call (a worker whose data
     keys are not cached fails there, before it ever touches its database pool), and
-    replaced then, not at the next renewal minutes away; while the service is disabled
-    the login is refused, and after ``reenable`` the next refusal brings it back."""
+    replaced then, not at the next renewal minutes away; while the identity is disabled
+    the login is refused, and after ``reenable`` the next refusal brings it back. (As the
+    client identity, which has no worker, so no running worker is disturbed.)"""
     from orders_shared.codec import TransitDenied, VaultTransit, payload_key
 
     s = stack.settings
-    session = await local_session(s, "validate")
+    session = await local_session(s, "client")
     transit = VaultTransit(session)
-    key = payload_key("validate")
+    key = payload_key("orchestrator")
     try:
         await transit.datakey(key)
-        await asyncio.to_thread(runbooks.revoke, s, "validate")
+        await asyncio.to_thread(runbooks.revoke, s, "client")
         with pytest.raises(TransitDenied):
             await transit.datakey(key)
         assert session.logins == 1  # disabled: the login it tried was refused
-        await asyncio.to_thread(runbooks.reenable, s, "validate")
+        await asyncio.to_thread(runbooks.reenable, s, "client")
         await asyncio.sleep(1.1)  # recover_refused checks at most once a second
         with pytest.raises(TransitDenied):
             await transit.datakey(key)  # still the revoked token: refused, and replaced
         assert session.logins == 2
         await transit.datakey(key)  # the new token works
     finally:
-        await asyncio.to_thread(runbooks.reenable, s, "validate")
+        await asyncio.to_thread(runbooks.reenable, s, "client")
         await session.close()

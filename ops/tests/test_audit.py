@@ -17,6 +17,7 @@ from orders_ops.audit import (
     read_entries,
     render,
     role_hashes,
+    time_key,
 )
 from orders_ops.chaos import Harness, Options
 from orders_ops.identities import local_session
@@ -54,10 +55,11 @@ async def _out_of_role(stack: Stack) -> None:
 async def test_the_report_after_orders_shows_each_service_only_in_its_role(stack: Stack) -> None:
     s = stack.settings
     path = s.state_dir / "vault" / "audit.log"
-    since = _now()
     were_running = any(w.pid() is not None for w in stack.workers)
-    # fresh workers: their logins, credentials and data keys all fall in the window
+    # fresh workers: their logins, credentials and data keys all fall in the window (and
+    # the shutdown of workers an earlier test may have disturbed falls before it)
     await asyncio.to_thread(stack.workers_down, lambda _line: None)
+    since = _now()
     await asyncio.to_thread(stack.workers_up, 90, lambda _line: None)
     try:
         await _orders(stack)
@@ -132,7 +134,7 @@ def test_root_is_flagged_only_after_the_bootstrap() -> None:
         _req("root", "database/rotate-root/orders", op="update", when="T2"),
     ]
     end = bootstrap_end(entries)
-    assert end == "T1"
+    assert end == time_key("T1")
     report = analyse(entries, root_allowed_until=end)
     assert report.flags == [
         "T2 root token used after the bootstrap: update database/rotate-root/orders"
@@ -165,3 +167,11 @@ def test_a_revoked_tokens_requests_are_named_by_its_accessor() -> None:
     }
     report = analyse([seen, later], since="T2")
     assert "orders-fulfill (revoked or expired token)" in report.identities
+
+
+def test_times_compare_whatever_their_precision() -> None:
+    # a person types seconds, Vault writes nanoseconds: 11:23:30.86 is after 11:23:30
+    assert time_key("2026-12-01T11:23:30.860000001Z") > time_key("2026-12-01T11:23:30Z")
+    late = _req("orders-notify", "database/creds/order-payment", when="2026-12-01T11:23:30.86Z")
+    assert analyse([late], since="2026-12-01T11:23:30Z").flags != []
+    assert analyse([late], since="2026-12-01T11:23:31Z").flags == []

@@ -132,6 +132,14 @@ def _login_path(path: str) -> bool:
     return len(parts) >= 3 and parts[0] == "auth" and parts[2] == "login"
 
 
+def time_key(when: str) -> str:
+    """An ISO UTC time (``...Z``, any number of fraction digits) in a form that sorts as
+    text: Vault writes nanoseconds, a person types seconds."""
+    when = when.strip().removesuffix("Z").removesuffix("+00:00")
+    base, _, fraction = when.partition(".")
+    return f"{base}.{fraction.ljust(9, '0')[:9]}"
+
+
 def _is_root(auth: Mapping[str, Any]) -> bool:
     return auth.get("display_name") == ROOT or ROOT in (auth.get("policies") or [])
 
@@ -146,7 +154,7 @@ def bootstrap_end(entries: Iterable[Mapping[str, Any]]) -> str:
             and request.get("path") in BOOTSTRAP_LAST_PATHS
             and _is_root(entry.get("auth") or {})
         ):
-            end = max(end, str(entry.get("time", "")))
+            end = max(end, time_key(str(entry.get("time", ""))))
     return end
 
 
@@ -178,7 +186,7 @@ def analyse(
                 for handle in ("client_token", "accessor"):
                     if seen.get(handle):
                         holders[str(seen[handle])] = _who(seen)
-        if since is not None and str(entry.get("time", "")) < since:
+        if since is not None and time_key(str(entry.get("time", ""))) < time_key(since):
             continue
         if not path or path.startswith("sys/health"):
             continue
@@ -215,7 +223,7 @@ def analyse(
             if path.startswith(OWN_LOOKUPS):
                 continue
             when = str(entry.get("time", "?"))
-            if when <= root_allowed_until:
+            if root_allowed_until and time_key(when) <= time_key(root_allowed_until):
                 report.identity(who).other["(bootstrap)"] += 1
             else:
                 report.identity(who).other[f"{op} {path}"] += 1
