@@ -325,6 +325,15 @@ class VaultTransit(HvacTransit):
 
     def __init__(self, session: VaultSession, *, mount: str = TRANSIT_MOUNT) -> None:
         super().__init__(session.client, session.call, mount=mount)
+        self._session = session
+
+    async def _call(self, fn: Callable[..., dict[str, Any]], *args: Any, **kw: Any) -> Any:
+        try:
+            return await super()._call(fn, *args, **kw)
+        except TransitDenied:
+            # a revoked token is replaced now, so the retry (Temporal's) succeeds
+            await self._session.recover_refused()
+            raise
 
 
 _TOKEN_EXECUTOR = ThreadPoolExecutor(8, thread_name_prefix="vault-token")

@@ -121,6 +121,7 @@ class VaultSession:
         self.logins = 0
         self.renewals = 0
         self._login_listeners: list[Callable[[], None]] = []
+        self._refusal_checked = -1.0e9  # monotonic time of the last recover_refused check
         VAULT_TOKEN_SECONDS_LEFT.set_function(lambda: self.token_seconds_left)
 
     @classmethod
@@ -270,6 +271,34 @@ class VaultSession:
         if self.logins > 1:
             for callback in list(self._login_listeners):
                 callback()
+
+    async def recover_refused(self) -> bool:
+        """A request was refused (403). When the token itself is gone (an operator revoked
+        it, e.g. ``orders-runbook revoke``), log in again now instead of at the next
+        renewal, minutes away; True when a new login happened. A token that is still
+        valid (the policy said no) is left alone. At most one check per second."""
+        now = time.monotonic()
+        if self.config.auth_method == "token" or now - self._refusal_checked < 1.0:
+            return False
+        self._refusal_checked = now
+        life = self._life
+        try:
+            await self.request("lookup_self", self._client.auth.token.lookup_self)
+            return False  # the token is fine: the refusal was the policy's
+        except hvac.exceptions.Forbidden:
+            pass
+        except Exception:  # Vault away: the renewal loop deals with that
+            return False
+        async with self._login_lock:
+            if self._life is not life:
+                return True  # another task logged in meanwhile
+            life.expires_at = 0.0  # revoked under us: nothing left to revoke
+            try:
+                await self._login()
+            except VaultLoginError as exc:
+                log.error("vault.login_failed", error=str(exc), reason="token_refused")
+                return False
+        return True
 
     def _new_token(self, ttl: float, renewable: bool) -> None:
         self.token_ttl = ttl

@@ -402,7 +402,10 @@ class RolePool:
                 # new credential through the login listener), then retry
                 error = "Forbidden"
                 with contextlib.suppress(Exception):
-                    await self.vault.login()
+                    # a revoked token is marked gone (so close() does not try to revoke
+                    # it again) and replaced; otherwise log in again as before
+                    if not await self.vault.recover_refused():
+                        await self.vault.login()
             except hvac.exceptions.InvalidRequest:
                 # the lease is gone (revoked out of band, or expired while Vault was
                 # away): get a new credential next round
