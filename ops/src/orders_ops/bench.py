@@ -345,13 +345,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "| codec round trip (encode+decode) | envelope ms | per-call ms | bare AES-GCM ms | "
-            "envelope/bare |",
-            "|---|---|---|---|---|",
+            "protobuf serialize+parse ms | envelope/bare |",
+            "|---|---|---|---|---|---|",
         ]
         for size, m in micro.items():
             lines.append(
                 f"| {size} | {m['envelope']['median_ms']} | {m['per_call']['median_ms']} | "
-                f"{m['bare_aes_gcm']['median_ms']} | {m['envelope_over_bare']} |"
+                f"{m['bare_aes_gcm']['median_ms']} | "
+                f"{m['protobuf_serialize_parse_only']['median_ms']} | {m['envelope_over_bare']} |"
             )
     ops = result.get("per_operation", [])
     if ops:
