@@ -133,7 +133,7 @@ class Options:
     rounds: int = 3
     warmup: float = 5.0
     seconds: float = 20.0
-    concurrency: int = 8
+    concurrency: int = 4
     op_samples: int = 30
     codec_samples: int = 200
 
@@ -141,6 +141,21 @@ class Options:
     def short(cls) -> Options:
         return cls(rounds=1, warmup=1.0, seconds=3.0, concurrency=4, op_samples=3, codec_samples=10)
 
+
+SECURED_BACKGROUND = (
+    "sys/leases/renew/",
+    "auth/token/renew-self",
+    "auth/token/lookup-self",
+    "transit/datakey/",
+    "transit/encrypt/orders-seal-",
+    "transit/decrypt/orders-seal-",
+    "transit/decrypt/orders-payload-",
+    "database/creds/",
+    "sys/leases/revoke/",
+)
+"""Vault paths the secured configuration may call outside any order."""
+PER_CALL_ALSO = ("database/creds/", "transit/encrypt/orders-seal-", "transit/decrypt/orders-seal-")
+"""Of those, the paths the per-call configuration calls for its own orders."""
 
 TARGETS = {
     "secured_over_plain_throughput": 0.95,
@@ -183,7 +198,24 @@ async def compare(settings: StackSettings, opts: Options) -> dict[str, Any]:
                     seconds=opts.seconds,
                     concurrency=opts.concurrency,
                 )
-    return {name: w.summary() for name, w in windows.items()}
+    out = {name: w.summary() for name, w in windows.items()}
+    # Requests no order asks for (token and lease renewals, data keys of a new period)
+    # land in whichever window is open when they happen. Only the secured
+    # configuration holds leases and long-lived tokens, so its figure with every
+    # such request of every window charged to it is the honest upper bound.
+    background = 0
+    for name, w in windows.items():
+        paths: tuple[str, ...] = SECURED_BACKGROUND
+        if name == "per-call":  # leave out the paths per-call calls for its own orders
+            paths = tuple(p for p in paths if not p.startswith(PER_CALL_ALSO))
+        background += sum(
+            n for key, n in w.vault.items() if key.split(" ", 1)[-1].startswith(paths)
+        )
+    secured = windows["secured"]
+    out["secured"]["vault_requests_per_order_with_all_background"] = round(
+        background / max(secured.completed, 1), 3
+    )
+    return out
 
 
 def role_projection(secured: dict[str, Any]) -> dict[str, Any]:
@@ -258,8 +290,12 @@ def processes(stack: Stack, up_seconds: float | None) -> dict[str, Any]:
         cold: dict[str, float] = {}
         for worker in stack.workers:  # one at a time: a single worker's cold start
             worker.stop()
+            deadline = time.monotonic() + 10
+            while worker.busy_ports() and time.monotonic() < deadline:
+                time.sleep(0.1)  # the old process's ports: not part of a cold start
             t0 = time.perf_counter()
-            stack.workers_up(timeout=90, echo=lambda _line: None)
+            worker._launch()
+            worker.wait_ready(90)
             cold[worker.service] = round(time.perf_counter() - t0, 2)
         out["cold_start_to_readyz_s"] = cold
     _progress("secured orders through the six worker processes")
@@ -276,7 +312,10 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found: dict[str, Any] = {
         "secured_over_plain_throughput": (round(sec / plain, 3), ">="),
         "secured_over_per_call_throughput": (round(sec / per_call, 3), ">="),
-        "secured_vault_requests_per_order": (cfg["secured"]["vault_requests_per_order"], "<="),
+        "secured_vault_requests_per_order": (
+            cfg["secured"]["vault_requests_per_order_with_all_background"],
+            "<=",
+        ),
         "secured_postgres_roles_per_1000_orders": (
             cfg["secured"]["postgres_roles_per_1000_orders"],
             "<=",
@@ -322,8 +361,8 @@ def markdown(result: dict[str, Any]) -> str:
     cfg = result["configurations"]
     lines = [
         "| configuration | orders/s | p50 ms | p95 ms | p99 ms | Vault req/order | "
-        "PG roles/1000 orders | orders (failed) |",
-        "|---|---|---|---|---|---|---|---|",
+        "PG roles/1000 orders | bench CPU ms/order | orders (failed) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         c = cfg[name]
@@ -332,10 +371,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {c['throughput_orders_per_s']} | {lat['p50']} | {lat['p95']} | "
             f"{lat['p99']} | {c['vault_requests_per_order']} | "
-            f"{c['postgres_roles_per_1000_orders']} | "
+            f"{c['postgres_roles_per_1000_orders']} | {c['bench_process_cpu_ms_per_order']} | "
             f"{c['orders_completed']} ({c['orders_failed']}) |"
         )
-    lines += ["", "Vault requests per order, by path:", ""]
+    lines += [
+        "",
+        "Secured, Vault requests per order with every background request of every window "
+        f"(renewals, new data keys) charged to it: "
+        f"{cfg['secured'].get('vault_requests_per_order_with_all_background')}",
+        "",
+        "Vault requests per order, by path:",
+        "",
+    ]
     for name in CONFIGS:
         paths = cfg[name]["vault_requests_per_order_by_path"]
         shown = ", ".join(f"`{k}` {v}" for k, v in list(paths.items())[:8]) or "none"

@@ -76,6 +76,7 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     vault: Counter[str] = field(default_factory=Counter)
     roles_created: int = 0
+    cpu_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class Window:
             "vault_requests_per_order_by_path": {
                 k: round(n / per_order, 3) for k, n in by_path.most_common()
             },
+            "bench_process_cpu_ms_per_order": round(1000 * self.cpu_seconds / per_order, 1),
             "postgres_roles_created": self.roles_created,
             "postgres_roles_per_1000_orders": round(1000 * self.roles_created / per_order, 1),
             "first_errors": self.errors[:3],
@@ -198,7 +200,9 @@ async def measure(
     await drive(config, seconds=warmup, concurrency=concurrency, window=None)
     mark = audit.mark()
     async with roles.watch() as created:
+        cpu = time.process_time()
         await drive(config, seconds=seconds, concurrency=concurrency, window=window)
+        window.cpu_seconds += time.process_time() - cpu
         window.seconds += seconds
         window.roles_created += created()
     await asyncio.sleep(0.3)  # Vault writes the audit entry of the last request
