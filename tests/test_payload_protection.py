@@ -105,7 +105,7 @@ from orders_shared.contracts.orchestrator import (
     OrderWorkflowInput,
     OrderWorkflowResult,
 )
-from orders_shared.sealing import seal_context, seal_order
+from orders_shared.sealing import DATA_KEY_CONTEXT, open_field, seal_order
 from orders_validate import worker as validate_worker
 
 pytestmark = [pytest.mark.stack]
@@ -438,25 +438,24 @@ async def test_history_holds_only_ciphertext_and_readers_decode_it(
 
 
 async def test_each_service_opens_only_its_own_seal_key(identities: Any) -> None:
-    """Each seal key opens for its consumer's identity and is 403 for every other one."""
+    """Each sealed field opens for its consumer's identity; the data key it is sealed with
+    (envelope format orders-seal/1) unwraps for no other identity (403)."""
     plain = sample_order("seal")
     sealed = await seal_order(plain, await identities.transit("client"))
     owners = {"payment_token": "payment", "shipping_address": "fulfill", "email": "notify"}
     for field, owner in owners.items():
+        value = getattr(sealed, field)
+        wrapped = value.split(".")[1]  # orders-seal/1.<wrapped data key>.<data>
         for name in ("orchestrator", "validate", "inventory", *SEALED_SERVICES, "client"):
             transit = await identities.transit(name)
             if name == owner:
-                opened = await transit.decrypt(
-                    seal_key(owner), getattr(sealed, field), seal_context(sealed.order_id, field)
+                opened = await open_field(
+                    transit, owner, value, order_id=sealed.order_id, field=field
                 )
-                assert opened.decode() == getattr(plain, field)
+                assert opened == getattr(plain, field)
             else:
                 with pytest.raises(TransitDenied):
-                    await transit.decrypt(
-                        seal_key(owner),
-                        getattr(sealed, field),
-                        seal_context(sealed.order_id, field),
-                    )
+                    await transit.decrypt(seal_key(owner), wrapped, DATA_KEY_CONTEXT)
 
 
 # --------------------------------------------------------------------------- codec server HTTP
