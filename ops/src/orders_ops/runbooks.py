@@ -55,6 +55,7 @@ from orders_shared.codec import (
     parse_wrapped_key,
     rewrap_history_json,
 )
+from orders_shared.contracts.orchestrator import ORDER_WORKFLOW
 from orders_shared.sealing import SEALED_FIELDS
 from orders_shared.sealing import seal_key as sealed_field_key
 
@@ -287,7 +288,10 @@ class KeyUse:
 
 
 _SEALED_IN_JSON = re.compile(
-    rb'"(' + b"|".join(f.encode() for f in SEALED_FIELDS) + rb')"\s*:\s*"vault:v([0-9]+):'
+    rb'"(' + b"|".join(f.encode() for f in SEALED_FIELDS) + rb')"\s*:\s*"'
+    # either sealing format: one Transit call (vault:vN:...) or the envelope, whose data
+    # key is wrapped by the seal key (orders-seal/1.vault:vN:...)
+    rb"(?:orders-seal/1\.)?vault:v([0-9]+):"
 )
 
 
@@ -337,7 +341,8 @@ async def scan_histories(settings: StackSettings, token: str, namespace: str = "
     use = KeyUse()
     client = await Client.connect(settings.temporal_address, namespace=namespace)
     transit = TokenTransit(settings.vault_addr, token)
-    codec = TransitEnvelopeCodec(transit)
+    # plain payloads (a workflow started without the codec) are read as they are
+    codec = TransitEnvelopeCodec(transit, allow_plaintext=True)
     try:
         async for wf in client.list_workflows():
             where = f"{wf.id}/{wf.run_id}"
@@ -355,6 +360,8 @@ async def scan_histories(settings: StackSettings, token: str, namespace: str = "
                     use.add(key, parse_wrapped_key(wrapped)[0])
             events = doc.get("events") or []
             started = events[0].get("workflowExecutionStartedEventAttributes", {}) if events else {}
+            if wf.workflow_type != ORDER_WORKFLOW:
+                continue  # only an order's input carries sealed fields
             for payload in _payloads(started.get("input") or {}):
                 await _sealed_versions(codec, payload, use, where)
     finally:
