@@ -319,19 +319,6 @@ def test_cluster_mode_resources_are_the_rendered_workloads_with_tier_labels(
     assert cluster.named("local_resource") == []
 
 
-def test_temporal_ui_in_kind_points_at_the_forwarded_codec_server(
-    rendered: dict[tuple[str, str], Rendered], cluster: TiltRecorder
-) -> None:
-    temporal = next(
-        d
-        for d in rendered[("dev-deps", "default")].of_kind("Deployment")
-        if d["metadata"]["name"] == "temporal"
-    )
-    (container,) = temporal["spec"]["template"]["spec"]["containers"]
-    args = container["args"]
-    assert args[args.index("--ui-codec-endpoint") + 1] == "http://localhost:8081"
-
-
 # --------------------------------------------------------------------------- local mode
 
 
