@@ -7,13 +7,10 @@ a reader's token for it. These checks keep that true to the charts and the Tiltf
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 import yaml
 
 from orders_ops.policies import PAYLOAD_READER_POLICY, all_policies
@@ -23,23 +20,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# the Tiltfile harness of test_tiltfile.py (starlark-go with Tilt's built-ins recorded)
-_SPEC = importlib.util.spec_from_file_location(
-    "_tilt_harness", Path(__file__).with_name("test_tiltfile.py")
-)
-assert _SPEC is not None and _SPEC.loader is not None
-_HARNESS = importlib.util.module_from_spec(_SPEC)
-sys.modules["_tilt_harness"] = _HARNESS
-_SPEC.loader.exec_module(_HARNESS)
-TiltRecorder = _HARNESS.TiltRecorder
 DOC = (ROOT / "docs" / "deployment.md").read_text()
 SECTION = DOC[DOC.index("### Reading payloads on kind") :].split("\n## ", 1)[0]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> TiltRecorder:
-    recorder: TiltRecorder = _HARNESS.run_tiltfile({})
-    return recorder
 
 
 def _temporal_args(rendered: dict[tuple[str, str], Rendered]) -> list[str]:
@@ -68,18 +50,18 @@ def test_the_kind_ui_is_not_wired_to_a_codec_it_cannot_authenticate_to(
     assert not [k for k in env if "LOCAL" in k]
 
 
-def _forwards(cluster: TiltRecorder) -> dict[str, list[str]]:
+def _forwards(tilt_cluster: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for call in cluster.named("k8s_resource"):
+    for call in tilt_cluster.named("k8s_resource"):
         name = call.kwargs.get("new_name", call.args[0] if call.args else None)
         out[str(name)] = list(call.kwargs.get("port_forwards", []))
     return out
 
 
 def test_the_documented_cli_path_uses_what_tilt_forwards_and_the_reader_policy(
-    cluster: TiltRecorder, rendered: dict[tuple[str, str], Rendered]
+    tilt_cluster: Any, rendered: dict[tuple[str, str], Rendered]
 ) -> None:
-    forwards = _forwards(cluster)
+    forwards = _forwards(tilt_cluster)
     codec_port = forwards["codec-server"][0].split(":")[0]
     assert f"--codec-endpoint http://localhost:{codec_port}" in SECTION
     assert "7233:7233" in forwards["temporal"]
