@@ -308,7 +308,7 @@ def test_cluster_mode_resources_are_the_rendered_workloads_with_tier_labels(
         workload = call.kwargs["workload"]
         assert rendered[(service, "default")].one("Deployment")["metadata"]["name"] == workload
         assert call.kwargs["labels"] == [TIERS[service]]
-        assert call.kwargs["resource_deps"] == ["bootstrap"]
+        assert call.kwargs["resource_deps"] == ["bootstrap", "temporal"]
     assert resources["codec-server"].kwargs["labels"] == ["tools"]
     for infra in ("temporal", "openbao", "postgres", "bootstrap"):
         assert resources[infra].kwargs["labels"] == ["infra"], infra
