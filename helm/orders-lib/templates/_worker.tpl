@@ -28,6 +28,14 @@ gets no ORDERS_DB_* variables and no egress to Postgres, whatever values say.
 ---
 {{ include "orders-lib.hpa" (dict "ctx" $ctx "svc" $svc) }}
 {{- end }}
+{{- if $g.monitoring.serviceMonitor.enabled }}
+---
+{{ include "orders-lib.serviceMonitor" (dict "ctx" $ctx "g" $g) }}
+{{- end }}
+{{- if $g.monitoring.prometheusRule.enabled }}
+---
+{{ include "orders-lib.prometheusRule" (dict "ctx" $ctx "g" $g "database" $usesDatabase) }}
+{{- end }}
 {{- end -}}
 
 {{- define "orders-lib.serviceAccount" -}}
