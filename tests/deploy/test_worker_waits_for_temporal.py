@@ -5,6 +5,7 @@ starts the workers after Temporal (resource_deps)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import socket
@@ -79,3 +80,31 @@ def test_a_worker_against_a_closed_temporal_port_says_so_and_exits_non_zero(
     assert address in failed["error"]
     assert "within 4 s" in failed["error"]
     assert "TEMPORAL_ADDRESS" in failed["error"]
+
+
+def test_the_retry_gives_up_at_the_bound_and_a_signal_stops_it_at_once() -> None:
+    from orders_shared.runtime import TemporalUnavailableError, connect_temporal
+
+    calls: list[int] = []
+
+    async def refuse() -> Any:
+        calls.append(1)
+        raise RuntimeError("Failed client connect: connection refused\n(more detail)")
+
+    async def bounded() -> None:
+        with pytest.raises(TemporalUnavailableError, match=r"within 0\.3 s .*connection refused"):
+            await connect_temporal(
+                refuse, "t:7233", deadline=0.3, stop=asyncio.Event(), first_delay=0.05
+            )
+
+    async def stopped() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        with pytest.raises(TemporalUnavailableError, match="stopped while waiting"):
+            await connect_temporal(refuse, "t:7233", deadline=3600, stop=stop, first_delay=60)
+
+    asyncio.run(bounded())
+    assert len(calls) >= 2  # it did retry before giving up
+    calls.clear()
+    asyncio.run(asyncio.wait_for(stopped(), 30))  # 30: only so a broken stop cannot hang
+    assert len(calls) == 1
