@@ -108,3 +108,17 @@ def test_the_retry_gives_up_at_the_bound_and_a_signal_stops_it_at_once() -> None
     calls.clear()
     asyncio.run(asyncio.wait_for(stopped(), 30))  # 30: only so a broken stop cannot hang
     assert len(calls) == 1
+
+
+def test_the_charts_pass_the_bound_to_every_worker(
+    rendered: dict[tuple[str, str], Any],
+) -> None:
+    for service in SERVICES:
+        for mode in ("default", "production"):
+            deployment = rendered[(service, mode)].one("Deployment")
+            env = {
+                e["name"]: e.get("value")
+                for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            }
+            bound = env[TEMPORAL_CONNECT_DEADLINE_ENV]
+            assert temporal_connect_deadline({TEMPORAL_CONNECT_DEADLINE_ENV: bound}) == 120

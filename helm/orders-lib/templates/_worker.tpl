@@ -114,6 +114,8 @@ spec:
               value: {{ .temporalAddr | quote }}
             - name: TEMPORAL_NAMESPACE
               value: {{ $g.temporal.namespace | quote }}
+            - name: ORDERS_TEMPORAL_CONNECT_DEADLINE
+              value: {{ $g.temporal.connectDeadlineSeconds | quote }}
             {{- if .database }}
             - name: ORDERS_DB_HOST
               value: {{ required "global.database.host is required for a service with database roles" $g.database.host | quote }}
