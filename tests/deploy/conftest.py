@@ -8,6 +8,7 @@ tree is never touched.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -148,3 +149,24 @@ DOCKERFILES = sorted(
 @pytest.fixture(scope="session")
 def checkov_dockerfile() -> CheckovReport:
     return run_checkov("dockerfile", [str(p) for p in DOCKERFILES])
+
+
+def tilt_harness() -> Any:
+    """test_tiltfile.py's harness (the Tiltfile in starlark-go, Tilt's built-ins recorded),
+    for other test files; loaded by path, as test modules are not importable by name."""
+    name = "_orders_tilt_harness"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).with_name("test_tiltfile.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tilt_cluster() -> Any:
+    """The Tiltfile's calls in cluster mode (a TiltRecorder)."""
+    return tilt_harness().run_tiltfile({})

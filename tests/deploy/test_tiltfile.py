@@ -308,7 +308,7 @@ def test_cluster_mode_resources_are_the_rendered_workloads_with_tier_labels(
         workload = call.kwargs["workload"]
         assert rendered[(service, "default")].one("Deployment")["metadata"]["name"] == workload
         assert call.kwargs["labels"] == [TIERS[service]]
-        assert call.kwargs["resource_deps"] == ["bootstrap"]
+        assert call.kwargs["resource_deps"] == ["bootstrap", "temporal"]
     assert resources["codec-server"].kwargs["labels"] == ["tools"]
     for infra in ("temporal", "openbao", "postgres", "bootstrap"):
         assert resources[infra].kwargs["labels"] == ["infra"], infra
@@ -317,19 +317,6 @@ def test_cluster_mode_resources_are_the_rendered_workloads_with_tier_labels(
     assert forwards["openbao"] == ["8200:8200"]
     assert forwards["codec-server"] == ["8081:8080"]
     assert cluster.named("local_resource") == []
-
-
-def test_temporal_ui_in_kind_points_at_the_forwarded_codec_server(
-    rendered: dict[tuple[str, str], Rendered], cluster: TiltRecorder
-) -> None:
-    temporal = next(
-        d
-        for d in rendered[("dev-deps", "default")].of_kind("Deployment")
-        if d["metadata"]["name"] == "temporal"
-    )
-    (container,) = temporal["spec"]["template"]["spec"]["containers"]
-    args = container["args"]
-    assert args[args.index("--ui-codec-endpoint") + 1] == "http://localhost:8081"
 
 
 # --------------------------------------------------------------------------- local mode

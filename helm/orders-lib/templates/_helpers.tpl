@@ -78,3 +78,88 @@ fsGroup: {{ .runAsUser }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* imagePullSecrets from global.image.pullSecrets (names of existing Secrets). */}}
+{{- define "orders-lib.imagePullSecrets" -}}
+{{- with .image.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Files from existing Secrets that are not credentials: Vault's CA (every chart that
+talks to Vault) and, for the workers, Temporal's CA and client certificate. Called
+with (dict "g" $g "temporal" bool); "env", "mounts" and "volumes" render the three
+parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<key>.
+*/}}
+{{- define "orders-lib.tlsSecrets" -}}
+{{- $out := list -}}
+{{- if .g.vault.caSecret -}}
+{{- $out = append $out (dict "volume" "vault-ca" "secret" .g.vault.caSecret "keys" (list "ca.crt")) -}}
+{{- end -}}
+{{- if .temporal -}}
+{{- $tls := .g.temporal.tls -}}
+{{- if and (not $tls.enabled) (or $tls.caSecret $tls.clientCertSecret) -}}
+{{- fail "global.temporal.tls: caSecret/clientCertSecret are set but tls.enabled is false: enable TLS or clear them" -}}
+{{- end -}}
+{{- if and $tls.enabled $tls.caSecret -}}
+{{- $out = append $out (dict "volume" "temporal-ca" "secret" $tls.caSecret "keys" (list "ca.crt")) -}}
+{{- end -}}
+{{- if and $tls.enabled $tls.clientCertSecret -}}
+{{- $out = append $out (dict "volume" "temporal-client-cert" "secret" $tls.clientCertSecret "keys" (list "tls.crt" "tls.key")) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "items" $out) -}}
+{{- end -}}
+
+{{- define "orders-lib.tlsEnv" -}}
+{{- $items := (include "orders-lib.tlsSecrets" . | fromYaml).items -}}
+{{- range $items }}
+{{- if eq .volume "vault-ca" }}
+- name: VAULT_CACERT
+  value: /etc/orders/tls/vault-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- if .temporal }}
+{{- if .g.temporal.tls.enabled }}
+- name: TEMPORAL_TLS
+  value: "true"
+{{- end }}
+{{- range $items }}
+{{- if eq .volume "temporal-ca" }}
+- name: TEMPORAL_TLS_CA_FILE
+  value: /etc/orders/tls/temporal-ca/ca.crt
+{{- else if eq .volume "temporal-client-cert" }}
+- name: TEMPORAL_TLS_CERT_FILE
+  value: /etc/orders/tls/temporal-client-cert/tls.crt
+- name: TEMPORAL_TLS_KEY_FILE
+  value: /etc/orders/tls/temporal-client-cert/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "orders-lib.tlsMounts" -}}
+{{- range (include "orders-lib.tlsSecrets" . | fromYaml).items }}
+- name: {{ .volume }}
+  mountPath: /etc/orders/tls/{{ .volume }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "orders-lib.tlsVolumes" -}}
+{{- range (include "orders-lib.tlsSecrets" . | fromYaml).items }}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret | quote }}
+    defaultMode: 0440
+    items:
+      {{- range .keys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end -}}

@@ -28,6 +28,14 @@ gets no ORDERS_DB_* variables and no egress to Postgres, whatever values say.
 ---
 {{ include "orders-lib.hpa" (dict "ctx" $ctx "svc" $svc) }}
 {{- end }}
+{{- if $g.monitoring.serviceMonitor.enabled }}
+---
+{{ include "orders-lib.serviceMonitor" (dict "ctx" $ctx "g" $g) }}
+{{- end }}
+{{- if $g.monitoring.prometheusRule.enabled }}
+---
+{{ include "orders-lib.prometheusRule" (dict "ctx" $ctx "g" $g "database" $usesDatabase) }}
+{{- end }}
 {{- end -}}
 
 {{- define "orders-lib.serviceAccount" -}}
@@ -80,6 +88,7 @@ spec:
     spec:
       serviceAccountName: {{ .identity }}
       automountServiceAccountToken: false
+      {{- include "orders-lib.imagePullSecrets" $g | nindent 6 }}
       enableServiceLinks: false
       # longer than the worker's 20 s graceful shutdown, so in-flight activities finish
       # and leases are revoked before the kubelet sends SIGKILL
@@ -105,6 +114,8 @@ spec:
               value: {{ .temporalAddr | quote }}
             - name: TEMPORAL_NAMESPACE
               value: {{ $g.temporal.namespace | quote }}
+            - name: ORDERS_TEMPORAL_CONNECT_DEADLINE
+              value: {{ $g.temporal.connectDeadlineSeconds | quote }}
             {{- if .database }}
             - name: ORDERS_DB_HOST
               value: {{ required "global.database.host is required for a service with database roles" $g.database.host | quote }}
@@ -115,6 +126,10 @@ spec:
             {{- end }}
             - name: ORDERS_METRICS_PORT
               value: {{ $g.metricsPort | quote }}
+            {{- include "orders-lib.tlsEnv" (dict "g" $g "temporal" true) | nindent 12 }}
+            {{- with $svc.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           ports:
             - name: metrics
               containerPort: {{ $g.metricsPort }}
@@ -149,6 +164,10 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- include "orders-lib.tlsMounts" (dict "g" $g "temporal" true) | nindent 12 }}
+            {{- with $svc.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         # the workload's identity for Vault: a ServiceAccount token bound to the
         # audience "vault", short-lived and rotated by the kubelet
@@ -163,6 +182,10 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 16Mi
+        {{- include "orders-lib.tlsVolumes" (dict "g" $g "temporal" true) | nindent 8 }}
+        {{- with $svc.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 {{- end -}}
 
 {{/* A ClusterIP Service for one named container port. */}}
@@ -236,8 +259,17 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* One NetworkPolicy peer from {namespaceSelector, podSelector} (label maps). */}}
+{{/*
+NetworkPolicy peers from one values peer: by labels ({namespaceSelector, podSelector},
+unless byLabels is false) and/or by address (ipBlocks: [{cidr, except}], e.g. NodeLocal DNSCache or a Vault
+outside the cluster). At least one of the two is required (the schema says so too).
+*/}}
 {{- define "orders-lib.peer" -}}
+{{- $byLabels := and .namespaceSelector (ne .byLabels false) -}}
+{{- if not (or $byLabels .ipBlocks) -}}
+{{- fail "a networkPolicy peer needs namespaceSelector (labels) or ipBlocks (addresses)" -}}
+{{- end -}}
+{{- if $byLabels }}
 - namespaceSelector:
     matchLabels:
       {{- toYaml .namespaceSelector | nindent 6 }}
@@ -247,6 +279,17 @@ spec:
       {{- toYaml .podSelector | nindent 6 }}
     {{- else }} {}
     {{- end }}
+{{- end }}
+{{- range .ipBlocks }}
+- ipBlock:
+    cidr: {{ .cidr | quote }}
+    {{- with .except }}
+    except:
+      {{- range . }}
+      - {{ . | quote }}
+      {{- end }}
+    {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "orders-lib.podDisruptionBudget" -}}

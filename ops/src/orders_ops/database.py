@@ -56,6 +56,13 @@ MIGRATIONS_TABLE = f"{SCHEMA}.schema_migrations"
 _BOOTSTRAP_LOCK_KEY = 0x6F72_6465_7273  # "orders"
 
 _MIGRATION_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
+# NNNN_demo_*.sql: demo data (catalogue, stock), not schema. Applied by the local stack
+# (the demo and the tests expect it) and in a cluster only when asked for
+# (ORDERS_SEED_DEMO_DATA=true, the bootstrap chart's bootstrap.seedDemoData; Tilt sets
+# it); never in production. A skipped one is not recorded, so turning the flag on later
+# applies it then.
+_DEMO_MIGRATION = re.compile(r"^\d+_demo_")
+SEED_DEMO_DATA_ENV = "ORDERS_SEED_DEMO_DATA"
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
@@ -185,6 +192,24 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def demo_data(self) -> bool:
+        return _DEMO_MIGRATION.match(self.name) is not None
+
+
+def seed_demo_data_wanted(settings: StackSettings, env: dict[str, str] | None = None) -> bool:
+    """Local stack: always. Cluster: only with ORDERS_SEED_DEMO_DATA=true."""
+    if settings.mode != "cluster":
+        return True
+    raw = (os.environ if env is None else env).get(SEED_DEMO_DATA_ENV, "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise DatabaseBootstrapError(
+        f"{SEED_DEMO_DATA_ENV}={raw!r}: use true or false (demo data; never true in production)"
+    )
+
 
 def default_migrations_dir() -> Traversable:
     """The SQL files shipped inside the package (works from a wheel, not only a checkout)."""
@@ -218,8 +243,13 @@ def load_migrations(source: Traversable | None = None) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def apply_migrations(conn: Connection, migrations: Iterable[Migration]) -> list[str]:
+async def apply_migrations(
+    conn: Connection, migrations: Iterable[Migration], *, demo_data: bool = True
+) -> list[str]:
     """Apply what is new, each file in its own transaction, as the connected role.
+
+    ``demo_data`` False: a demo-data file (``NNNN_demo_*.sql``) not yet applied is
+    skipped and not recorded (an applied one is still checked).
 
     An applied file whose checksum changed stops everything: re-running it
     could corrupt data and skipping it would leave the schema unlike the
@@ -261,6 +291,8 @@ async def apply_migrations(conn: Connection, migrations: Iterable[Migration]) ->
                     "change in a new numbered migration (a throwaway local stack can be "
                     "started afresh with 'orders-stack reset')."
                 )
+            continue
+        if mig.demo_data and not demo_data:
             continue
         async with conn.transaction():
             await conn.execute(mig.sql)
@@ -637,6 +669,7 @@ async def bootstrap_database(
     reset_vault_admin: bool = False,
     migrations_dir: Traversable | None = None,
     store: SecretStore | None = None,
+    seed_demo_data: bool | None = None,
 ) -> list[str]:
     """Bring roles, database, schema and privileges to the described state.
 
@@ -646,8 +679,10 @@ async def bootstrap_database(
     to drop, and that it no longer holds vault_admin's password: a new one-time
     password is set for it to take over. ``reset_vault_admin`` does the same for
     a Vault that lost its database connection. ``migrations_dir`` replaces the
-    packaged SQL files (tests).
+    packaged SQL files (tests). ``seed_demo_data`` None: :func:`seed_demo_data_wanted`.
     """
+    if seed_demo_data is None:
+        seed_demo_data = seed_demo_data_wanted(settings)
     migrations = load_migrations(migrations_dir)  # a bad file fails before anything changes
     store = store or secret_store(settings)
     owner_pw, owner_new = store.read_or_create(owner_password_file(settings).name)
@@ -692,7 +727,7 @@ async def bootstrap_database(
                     f"schema {SCHEMA} in database {database} is owned by {schema_owner}, not "
                     f"{OWNER_ROLE}: ALTER SCHEMA {SCHEMA} OWNER TO {OWNER_ROLE} (as a superuser)"
                 )
-            changes += await apply_migrations(owner, migrations)
+            changes += await apply_migrations(owner, migrations, demo_data=seed_demo_data)
         finally:
             await owner.close()
 

@@ -115,12 +115,20 @@ class VaultKVSecrets:
                 time.sleep(0.2)
 
     def read(self, name: str) -> str | None:
-        try:
-            resp = self.client.secrets.kv.v2.read_secret_version(
-                path=name, mount_point=self.mount, raise_on_deleted_version=True
-            )
-        except hvac.exceptions.InvalidPath:
-            return None
+        # a KV v2 mount just enabled answers "Upgrading from non-versioned to versioned
+        # data" for a moment: wait for it (bounded) instead of failing a first install
+        for attempt in range(50):
+            try:
+                resp = self.client.secrets.kv.v2.read_secret_version(
+                    path=name, mount_point=self.mount, raise_on_deleted_version=True
+                )
+                break
+            except hvac.exceptions.InvalidPath:
+                return None
+            except hvac.exceptions.InvalidRequest as exc:
+                if "Upgrading from non-versioned" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.2)
         value = resp["data"]["data"].get("value")
         return str(value) if value else None
 

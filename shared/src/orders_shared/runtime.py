@@ -10,13 +10,21 @@ grace period to finish, close the pools and revoke every lease, revoke the
 Vault token, exit 0. Each shutdown step runs even when one before it failed:
 the token is revoked (which ends every lease it created) even if a lease
 revoke failed.
+
+Start-up waits for Temporal: the connect is retried with capped exponential backoff,
+one log line per failed attempt (``temporal.connect_failed``: address, attempt, next
+try, error), for at most ``ORDERS_TEMPORAL_CONNECT_DEADLINE`` seconds [120]; then the
+worker logs ``worker.start_failed`` and exits 4 (no traceback). A signal during the
+wait stops it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -42,6 +50,76 @@ from orders_shared.leases import CredentialError, LeasedPools
 from orders_shared.logging import configure_logging
 
 log = structlog.get_logger(__name__)
+
+TEMPORAL_CONNECT_DEADLINE_ENV = "ORDERS_TEMPORAL_CONNECT_DEADLINE"
+DEFAULT_TEMPORAL_CONNECT_DEADLINE = 120.0
+
+
+class TemporalUnavailableError(RuntimeError):
+    """Temporal did not accept a connection within the start-up deadline."""
+
+
+def temporal_connect_deadline(env: dict[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(TEMPORAL_CONNECT_DEADLINE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TEMPORAL_CONNECT_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{TEMPORAL_CONNECT_DEADLINE_ENV}={raw!r} is not a number of seconds"
+        ) from None
+    if not 1 <= value <= 3600:
+        raise ConfigError(f"{TEMPORAL_CONNECT_DEADLINE_ENV}={value} is out of range: use 1 to 3600")
+    return value
+
+
+async def connect_temporal(
+    connect: Callable[[], Awaitable[Client]],
+    address: str,
+    *,
+    deadline: float,
+    stop: asyncio.Event,
+    first_delay: float = 1.0,
+    max_delay: float = 10.0,
+) -> Client:
+    """``connect()`` until it succeeds, ``deadline`` seconds pass, or ``stop`` is set.
+
+    Each failure is one warning line; giving up raises :class:`TemporalUnavailableError`
+    with one line naming the address, the time waited, the last error and the fix.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await connect()
+        except Exception as exc:  # temporalio raises RuntimeError; anything else is the same
+            error = " ".join(str(exc).split())[:300] or type(exc).__name__
+            left = deadline - (time.monotonic() - started)
+            if left <= 0 or stop.is_set():
+                raise TemporalUnavailableError(
+                    f"Temporal at {address} did not accept a connection within "
+                    f"{deadline:g} s ({attempt} attempts; last error: {error}): start it or fix "
+                    f"TEMPORAL_ADDRESS ({TEMPORAL_CONNECT_DEADLINE_ENV} sets the wait)"
+                ) from None
+            delay = min(max_delay, first_delay * 2 ** (attempt - 1), left)
+            log.warning(
+                "temporal.connect_failed",
+                temporal=address,  # ("address" is a redacted key: personal data)
+                attempt=attempt,
+                retry_in=round(delay, 1),
+                seconds_left=round(left, 1),
+                error=error,
+            )
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            raise TemporalUnavailableError(
+                f"stopped while waiting for Temporal at {address}"
+            ) from None
+
 
 ActivityFactory = Callable[[ConnectionSource, TransitClient], Sequence[Callable[..., Any]]]
 """``build_activities(db, transit)``: a service's activities, bound to its database roles
@@ -92,6 +170,7 @@ async def serve(
 ) -> None:
     """Run one service's worker until ``stop`` is set (SIGTERM/SIGINT set it)."""
     config = WorkerConfig.from_env(service)
+    connect_deadline = temporal_connect_deadline()
     ops = config.operations
     spec = lookup_service(service)
     stop = stop or asyncio.Event()
@@ -118,11 +197,16 @@ async def serve(
         await pools.open()
         transit = VaultTransit(vault)
         # every payload and failure this worker writes to history is encrypted
-        client = await Client.connect(
+        client = await connect_temporal(
+            lambda: Client.connect(
+                config.temporal.address,
+                namespace=config.temporal.namespace,
+                runtime=runtime,
+                data_converter=data_converter(transit),
+            ),
             config.temporal.address,
-            namespace=config.temporal.namespace,
-            runtime=runtime,
-            data_converter=data_converter(transit),
+            deadline=connect_deadline,
+            stop=stop,
         )
         health = HealthServer(
             ops.metrics_host,
@@ -176,9 +260,11 @@ def run_service(
     activities: ActivityFactory | None = None,
     workflows: Sequence[type] = (),
 ) -> None:
-    """Entry point for ``orders-<service>-worker``: exit 0 on SIGTERM, 2 on bad config."""
+    """Entry point for ``orders-<service>-worker``: exit 0 on SIGTERM, 2 on bad config,
+    3 when Vault or the database refuses it, 4 when Temporal does not answer in time."""
     try:
         level = WorkerConfig.from_env(service).operations.log_level
+        temporal_connect_deadline()
     except ConfigError as exc:
         print(f"orders-{service}-worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -188,3 +274,6 @@ def run_service(
     except (VaultLoginError, CredentialError) as exc:
         log.error("worker.start_failed", error=str(exc))
         sys.exit(3)
+    except TemporalUnavailableError as exc:
+        log.error("worker.start_failed", error=str(exc))
+        sys.exit(4)

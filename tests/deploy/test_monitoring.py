@@ -1,0 +1,195 @@
+"""Optional Prometheus Operator objects (global.monitoring): a ServiceMonitor for each
+worker's metrics Service and a PrometheusRule with its alerts, rendered only when
+enabled. The rules are checked with the real promtool (Debian package ``prometheus``,
+installed here when missing, as root or in CI), including a unit test of the
+"compensation stuck" alert."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import orders_payment.activities  # noqa: F401 (registers orders_payment_refunds_total)
+import orders_shared.metrics  # noqa: F401 (registers the shared metrics)
+from orders_shared.catalog import SERVICES
+
+WORKERS = tuple(SERVICES)
+ENABLED = {
+    "global": {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        }
+    }
+}
+ALWAYS = {"OrdersVaultTokenNearExpiry", "OrdersReadinessFailing"}
+
+
+def _render(chart_dir: Path, chart: str, values: dict[str, Any] | None) -> list[dict[str, Any]]:
+    with helm.Chart.load(chart_dir / chart) as loaded:
+        files = loaded.render(values, name=chart, namespace="orders", is_install=True)
+    return [d for body in files.values() for d in yaml.safe_load_all(body) if d]
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
+
+
+def _rules(chart_dir: Path, service: str) -> dict[str, Any]:
+    spec: dict[str, Any] = _one(_render(chart_dir, service, ENABLED), "PrometheusRule")["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_nothing_for_prometheus_unless_enabled(chart_dir: Path, service: str) -> None:
+    kinds = {d["kind"] for d in _render(chart_dir, service, None)}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_service_monitor_scrapes_the_metrics_service(chart_dir: Path, service: str) -> None:
+    docs = _render(chart_dir, service, ENABLED)
+    monitor = _one(docs, "ServiceMonitor")
+    svc = _one(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert wanted.items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in svc["spec"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_each_worker_gets_the_alerts_that_apply_to_it(chart_dir: Path, service: str) -> None:
+    (group,) = _rules(chart_dir, service)["groups"]
+    alerts = {r["alert"] for r in group["rules"]}
+    expected = set(ALWAYS)
+    if SERVICES[service].db_roles:
+        expected.add("OrdersDbLeaseSecondsLeftLow")
+    if service != "orchestrator":
+        expected.add("OrdersActivityFailureRate")
+    if service == "payment":
+        expected.add("OrdersCompensationStuck")
+    assert alerts == expected
+    job = f'job="orders-{service}-metrics"'
+    for rule in group["rules"]:
+        if rule["alert"] != "OrdersReadinessFailing":  # kube-state-metrics' series
+            assert job in rule["expr"], rule["alert"]
+
+
+def test_alerts_name_metrics_the_code_exports(chart_dir: Path) -> None:
+    exported = set(REGISTRY._names_to_collectors)
+    (group,) = _rules(chart_dir, "payment")["groups"]
+    text = " ".join(r["expr"] for r in group["rules"])
+    for name in (
+        "orders_vault_token_seconds_left",
+        "orders_db_lease_seconds_left",
+        "orders_activity_outcomes_total",
+        "orders_payment_refunds_total",
+    ):
+        assert name in text and name in exported, name
+    assert 'outcome="unfinished"' in text
+
+
+# --------------------------------------------------------------------------- promtool
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found:
+        return found
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("promtool is missing and installing it (apt-get install prometheus) needs root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=900)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+        env=env,
+        check=True,
+        timeout=900,
+    )
+    found = shutil.which("promtool")
+    assert found, "apt-get installed prometheus but promtool is not on PATH"
+    return found
+
+
+def _rule_file(chart_dir: Path, service: str, folder: Path) -> Path:
+    path = folder / f"{service}.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": _rules(chart_dir, service)["groups"]}))
+    return path
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_promtool_accepts_the_rules(
+    chart_dir: Path, promtool: str, service: str, tmp_path: Path
+) -> None:
+    path = _rule_file(chart_dir, service, tmp_path)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compensation_stuck_fires_only_while_refunds_keep_ending_unfinished(
+    chart_dir: Path, promtool: str, tmp_path: Path
+) -> None:
+    path = _rule_file(chart_dir, "payment", tmp_path)
+    (group,) = _rules(chart_dir, "payment")["groups"]
+    (rule,) = [r for r in group["rules"] if r["alert"] == "OrdersCompensationStuck"]
+    series = (
+        'orders_payment_refunds_total{job="orders-payment-metrics",namespace="orders",outcome="%s"}'
+    )
+    labels = {"job": "orders-payment-metrics", "namespace": "orders", **rule["labels"]}
+    tests = {
+        "rule_files": [path.name],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # one more unfinished refund every minute: stuck
+                "interval": "1m",
+                "input_series": [{"series": series % "unfinished", "values": "0+1x90"}],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "OrdersCompensationStuck", "exp_alerts": []},
+                    {
+                        "eval_time": "45m",
+                        "alertname": "OrdersCompensationStuck",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**labels, "outcome": "unfinished"},
+                                "exp_annotations": rule["annotations"],
+                            }
+                        ],
+                    },
+                ],
+            },
+            {   # unfinished refunds that stopped growing, and refunds that completed: quiet
+                "interval": "1m",
+                "input_series": [
+                    {"series": series % "unfinished", "values": "0+1x5 5x85"},
+                    {"series": series % "refunded", "values": "0+1x90"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "60m", "alertname": "OrdersCompensationStuck", "exp_alerts": []}
+                ],
+            },
+        ],
+    }  # fmt: skip
+    test_file = tmp_path / "compensation.test.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
