@@ -93,26 +93,6 @@ class VaultKVSecrets:
         mounts = client.sys.list_mounted_secrets_engines()["data"]
         if f"{mount}/" not in mounts:
             client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
-            self._wait_until_usable()
-
-    UPGRADING = "Upgrading from non-versioned to versioned data"
-
-    def _wait_until_usable(self, timeout: float = 30.0) -> None:
-        """A new KV v2 mount answers "upgrading" for a moment (with raft storage it is
-        not instant): wait, bounded, until a read gets a real answer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.client.secrets.kv.v2.read_secret_version(
-                    path="_probe", mount_point=self.mount, raise_on_deleted_version=True
-                )
-                return
-            except hvac.exceptions.InvalidPath:
-                return  # a real answer: no such secret
-            except hvac.exceptions.InvalidRequest as exc:
-                if self.UPGRADING not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
     def read(self, name: str) -> str | None:
         # a KV v2 mount just enabled answers "Upgrading from non-versioned to versioned
