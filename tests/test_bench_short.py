@@ -26,7 +26,9 @@ async def test_short_bench_writes_all_three_configurations(stack: Stack, tmp_pat
     assert set(data["configurations"]) == set(CONFIGS)
     for name in CONFIGS:
         figures = data["configurations"][name]
-        assert figures["orders_completed"] > 0, (name, figures["first_errors"])
+        # orders ran and none failed (how many finished inside 3 s depends on the machine)
+        assert figures["orders_started"] > 0, name
+        assert figures["orders_failed"] == 0, (name, figures["first_errors"])
         assert {"p50", "p95", "p99"} <= set(figures["latency_ms"])
         assert "vault_requests_per_order_by_path" in figures
     # the per-call configuration really calls Vault for every payload; plain never does

@@ -213,7 +213,7 @@ async def compare(settings: StackSettings, opts: Options) -> dict[str, Any]:
         )
     secured = windows["secured"]
     out["secured"]["vault_requests_per_order_with_all_background"] = round(
-        background / max(secured.completed, 1), 3
+        background / max(secured.started, 1), 3
     )
     return out
 
