@@ -33,7 +33,9 @@ from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack
 from orders_ops.vault_audit import VaultAuditLog
 from orders_shared.catalog import SERVICES
+from orders_shared.codec import VaultTransit
 from orders_shared.identity import VaultLoginError
+from orders_shared.sealing import SEALED_FIELDS, seal_field, seal_key
 
 REVOKED = "fulfill"
 
@@ -188,12 +190,20 @@ class RotateTransit(Fault):
                 )
         if use.unreadable:
             problems.append(f"history no longer readable after rotation: {use.unreadable[:3]}")
-        # new orders use the new versions
-        # seals are made per order (the client's Transit encrypt): new orders use the new
-        # version at once; payload data keys are cached by the codec, so they move later
-        for key in ("orders-seal-payment", "orders-seal-fulfill", "orders-seal-notify"):
-            if now[key][0] not in use.versions.get(key, set()):
-                problems.append(f"no history uses {key} v{now[key][0]} after the rotation")
+        # new seals use the new versions: a client without cached data keys wraps its data
+        # key under the latest version (a running client moves once its cached data keys
+        # expire, within the payload codec's bounds)
+        session = await local_session(ctx.stack.settings, "client")
+        try:
+            fresh = VaultTransit(session)
+            for field, service in SEALED_FIELDS.items():
+                sealed = await seal_field(fresh, "ord-rotation-check", field, "x@y.z")
+                key = seal_key(service)
+                version = int(sealed.split("vault:v", 1)[1].split(":", 1)[0])
+                if version != now[key][0]:
+                    problems.append(f"a new seal uses {key} v{version}, not v{now[key][0]}")
+        finally:
+            await session.close()
         ctx.notes.append(f"scanned {use.histories} histories after rotation, all readable")
         return problems
 
