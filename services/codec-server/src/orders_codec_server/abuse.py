@@ -181,7 +181,9 @@ async def run(vault_addr: str, root_token: str, reader_token: str) -> list[Row]:
         else:
             raise SystemExit("orders-codec-server did not start")
         sampler = Sampler(server.pid)
-        envelope = TransitEnvelopeCodec(transit, compress_over=0)
+        # crafted as an attacker holding a payload key would: the codec itself refuses to
+        # write a payload that inflates past its own decode bound
+        envelope = TransitEnvelopeCodec(transit, compress_over=0, max_decompressed=1 << 30)
         (per_call,) = await TransitPerCallCodec(transit).encode(
             [Payload(metadata={"encoding": b"json/plain"}, data=b"1")]
         )
