@@ -17,7 +17,12 @@ import pytest
 
 from orders_shared.catalog import SERVICES
 from orders_shared.config import ConfigError
-from orders_shared.runtime import TEMPORAL_CONNECT_DEADLINE_ENV, temporal_connect_deadline
+from orders_shared.runtime import (
+    TEMPORAL_CONNECT_DEADLINE_ENV,
+    VAULT_CONNECT_DEADLINE_ENV,
+    temporal_connect_deadline,
+    vault_connect_deadline,
+)
 
 if TYPE_CHECKING:
     from orders_ops.stack import Stack
@@ -73,7 +78,7 @@ def test_a_worker_against_a_closed_temporal_port_says_so_and_exits_non_zero(
     attempts = [e for e in events if e.get("event") == "temporal.connect_failed"]
     assert attempts, output[-3000:]
     for n, attempt in enumerate(attempts, start=1):
-        assert attempt["temporal"] == address
+        assert attempt["server"] == address
         assert attempt["attempt"] == n
         assert attempt["error"] and "\n" not in attempt["error"]
     (failed,) = [e for e in events if e.get("event") == "worker.start_failed"]
@@ -122,3 +127,28 @@ def test_the_charts_pass_the_bound_to_every_worker(
             }
             bound = env[TEMPORAL_CONNECT_DEADLINE_ENV]
             assert temporal_connect_deadline({TEMPORAL_CONNECT_DEADLINE_ENV: bound}) == 120
+
+
+def test_the_vault_bound_is_configurable_and_checked() -> None:
+    assert vault_connect_deadline({}) == 120
+    assert vault_connect_deadline({VAULT_CONNECT_DEADLINE_ENV: "7"}) == 7
+    with pytest.raises(ConfigError, match=VAULT_CONNECT_DEADLINE_ENV):
+        vault_connect_deadline({VAULT_CONNECT_DEADLINE_ENV: "later"})
+
+
+@pytest.mark.stack
+def test_a_worker_against_a_closed_vault_port_says_so_and_exits_non_zero(stack: Stack) -> None:
+    """A wrong VAULT_ADDR (or a Vault still starting): retried with one line per attempt,
+    then one line naming the address and the fix, exit 5, no traceback."""
+    argv, env = _run_worker_module().command("validate", metrics_port=_closed_port())
+    address = f"http://127.0.0.1:{_closed_port()}"
+    env = {**env, "VAULT_ADDR": address, VAULT_CONNECT_DEADLINE_ENV: "3"}
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 5, output[-3000:]
+    assert "Traceback" not in output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    attempts = [e for e in events if e.get("event") == "vault.connect_failed"]
+    assert attempts and all(a["server"] == address for a in attempts), output[-3000:]
+    (failed,) = [e for e in events if e.get("event") == "worker.start_failed"]
+    assert address in failed["error"] and "VAULT_ADDR" in failed["error"]

@@ -27,8 +27,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+import requests
 import structlog
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -53,25 +54,87 @@ log = structlog.get_logger(__name__)
 
 TEMPORAL_CONNECT_DEADLINE_ENV = "ORDERS_TEMPORAL_CONNECT_DEADLINE"
 DEFAULT_TEMPORAL_CONNECT_DEADLINE = 120.0
+VAULT_CONNECT_DEADLINE_ENV = "ORDERS_VAULT_CONNECT_DEADLINE"
+DEFAULT_VAULT_CONNECT_DEADLINE = 120.0
+T = TypeVar("T")
 
 
 class TemporalUnavailableError(RuntimeError):
     """Temporal did not accept a connection within the start-up deadline."""
 
 
-def temporal_connect_deadline(env: dict[str, str] | None = None) -> float:
-    raw = (os.environ if env is None else env).get(TEMPORAL_CONNECT_DEADLINE_ENV, "").strip()
+class VaultUnavailableError(RuntimeError):
+    """Vault did not answer the first login within the start-up deadline."""
+
+
+def _seconds_from_env(name: str, default: float, env: dict[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(name, "").strip()
     if not raw:
-        return DEFAULT_TEMPORAL_CONNECT_DEADLINE
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(
-            f"{TEMPORAL_CONNECT_DEADLINE_ENV}={raw!r} is not a number of seconds"
-        ) from None
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
     if not 1 <= value <= 3600:
-        raise ConfigError(f"{TEMPORAL_CONNECT_DEADLINE_ENV}={value} is out of range: use 1 to 3600")
+        raise ConfigError(f"{name}={value} is out of range: use 1 to 3600")
     return value
+
+
+def temporal_connect_deadline(env: dict[str, str] | None = None) -> float:
+    return _seconds_from_env(TEMPORAL_CONNECT_DEADLINE_ENV, DEFAULT_TEMPORAL_CONNECT_DEADLINE, env)
+
+
+def vault_connect_deadline(env: dict[str, str] | None = None) -> float:
+    return _seconds_from_env(VAULT_CONNECT_DEADLINE_ENV, DEFAULT_VAULT_CONNECT_DEADLINE, env)
+
+
+async def retry_at_start(
+    call: Callable[[], Awaitable[T]],
+    *,
+    server: str,
+    address: str,
+    fix: str,
+    deadline: float,
+    stop: asyncio.Event,
+    retriable: tuple[type[BaseException], ...],
+    gave_up: type[RuntimeError],
+    first_delay: float = 1.0,
+    max_delay: float = 10.0,
+) -> T:
+    """``call()`` until it succeeds, ``deadline`` seconds pass, or ``stop`` is set; only
+    ``retriable`` errors are retried (a refusal is not an outage).
+
+    Each failure is one warning line; giving up raises ``gave_up`` with one line naming
+    the server, its address, the time waited, the last error and the fix.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except retriable as exc:
+            error = " ".join(str(exc).split())[:300] or type(exc).__name__
+            left = deadline - (time.monotonic() - started)
+            if left <= 0 or stop.is_set():
+                raise gave_up(
+                    f"{server} at {address} did not answer within {deadline:g} s "
+                    f"({attempt} attempts; last error: {error}): {fix}"
+                ) from None
+            delay = min(max_delay, first_delay * 2 ** (attempt - 1), left)
+            log.warning(
+                f"{server.lower()}.connect_failed",
+                server=address,  # ("address" is a redacted key: personal data)
+                attempt=attempt,
+                retry_in=round(delay, 1),
+                seconds_left=round(left, 1),
+                error=error,
+            )
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            raise gave_up(f"stopped while waiting for {server} at {address}") from None
 
 
 async def connect_temporal(
@@ -83,42 +146,21 @@ async def connect_temporal(
     first_delay: float = 1.0,
     max_delay: float = 10.0,
 ) -> Client:
-    """``connect()`` until it succeeds, ``deadline`` seconds pass, or ``stop`` is set.
-
-    Each failure is one warning line; giving up raises :class:`TemporalUnavailableError`
-    with one line naming the address, the time waited, the last error and the fix.
-    """
-    started = time.monotonic()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await connect()
-        except Exception as exc:  # temporalio raises RuntimeError; anything else is the same
-            error = " ".join(str(exc).split())[:300] or type(exc).__name__
-            left = deadline - (time.monotonic() - started)
-            if left <= 0 or stop.is_set():
-                raise TemporalUnavailableError(
-                    f"Temporal at {address} did not accept a connection within "
-                    f"{deadline:g} s ({attempt} attempts; last error: {error}): start it or fix "
-                    f"TEMPORAL_ADDRESS ({TEMPORAL_CONNECT_DEADLINE_ENV} sets the wait)"
-                ) from None
-            delay = min(max_delay, first_delay * 2 ** (attempt - 1), left)
-            log.warning(
-                "temporal.connect_failed",
-                temporal=address,  # ("address" is a redacted key: personal data)
-                attempt=attempt,
-                retry_in=round(delay, 1),
-                seconds_left=round(left, 1),
-                error=error,
-            )
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                continue
-            raise TemporalUnavailableError(
-                f"stopped while waiting for Temporal at {address}"
-            ) from None
+    """``connect()`` to Temporal at start, retried to ``deadline`` (see
+    :func:`retry_at_start`); giving up raises :class:`TemporalUnavailableError`."""
+    return await retry_at_start(
+        connect,
+        server="Temporal",
+        address=address,
+        fix=f"start it or fix TEMPORAL_ADDRESS ({TEMPORAL_CONNECT_DEADLINE_ENV} sets the wait)",
+        deadline=deadline,
+        stop=stop,
+        # temporalio raises RuntimeError; anything else is the same outage
+        retriable=(Exception,),
+        gave_up=TemporalUnavailableError,
+        first_delay=first_delay,
+        max_delay=max_delay,
+    )
 
 
 ActivityFactory = Callable[[ConnectionSource, TransitClient], Sequence[Callable[..., Any]]]
@@ -192,7 +234,18 @@ async def serve(
     pools = LeasedPools(vault, config.database, spec.db_roles, drain_timeout=DEFAULT_DRAIN_WINDOW)
     health: HealthServer | None = None
     try:
-        await vault.login()
+        # Vault may still be starting (or briefly away): wait for it, bounded; a refused
+        # identity (VaultLoginError) is no outage and ends the start at once
+        await retry_at_start(
+            vault.login,
+            server="Vault",
+            address=config.vault.addr,
+            fix=f"start it or fix VAULT_ADDR ({VAULT_CONNECT_DEADLINE_ENV} sets the wait)",
+            deadline=vault_connect_deadline(),
+            stop=stop,
+            retriable=(requests.exceptions.ConnectionError, requests.exceptions.Timeout),
+            gave_up=VaultUnavailableError,
+        )
         vault.start()
         await pools.open()
         transit = VaultTransit(vault)
@@ -261,10 +314,12 @@ def run_service(
     workflows: Sequence[type] = (),
 ) -> None:
     """Entry point for ``orders-<service>-worker``: exit 0 on SIGTERM, 2 on bad config,
-    3 when Vault or the database refuses it, 4 when Temporal does not answer in time."""
+    3 when Vault or the database refuses it, 4 when Temporal does not answer in time,
+    5 when Vault does not answer in time."""
     try:
         level = WorkerConfig.from_env(service).operations.log_level
         temporal_connect_deadline()
+        vault_connect_deadline()
     except ConfigError as exc:
         print(f"orders-{service}-worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -277,3 +332,6 @@ def run_service(
     except TemporalUnavailableError as exc:
         log.error("worker.start_failed", error=str(exc))
         sys.exit(4)
+    except VaultUnavailableError as exc:
+        log.error("worker.start_failed", error=str(exc))
+        sys.exit(5)
