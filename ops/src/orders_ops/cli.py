@@ -51,7 +51,12 @@ from orders_shared.config import ConfigError, TemporalConfig, client_deadline
 from orders_shared.contracts.common import Order
 from orders_shared.identity import VAULT_UNAVAILABLE, VaultLoginError, VaultSession
 from orders_shared.logging import configure_logging
-from orders_shared.order_input import ORDER_ID_RE, OrderInputError, parse_order
+from orders_shared.order_input import (
+    ORDER_ID_RE,
+    OrderInputError,
+    json_depth_exceeded,
+    parse_order,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NOT_COMPLETED = 0, 1, 2, 3
 MAX_FILE_BYTES = 1 << 20
@@ -106,28 +111,9 @@ def _say_retrying(service: str, cause: str, left: float) -> None:
 
 
 def _too_deep(text: str) -> int | None:
-    """Offset where ``text`` (JSON) nests deeper than :data:`MAX_DEPTH`, else ``None``.
-
-    Checked before parsing: ``json.loads`` recurses, and deep enough input exhausts
-    the interpreter's stack."""
-    depth, in_string, escaped = 0, False, False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return i
-        elif ch in "]}":
-            depth -= 1
-    return None
+    """Offset where ``text`` (JSON) nests deeper than :data:`MAX_DEPTH`, else ``None``:
+    checked before parsing (``json.loads`` recurses; deep input exhausts the stack)."""
+    return json_depth_exceeded(text, MAX_DEPTH)
 
 
 class _BigNumber:

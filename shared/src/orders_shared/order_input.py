@@ -245,7 +245,7 @@ def _not_integer(text: str) -> _NotANumber:
     return _NotANumber("must be an integer")
 
 
-def _json_depth_exceeded(text: str, limit: int) -> int | None:
+def json_depth_exceeded(text: str, limit: int) -> int | None:
     """The offset where objects/arrays nest deeper than ``limit``, or None.
 
     A linear scan, so a document nested a million levels deep is refused before
@@ -287,7 +287,7 @@ def parse_order_json(document: str | bytes) -> Order:
             document = document.decode("utf-8")
         except UnicodeDecodeError:
             raise OrderInputError("order", "must be UTF-8 encoded JSON") from None
-    where = _json_depth_exceeded(document, MAX_JSON_DEPTH)
+    where = json_depth_exceeded(document, MAX_JSON_DEPTH)
     if where is not None:
         raise OrderInputError(
             "order",
