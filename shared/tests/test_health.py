@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 
 import aiohttp
@@ -16,6 +17,10 @@ def free_port() -> int:
         return port
 
 
+# made up, new each run: a message that must never reach a readiness report
+FAKE_TOKEN = "s." + secrets.token_hex(12)
+
+
 class Flaky:
     """Fails its first ``failures`` calls like an idle gRPC channel does, then answers."""
 
@@ -26,7 +31,7 @@ class Flaky:
     async def __call__(self) -> None:
         self.calls += 1
         if self.calls <= self.failures:
-            raise RuntimeError("operation was canceled; token=s.Abcdefghijklmnopqrstuvwx")
+            raise RuntimeError(f"operation was canceled; token={FAKE_TOKEN}")
 
 
 async def probe(checks: dict[str, Flaky]) -> tuple[int, dict[str, object]]:

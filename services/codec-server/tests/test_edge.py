@@ -5,6 +5,7 @@ local mode checks Host and a per-start secret path; CORS credentials only when a
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,8 @@ from codec_support import b64, plain, post, raw_exchange, reader_vault_token, se
 from orders_ops import issuer
 from orders_ops.stack import Stack
 
-SECRET = "s.SecretTokenValue0123456789abcdef"
+# a made-up token of the right shape, new each run (nothing real is committed)
+SECRET = "s." + secrets.token_hex(16)
 
 
 async def test_bad_input_fixed_messages(stack: Stack) -> None:

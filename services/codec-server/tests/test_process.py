@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ async def test_client_errors_are_info_lines_and_the_log_rotates(
     try:
         url = f"http://127.0.0.1:{port}"
         await until(lambda: log.exists() and "codec.started" in log.read_text())
-        secret = "s.VeryPrivateToken0123456789"
+        secret = "s." + secrets.token_hex(14)  # made up, new each run
         sent = 0
         for _ in range(20):
             await raw_exchange(
