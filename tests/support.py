@@ -39,6 +39,13 @@ class GroupRoleSource:
         revoked or expired credential would (an infrastructure fault)."""
         self._faults.setdefault(db_role, []).extend([error] * times)
 
+    def take_unused_faults(self) -> dict[str, int]:
+        """Clear the faults no checkout consumed and say how many were left per role: a
+        test that stopped early must not hand its injected fault to the next test."""
+        left = {role: len(errors) for role, errors in self._faults.items() if errors}
+        self._faults.clear()
+        return left
+
     @classmethod
     async def create(cls, dsn: str, *, max_size: int = 60) -> GroupRoleSource:
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size)
@@ -97,7 +104,11 @@ class Identities:
 
     async def transit(self, name: str) -> VaultTransit:
         if name not in self.sessions:
-            self.sessions[name] = await identity_session(self.settings, name)
+            session = await identity_session(self.settings, name)
+            # renewed like a worker's: a session-wide fixture outlives the token's TTL
+            # when the suite runs longer than it (a CI run failed on exactly that)
+            session.start()
+            self.sessions[name] = session
         return VaultTransit(self.sessions[name])
 
     async def close(self) -> None:

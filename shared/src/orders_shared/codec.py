@@ -331,9 +331,11 @@ class VaultTransit(HvacTransit):
         try:
             return await super()._call(fn, *args, **kw)
         except TransitDenied:
-            # a revoked token is replaced now, so the retry (Temporal's) succeeds
-            await self._session.recover_refused()
-            raise
+            # a revoked or expired token is replaced now; the call is tried once more on
+            # the new token (a policy refusal leaves the token alone and is raised)
+            if not await self._session.recover_refused():
+                raise
+        return await super()._call(fn, *args, **kw)
 
 
 _TOKEN_EXECUTOR = ThreadPoolExecutor(8, thread_name_prefix="vault-token")
