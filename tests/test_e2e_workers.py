@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from orders_ops.demo import activity_logins
 from orders_ops.identities import local_session
 from orders_ops.provider_sim import ProviderAdmin
 from orders_ops.stack import Stack, WorkerProcess, wait_gone
-from orders_shared.catalog import group_role
+from orders_shared.catalog import SERVICES, group_role
 from orders_shared.client import connect, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
@@ -201,6 +202,47 @@ async def test_the_four_paths_leave_exactly_these_rows(
     for _activity, vault_role, user, how in logins:
         assert user.startswith(f"v-{vault_role}-"), user
         assert how.startswith(f"LOGIN, member of {group_role(vault_role)},"), how
+
+
+# ----------------------------------------------------------------------------- who ran what
+
+
+async def test_history_names_the_service_that_ran_each_task(
+    temporal: Orders, admin: asyncpg.Connection
+) -> None:
+    """Temporal records each poller's identity: every activity names the service whose
+    worker ran it, every workflow task the orchestrator, the start the client."""
+    sku = await new_sku(admin, stock=5)
+    result = await run(temporal, order(sku, 1))
+    assert result.status == "completed"
+    history = await temporal.client.get_workflow_handle(result.order_id).fetch_history()
+    host = socket.gethostname()
+    identity_of_queue = {spec.task_queue: spec.identity for spec in SERVICES.values()}
+    scheduled: dict[int, tuple[str, str]] = {}  # event id -> (activity, its queue's service)
+    activities: list[tuple[str, str, str]] = []  # (activity, expected service, identity)
+    workflow_tasks: set[str] = set()
+    started_by = ""
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            attrs = event.activity_task_scheduled_event_attributes
+            queue = identity_of_queue[attrs.task_queue.name]
+            scheduled[event.event_id] = (attrs.activity_type.name, queue)
+        elif event.HasField("activity_task_started_event_attributes"):
+            started = event.activity_task_started_event_attributes
+            activities.append((*scheduled[started.scheduled_event_id], started.identity))
+        elif event.HasField("workflow_task_started_event_attributes"):
+            workflow_tasks.add(event.workflow_task_started_event_attributes.identity)
+        elif event.HasField("workflow_execution_started_event_attributes"):
+            started_by = event.workflow_execution_started_event_attributes.identity
+    assert activities == [
+        ("validate_order", "orders-validate", f"orders-validate@{host}"),
+        ("reserve_inventory", "orders-inventory", f"orders-inventory@{host}"),
+        ("process_payment", "orders-payment", f"orders-payment@{host}"),
+        ("fulfill_order", "orders-fulfill", f"orders-fulfill@{host}"),
+        ("notify_customer", "orders-notify", f"orders-notify@{host}"),
+    ]
+    assert workflow_tasks == {f"orders-orchestrator@{host}"}
+    assert started_by == f"orders-client@{host}"
 
 
 # ----------------------------------------------------------------------------- crashes

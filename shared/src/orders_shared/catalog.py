@@ -7,6 +7,7 @@ auth role and its Vault policy are all named after it (``orders-<service>``).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 NAMESPACE_DEFAULT = "orders"
@@ -61,3 +62,12 @@ def service(name: str) -> ServiceSpec:
         return SERVICES[name]
     except KeyError:
         raise KeyError(f"unknown service {name!r}; known services: {', '.join(SERVICES)}") from None
+
+
+def temporal_identity(identity: str) -> str:
+    """``<identity>@<host>``: the identity a worker or client gives Temporal, recorded on
+    every task it polls and every workflow it starts (``ActivityTaskStarted``,
+    ``WorkflowTaskStarted``, ``WorkflowExecutionStarted``), so history and the UI name
+    the service that ran each step. The SDK's default (``<pid>@<host>``) names none.
+    In a cluster the host name is the pod's."""
+    return f"{identity}@{socket.gethostname()}"

@@ -61,7 +61,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from orders_shared.catalog import SERVICES
+from orders_shared.catalog import SERVICES, temporal_identity
 from orders_shared.codec import TransitClient, TransitUnavailable, data_converter
 from orders_shared.config import ConfigError, VaultConfig, client_deadline, vault_request_timeout
 from orders_shared.contracts.common import Order
@@ -257,17 +257,22 @@ async def connect(
     namespace: str = "default",
     deadline: Deadline | None = None,
     on_retry: OnRetry | None = None,
+    identity: str | None = None,
     **options: Any,
 ) -> Client:
     """A Temporal client whose payloads and failures are encrypted (see orders_shared.codec).
 
-    Connection failures are retried until ``deadline`` (default
+    Temporal records ``identity`` (default ``orders-client@<host>``) on every workflow
+    this client starts. Connection failures are retried until ``deadline`` (default
     ``ORDERS_CLIENT_DEADLINE``), then :class:`ServiceUnavailableError`."""
 
     async def attempt() -> Client:
         try:
             return await Client.connect(
-                address, namespace=namespace, data_converter=data_converter(transit, **options)
+                address,
+                namespace=namespace,
+                identity=identity or temporal_identity(CLIENT_IDENTITY),
+                data_converter=data_converter(transit, **options),
             )
         except RuntimeError:  # the SDK reports a failed connect as RuntimeError
             raise _ConnectFailed from None

@@ -36,6 +36,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from orders_shared.catalog import service as lookup_service
+from orders_shared.catalog import temporal_identity
 from orders_shared.codec import TransitClient, VaultTransit, data_converter
 from orders_shared.config import ConfigError, WorkerConfig
 from orders_shared.db import ConnectionSource
@@ -215,6 +216,7 @@ async def serve(
     connect_deadline = temporal_connect_deadline()
     ops = config.operations
     spec = lookup_service(service)
+    identity = temporal_identity(spec.identity)  # history names the service: orders-<svc>@host
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -254,6 +256,7 @@ async def serve(
             lambda: Client.connect(
                 config.temporal.address,
                 namespace=config.temporal.namespace,
+                identity=identity,
                 runtime=runtime,
                 data_converter=data_converter(transit),
             ),
@@ -271,6 +274,7 @@ async def serve(
         worker = Worker(
             client,
             task_queue=spec.task_queue,
+            identity=identity,
             activities=list(activities(pools, transit)) if activities else [],
             workflows=list(workflows),
             interceptors=[ObservabilityInterceptor()],
@@ -279,6 +283,7 @@ async def serve(
         log.info(
             "worker.started",
             task_queue=spec.task_queue,
+            temporal_identity=identity,
             db_roles=list(spec.db_roles),
             vault_policies=list(vault.policies),
             metrics_port=ops.metrics_port,
