@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 from codec_support import b64, plain, post, raw_exchange, reader_vault_token, serve, until
+from structlog.testing import capture_logs
 
 from orders_ops import issuer
 from orders_ops.stack import Stack
@@ -155,3 +156,15 @@ async def test_local_mode_host_secret_and_cors(stack: Stack, tmp_path: Path) -> 
             headers={"Origin": origin},
         )
         assert status == 200 and headers["Access-Control-Allow-Credentials"] == "true"
+
+
+async def test_metrics_count_requests_and_a_scrape_logs_nothing(stack: Stack) -> None:
+    async with serve(stack) as server:
+        with capture_logs() as logs:
+            status, _, _ = await post(f"{server.url}/decode", {"payloads": []})  # no token
+            async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
+                text = await r.text()
+        assert status == 401
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        assert 'orders_codec_server_requests_total{op="decode",status="401"}' in text
+        assert [e.get("op") for e in logs if e["event"] == "codec.request"] == ["decode"]

@@ -7,7 +7,14 @@ kinds, never an order id or anything a user typed.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 VAULT_REQUESTS = Counter(
     "orders_vault_requests_total",
@@ -60,3 +67,14 @@ ACTIVITY_OUTCOMES = Counter(
     "or error (an infrastructure failure Temporal will retry)",
     ["activity", "outcome", "error_type"],
 )
+
+CODEC_SERVER_REQUESTS = Counter(
+    "orders_codec_server_requests_total",
+    "Requests the codec server answered, by operation (decode, encode, none) and HTTP status",
+    ["op", "status"],
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """This process's metrics in Prometheus text format, and the content type to send."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

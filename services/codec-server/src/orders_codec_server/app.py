@@ -82,8 +82,11 @@ from orders_shared.codec import (
     TransitPerCallCodec,
     TransitUnavailable,
 )
+from orders_shared.metrics import CODEC_SERVER_REQUESTS, exposition
 
 log = structlog.get_logger("orders_codec_server")
+
+QUIET_PATHS = frozenset({"/healthz", "/metrics"})  # a success there writes no log line
 
 DEFAULT_PORT = 8081
 MIB = 1024 * 1024
@@ -899,6 +902,7 @@ class CodecServer:
         app.router.add_post("/{prefix}/decode", self.decode)
         app.router.add_post("/{prefix}/encode", self.encode)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
         return app
 
     # -- the edge: host, CORS, errors, one log line per request ---------------------
@@ -949,7 +953,7 @@ class CodecServer:
         if allowed:
             assert origin is not None
             response.headers.update(_cors_headers(self.config, origin))
-        if request.path != "/healthz" or response.status != 200:
+        if request.path not in QUIET_PATHS or response.status != 200:
             self._log(request, response.status, started)
         return response
 
@@ -962,6 +966,7 @@ class CodecServer:
             "seconds": round(time.monotonic() - started, 4),
             **extra,
         }
+        CODEC_SERVER_REQUESTS.labels(fields["op"] or "none", str(status)).inc()
         if status >= 500:
             log.warning("codec.request", **fields)
         else:
@@ -970,6 +975,12 @@ class CodecServer:
     # -- handlers ---------------------------------------------------------------------
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        """Prometheus text: request counts, the codec's time and bytes, Vault requests.
+        Counts only, no caller, namespace or payload: safe beside ``/decode``."""
+        body, content_type = exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def decode(self, request: web.Request) -> web.Response:
         return await self._handle(request, "decode")
