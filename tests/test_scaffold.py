@@ -132,6 +132,14 @@ def test_the_command_says_what_to_do_next(scaffolded: Copy) -> None:
     assert not (scaffolded.root / f"services/{NAME}/Dockerfile").exists()
 
 
+def test_the_workspace_locks_with_the_new_member(scaffolded: Copy) -> None:
+    """The step the command prints next (uv.lock is not written by the command)."""
+    done = scaffolded.run("python3", "-m", "uv", "lock", "--offline")
+    assert done.returncode == 0, done.stderr
+    assert f"Added orders-{NAME} v0.1.0" in done.stderr
+    assert f'name = "orders-{NAME}"' in (scaffolded.root / "uv.lock").read_text()
+
+
 # --------------------------------------------------------------------------- the scaffold
 
 
