@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orders_ops.scaffold_files import NewService, ScaffoldError, new_files
-from orders_ops.scaffold_registries import existing_services, inserts
+from orders_ops.scaffold_registries import existing_services, inserts, read
 
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9]{1,19}$")
 ACTIVITY_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -72,7 +72,7 @@ def plan(root: Path, svc: NewService) -> tuple[dict[str, str], dict[str, str]]:
     changed: dict[str, str] = {}
     for ins in inserts(root, svc):
         if ins.path not in changed:
-            changed[ins.path] = (root / ins.path).read_text()
+            changed[ins.path] = read(root, ins.path)
         changed[ins.path] = ins.apply(changed[ins.path])
     return created, changed
 

@@ -45,20 +45,21 @@ class Insert:
 
 def existing_services(root: Path) -> list[str]:
     """Service names in catalog order, read from the catalog's source."""
-    return re.findall(r'ServiceSpec\(\s*"([a-z0-9-]+)"', (root / CATALOG).read_text())
+    return re.findall(r'ServiceSpec\(\s*"([a-z0-9-]+)"', read(root, CATALOG))
 
 
 def _tilt_port(root: Path) -> int:
     ports = [
         int(p)
-        for p in re.findall(r'^\s+\("[a-z0-9-]+", "\w+", (\d+)\),$', _read(root, "Tiltfile"), re.M)
+        for p in re.findall(r'^\s+\("[a-z0-9-]+", "\w+", (\d+)\),$', read(root, "Tiltfile"), re.M)
     ]
     if not ports:
         raise ScaffoldError("Tiltfile: no ('name', 'tier', port) entry found in SERVICES")
     return max(ports) + 1
 
 
-def _read(root: Path, path: str) -> str:
+def read(root: Path, path: str) -> str:
+    """A repository file's text, or a refusal naming the missing file."""
     try:
         return (root / path).read_text()
     except FileNotFoundError:
@@ -67,7 +68,7 @@ def _read(root: Path, path: str) -> str:
 
 def _grant_doc_anchor(root: Path) -> str:
     """The last row of the table in docs/grant-matrix.md (the new row goes after it)."""
-    lines = _read(root, "docs/grant-matrix.md").splitlines()
+    lines = read(root, "docs/grant-matrix.md").splitlines()
     try:
         start = lines.index("| Vault database role | table | privilege | columns | why |")
     except ValueError:
