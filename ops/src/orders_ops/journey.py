@@ -174,6 +174,10 @@ async def run_secured(stack: Stack, order_id: str, say: Callable[[str], None]) -
     return facts
 
 
+def _verdict(read: dict[str, Any]) -> str:
+    return "read" if read["allowed"] else f"denied ({read['error']})"
+
+
 def _check(j: Journey) -> None:
     bad, good = j.facts["insecure"], j.facts["secured"]
     for name, f in (("INSECURE", bad), ("secured", good)):
@@ -247,7 +251,8 @@ def _check(j: Journey) -> None:
         and not sg["customer_emails"]["allowed"]
         and not sg["this_order_email"]["allowed"]
         and 0 < sg["lease_ttl_s"] <= 24 * 3600,
-        f"lease TTL {sg['lease_ttl_s']} s",
+        f"{sg['vault_role']}: payments {_verdict(sg['payments'])}, emails "
+        f"{_verdict(sg['customer_emails'])}, lease TTL {sg['lease_ttl_s']} s",
     )
     j.check(
         "after its lease is revoked, a new login with it is refused",

@@ -39,7 +39,15 @@ def _login(step: dict[str, Any] | None) -> str:
     if not step.get("exists"):
         return f"`{step['login']}` (dropped since)"
     group = ", ".join(step["groups"]) or "no group role"
-    return f"`{step['login']}` ({group}; valid until {step['valid_until']})"
+    expires = step["valid_until"]
+    expires = expires if expires == "never expires" else f"valid until {expires}"
+    return f"`{step['login']}` ({group}; {expires})"
+
+
+def _sessions(by_login: dict[str, int]) -> str:
+    names = ", ".join(f"`{name}`" for name in sorted(by_login)) if len(by_login) == 1 else ""
+    logins = names or f"{len(by_login)} distinct logins"
+    return f"{sum(by_login.values())} sessions as {logins}"
 
 
 def _logins(bad: dict[str, Any], good: dict[str, Any]) -> list[str]:
@@ -62,8 +70,8 @@ def _logins(bad: dict[str, Any], good: dict[str, Any]) -> list[str]:
         lines.append(_row(step["activity"], "(step did not run)", _login(step)))
     lines += [
         "",
-        f"Open sessions in `pg_stat_activity` while the workers ran: INSECURE {bad['sessions']}; "
-        f"secured {good['sessions']}.",
+        "Open sessions in `pg_stat_activity` while the workers ran: INSECURE "
+        f"{_sessions(bad['sessions'])}; secured {_sessions(good['sessions'])}.",
         "",
     ]
     return lines
