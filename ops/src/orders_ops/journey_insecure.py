@@ -141,6 +141,7 @@ async def insecure_workers(
     """The six INSECURE worker processes, polling; stopped (by PID) on exit."""
     await ensure_namespace(settings.temporal_address, NAMESPACE)
     workers = [InsecureWorker(settings, s, url) for s in SERVICE_ORDER]
+    await asyncio.to_thread(stop_all, workers)  # any left by a run that was killed
     try:
         for worker in workers:
             worker._launch()
