@@ -65,6 +65,12 @@ def test_email_in_the_clear_in_insecure_history_and_nowhere_in_secured(run: Jour
     assert shown["customer_id"] == ORDER["customer_id"]
     assert shown["payment_token"].startswith("orders-seal/1.")
     assert ORDER["email"] not in str(shown)
+    assert run.facts["secured"]["who_opens"] == {
+        "payment_token": ["payment"],
+        "shipping_address": ["fulfill"],
+        "email": ["notify"],
+        "customer_name": ["notify"],
+    }
 
 
 def test_password_in_every_insecure_worker_environment_and_in_no_secured_one(

@@ -41,6 +41,7 @@ from orders_ops.journey_facts import (
     step_logins,
     stolen_static,
     stolen_vault,
+    who_opens,
 )
 from orders_ops.journey_report import render
 from orders_ops.journey_ui import Shot, browser_available, take
@@ -170,6 +171,8 @@ async def run_secured(stack: Stack, order_id: str, say: Callable[[str], None]) -
     reader = mint_user(settings, "ada-auditor")
     decoded = await asyncio.to_thread(_codec_decode, settings, stored, reader)
     facts["codec_view"] = {"reader": "ada-auditor (payload-reader)", "order": decoded["order"]}
+    # each identity tries, at Vault, to open each sealed field of what the reader was shown
+    facts["who_opens"] = await who_opens(settings, decoded["order"])
     facts["history"] = await history_facts(settings, "default", order_id)
     return facts
 
@@ -223,6 +226,11 @@ def _check(j: Journey) -> None:
         shown.get("customer_id") == ORDER["customer_id"]
         and all(is_sealed(str(shown.get(f, ""))) for f in SEALED_FIELDS),
         "payment_token sealed to payment" if is_sealed(str(shown.get("payment_token"))) else "",
+    )
+    j.check(
+        "each sealed field opens for its consumer alone (payment_token: payment)",
+        good["who_opens"] == {f: [consumer] for f, consumer in SEALED_FIELDS.items()},
+        f"{good['who_opens']}",
     )
     envs = [e for e in bad["environment"] if e["running"]]
     j.check(

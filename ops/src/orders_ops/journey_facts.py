@@ -6,6 +6,7 @@ decides what is right (:mod:`orders_ops.journey` does).
 
 from __future__ import annotations
 
+import contextlib
 import pwd
 import re
 from collections import Counter
@@ -20,7 +21,9 @@ from orders_ops.demo import ACTIVITY_EVIDENCE, payloads_in
 from orders_ops.identities import local_session
 from orders_ops.settings import HOST, StackSettings
 from orders_ops.vault_bootstrap import root_client
-from orders_shared.catalog import group_role
+from orders_shared.catalog import SERVICES, group_role
+from orders_shared.codec import TransitDenied, VaultTransit
+from orders_shared.sealing import SEALED_FIELDS, SealedFieldError, open_field
 
 CLEAR_VALUES = {
     "email": "ada@example.com",
@@ -225,3 +228,23 @@ async def stolen_vault(
     finally:
         await conn.close()
         await session.close()
+
+
+async def who_opens(settings: StackSettings, order: dict[str, Any]) -> dict[str, list[str]]:
+    """For each sealed field of ``order``, the identities Vault lets open it (each of the six
+    services and the client tries, with its own login)."""
+    names = [*SERVICES, "client"]
+    opened: dict[str, list[str]] = {f: [] for f in SEALED_FIELDS}
+    for name in names:
+        session = await local_session(settings, name)
+        try:
+            transit = VaultTransit(session)
+            for field, consumer in SEALED_FIELDS.items():
+                with contextlib.suppress(SealedFieldError, TransitDenied):
+                    await open_field(
+                        transit, consumer, order[field], order_id=order["order_id"], field=field
+                    )
+                    opened[field].append(name)
+        finally:
+            await session.close()
+    return opened

@@ -104,11 +104,16 @@ def _history(bad: dict[str, Any], good: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"What the codec server shows an authorised reader, {view.get('reader')}: the order,",
-        "its sensitive fields still sealed (the payment token opens for the payment service only):",
+        "its sensitive fields still sealed:",
         "",
         "```json",
         json.dumps(shown, indent=1),
         "```",
+        "",
+        "Which identity opens which sealed field (each of the six services and the client "
+        "tried, at Vault): "
+        + "; ".join(f"{f}: {', '.join(who) or 'nobody'}" for f, who in good["who_opens"].items())
+        + ".",
         "",
     ]
     return lines
