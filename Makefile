@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
 
-.PHONY: help install up down status env logs bootstrap demo bench abuse chaos browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo journey bench abuse chaos browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bootstrap: install ## configure Vault and the database again (idempotent)
 
 demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
 	KEEP=$(KEEP) $(BIN)/orders-demo
+
+journey: install browser ## the same order INSECURE then secured, side by side; writes docs/journey.md, docs/images
+	$(BIN)/orders-journey --docs
 
 bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
 	$(BIN)/orders-bench

@@ -65,6 +65,7 @@ from orders_inventory import worker as inventory_worker
 from orders_notify import worker as notify_worker
 from orders_ops import issuer
 from orders_ops.database import bootstrap_database
+from orders_ops.journey_ui import CHROMIUM, CHROMIUM_ARGS
 from orders_ops.policies import PAYLOAD_KEY, SEALED_SERVICES, seal_key
 from orders_ops.stack import Stack
 from orders_ops.testing import free_port
@@ -115,16 +116,6 @@ PER_CALL_NAMESPACE = "orders-payload-percall"
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 TEMPORAL = str(Path(sys.executable).with_name("temporal"))
-CHROMIUM = "/usr/lib/chromium/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SERVICES_WITH_QUEUES = (
     ("orchestrator", TASK_QUEUE),
     ("validate", validate.TASK_QUEUE),
