@@ -1,0 +1,42 @@
+"""`make demo` end to end: `orders-demo` run for real against the test stack.
+
+Nothing else ran the demo's report, so a change to the sealed-field format broke its last
+step ("who can open each sealed field") unseen. This runs the command as a user does and
+reads its verdict."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orders_ops.stack import Stack
+
+pytestmark = pytest.mark.stack
+
+
+def test_the_demo_passes_and_says_who_opens_each_field(workers: Stack) -> None:
+    demo = Path(sys.executable).with_name("orders-demo")
+    # the stack and workers are the session's: the demo adopts them and leaves them running
+    done = subprocess.run(
+        [str(demo)], capture_output=True, text=True, timeout=600, env=dict(os.environ), check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "demo passed" in out
+    table = out.split("== Who can unseal which field", 1)[1].splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:6]}
+    header = table[1].split()[1:]
+    # each sealed field opens for exactly its consumer; everyone else is refused by Vault
+    for field, consumer in (
+        ("payment_token", "payment"),
+        ("shipping_address", "fulfill"),
+        ("email", "notify"),
+        ("customer_name", "notify"),
+    ):
+        verdicts = dict(zip(header, rows[field], strict=True))
+        assert [n for n, v in verdicts.items() if v == "opens"] == [consumer], verdicts
+    assert all(w.pid() is not None for w in workers.workers)  # the session's, left running
