@@ -74,13 +74,16 @@ class Certificate:
     not_before: float
     not_after: float
     serial: str
+    issued_at: float = 0.0
 
     def __repr__(self) -> str:  # never the key
         return f"Certificate(serial={self.serial!r}, not_after={self.not_after:.0f})"
 
     @property
     def lifetime(self) -> float:
-        return self.not_after - self.not_before
+        """Seconds from issue to expiry (Vault backdates ``not_before`` for clock skew,
+        which is no part of the life to plan renewals with)."""
+        return self.not_after - max(self.not_before, self.issued_at)
 
     def seconds_left(self, now: float | None = None) -> float:
         return self.not_after - (time.time() if now is None else now)
@@ -188,6 +191,7 @@ class CertificateManager:
             not_before=parsed.not_valid_before_utc.timestamp(),
             not_after=parsed.not_valid_after_utc.timestamp(),
             serial=str(issued.get("serial_number", "")),
+            issued_at=time.time(),
         )
 
     async def start(self, *, renew: bool = True) -> Certificate:
@@ -214,7 +218,8 @@ class CertificateManager:
     def renew_delay(self, now: float | None = None) -> float:
         """Seconds from ``now`` until the current certificate is due for renewal."""
         cert = self.current
-        due = cert.not_before + cert.lifetime * (RENEW_AT - random.uniform(0, JITTER))  # noqa: S311
+        start = max(cert.not_before, cert.issued_at)
+        due = start + cert.lifetime * (RENEW_AT - random.uniform(0, JITTER))  # noqa: S311
         return max(0.0, due - (time.time() if now is None else now))
 
     async def renew(self) -> Certificate:
@@ -334,8 +339,8 @@ class TLSSettings:
                 "(locally <state>/tls/ca.pem, written by the bootstrap)"
             )
         raw_ttl = e.get("ORDERS_CERT_TTL", "").strip()
-        if raw_ttl and not (raw_ttl.isdigit() and 60 <= int(raw_ttl) <= 72 * 3600):
-            raise ConfigError(f"ORDERS_CERT_TTL={raw_ttl!r}: use whole seconds, 60 to 259200")
+        if raw_ttl and not (raw_ttl.isdigit() and 10 <= int(raw_ttl) <= 72 * 3600):
+            raise ConfigError(f"ORDERS_CERT_TTL={raw_ttl!r}: use whole seconds, 10 to 259200")
         return cls(
             temporal_tls=_flag(e, "ORDERS_TEMPORAL_TLS"),
             server_name=e.get("ORDERS_TEMPORAL_TLS_SERVER_NAME", "").strip() or None,
