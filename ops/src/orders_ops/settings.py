@@ -26,6 +26,7 @@ PORT_VARIABLES: dict[str, int] = {
     "ORDERS_CODEC_PORT": 8081,
     "ORDERS_PROVIDER_PORT": 8090,
     "ORDERS_WORKER_METRICS_PORT": 9464,
+    "ORDERS_TEMPORAL_TLS_PORT": 7235,  # ORDERS_TLS=1 only: Temporal behind mTLS
 }
 """Every port variable of the local stack and its default (``orders-stack --help`` lists them)."""
 

@@ -960,6 +960,7 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
         "ORDERS_METRICS_HOST": HOST,
         "ORDERS_METRICS_PORT": str(worker_metrics_port(settings, service)),
     }
+    env |= temporal_tls_env(settings)  # ORDERS_TLS=1: mTLS to Temporal (orders_ops.tls_proxy)
     if service == "payment":  # the card provider it charges (the local simulator)
         env |= {
             "ORDERS_PAYMENT_PROVIDER": "simulator",
@@ -976,6 +977,24 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
                 "ORDERS_DATABASE_SSLMODE": settings.db_sslmode,
                 "ORDERS_DATABASE_SSLROOTCERT": settings.db_sslrootcert,
             }
+    return env
+
+
+def temporal_tls_env(settings: StackSettings) -> dict[str, str]:
+    """With ORDERS_TLS=1: Temporal through the local mTLS terminator, with a client
+    certificate from each identity's own PKI role (see orders_shared.tls.TLSSettings)."""
+    from orders_ops import pki, tls_proxy
+
+    if not tls_proxy.tls_enabled():
+        return {}
+    env = {
+        "TEMPORAL_ADDRESS": tls_proxy.tls_address(),
+        "ORDERS_TEMPORAL_TLS": "1",
+        "ORDERS_TEMPORAL_TLS_SERVER_NAME": tls_proxy.SERVER_NAME,
+        "ORDERS_TLS_CA_FILE": str(pki.ca_file(settings)),
+    }
+    if os.environ.get("ORDERS_CERT_TTL"):
+        env["ORDERS_CERT_TTL"] = os.environ["ORDERS_CERT_TTL"]
     return env
 
 
@@ -1194,6 +1213,10 @@ class Stack:
         self.codec = LocalCodecServer(settings)
         self.provider = ProviderSimulator(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
+        from orders_ops.tls_proxy import TemporalTLSProxy, tls_enabled
+
+        self.tls_proxy = TemporalTLSProxy(settings)
+        self.tls = tls_enabled()
 
     @property
     def base_servers(self) -> list[Server]:
@@ -1206,7 +1229,8 @@ class Stack:
     @property
     def app_servers(self) -> list[Server]:
         """The servers ``up`` starts after the bootstrap, in order (add one here)."""
-        return [self.identity, self.codec]
+        tls = [self.tls_proxy] if self.tls or self.tls_proxy.pid() is not None else []
+        return [self.identity, self.codec, *tls]
 
     @property
     def servers(self) -> list[Server]:
@@ -1311,6 +1335,14 @@ class Stack:
                 f"  {'codec':<9} {verb:<16} {self.settings.codec_url} (local mode, reader "
                 f"{self.codec.READER}) ({time.monotonic() - t0:.1f}s)"
             )
+            if self.tls:
+                t0 = time.monotonic()
+                started = self.tls_proxy.start(timeout)
+                verb = "started" if started else "already running"
+                echo(
+                    f"  {'tls':<9} {verb:<16} Temporal mTLS {self.tls_proxy.address} "
+                    f"({time.monotonic() - t0:.1f}s)"
+                )
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         self.workers_down(echo)
@@ -1365,6 +1397,8 @@ class Stack:
             env["ORDERS_ADMIN_DATABASE_URL"] = s.admin_dsn(s.database)
         if codec_secret_file(s).exists():  # `temporal workflow show` decodes as the local reader
             env["TEMPORAL_CODEC_ENDPOINT"] = codec_endpoint(s)
+        if self.tls:
+            env |= temporal_tls_env(s)
         return env
 
     def logs(self, server: str | None = None, lines: int = 40) -> str:

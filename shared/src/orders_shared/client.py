@@ -59,7 +59,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from orders_shared.catalog import SERVICES
 from orders_shared.codec import TransitClient, TransitUnavailable, data_converter
@@ -257,9 +257,13 @@ async def connect(
     namespace: str = "default",
     deadline: Deadline | None = None,
     on_retry: OnRetry | None = None,
+    tls: TLSConfig | bool = False,
     **options: Any,
 ) -> Client:
     """A Temporal client whose payloads and failures are encrypted (see orders_shared.codec).
+
+    ``tls``: the SDK's TLS settings (with a client certificate, see
+    :func:`orders_shared.tls.client_temporal_tls`), or False for plaintext.
 
     Connection failures are retried until ``deadline`` (default
     ``ORDERS_CLIENT_DEADLINE``), then :class:`ServiceUnavailableError`."""
@@ -267,7 +271,10 @@ async def connect(
     async def attempt() -> Client:
         try:
             return await Client.connect(
-                address, namespace=namespace, data_converter=data_converter(transit, **options)
+                address,
+                namespace=namespace,
+                data_converter=data_converter(transit, **options),
+                tls=tls,
             )
         except RuntimeError:  # the SDK reports a failed connect as RuntimeError
             raise _ConnectFailed from None

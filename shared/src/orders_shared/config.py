@@ -30,6 +30,7 @@ Variables (defaults in brackets):
                                 /metrics re-exports [ORDERS_METRICS_PORT + 1000]
 ``ORDERS_SHUTDOWN_GRACE``       seconds in-flight activities get after SIGTERM [20]
 ``ORDERS_LOG_LEVEL``            [INFO]
+``ORDERS_TEMPORAL_TLS`` and the other TLS variables: see :class:`orders_shared.tls.TLSSettings`.
 
 The order client (:mod:`orders_shared.client`, the ``orders`` CLI) also reads
 ``ORDERS_CLIENT_DEADLINE``: seconds it keeps retrying while Vault or Temporal
