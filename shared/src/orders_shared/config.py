@@ -43,7 +43,6 @@ ever come from Vault.
 from __future__ import annotations
 
 import os
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +158,7 @@ class DatabaseConfig:
     sslmode: str = ""
     sslrootcert: str = ""
 
-    def ssl_arg(self) -> ssl.SSLContext | str | None:
+    def ssl_arg(self) -> db_tls.SSLArg:
         """asyncpg's ``ssl=`` argument (see :mod:`orders_shared.db_tls`)."""
         return db_tls.client_ssl(self.sslmode, self.sslrootcert)
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Literal, TypeAlias, cast
+
+# asyncpg's ``ssl=`` argument as this module gives it
+NonVerifying: TypeAlias = Literal["disable", "allow", "prefer", "require"]
+SSLArg: TypeAlias = ssl.SSLContext | NonVerifying | None
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 VERIFYING = ("verify-ca", "verify-full")
@@ -40,14 +45,14 @@ def check(sslmode: str, sslrootcert: str, *, names: tuple[str, str]) -> None:
             )
 
 
-def client_ssl(sslmode: str, sslrootcert: str) -> ssl.SSLContext | str | None:
+def client_ssl(sslmode: str, sslrootcert: str) -> SSLArg:
     """asyncpg's ``ssl=`` for this mode: a verifying context for ``verify-ca`` and
     ``verify-full`` (CA bundle loaded; host name checked for ``verify-full`` only),
     the mode name for the others, ``None`` (asyncpg's default) when unset."""
     if not sslmode:
         return None
     if sslmode not in VERIFYING:
-        return sslmode
+        return cast(NonVerifying, sslmode)  # checked against SSLMODES at start-up
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=sslrootcert)
     context.check_hostname = sslmode == "verify-full"
     context.verify_mode = ssl.CERT_REQUIRED
