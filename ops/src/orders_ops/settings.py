@@ -182,7 +182,7 @@ class StackSettings:
 
     @property
     def codec_url(self) -> str:
-        return f"http://{HOST}:{self.codec_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.codec_port}"
 
     @property
     def provider_url(self) -> str:

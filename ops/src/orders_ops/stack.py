@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orders_ops import osusers, postgres_tls
+from orders_ops import codec_tls, osusers, postgres_tls
 from orders_ops.osusers import Account, UserError
 from orders_ops.postgres_tls import PostgresTLSError
 from orders_ops.secretfiles import write_secret as _write_secret
@@ -1100,6 +1100,7 @@ class LocalCodecServer(Server):
         share_codec_secret(self.settings)
         # as root it runs as orders-codec: it reaches its reader token, nothing else
         self.account = _account(osusers.CODEC_USER)
+        s = self.settings
         ui = self.settings.temporal_ui_port
         self._spawn(
             [
@@ -1124,7 +1125,8 @@ class LocalCodecServer(Server):
                 "--log-file",  # size-rotated by the server itself
                 str(self.rotated_log_file()),
             ],
-            env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1"),
+            # ORDERS_TLS=1: HTTPS, certificate issued in process (orders_ops.codec_tls)
+            env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **codec_tls.env(s)),
         )
 
     def rotated_log_file(self) -> Path:
@@ -1140,7 +1142,9 @@ class LocalCodecServer(Server):
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(  # noqa: S310 (loopback URL we built)
-                f"{self.settings.codec_url}/healthz", timeout=1
+                f"{self.settings.codec_url}/healthz",
+                timeout=1,
+                context=codec_tls.client_context(self.settings),
             ) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
