@@ -7,8 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
+# `make up TLS=1` (or ORDERS_TLS=1): the TLS stack (Vault PKI certificates, mTLS to Temporal)
+ifdef TLS
+export ORDERS_TLS := $(TLS)
+endif
 
-.PHONY: help install up down status env logs bootstrap demo bench abuse chaos browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +48,9 @@ demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1
 bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
 	$(BIN)/orders-bench
 	$(BIN)/python -m orders_codec_server.abuse
+
+bench-tls: install ## orders/s with and without Temporal mTLS (six workers each way, about 2 min)
+	$(BIN)/python -m orders_ops.bench_tls
 
 abuse: install ## codec server under abuse: answer, time, peak memory per case (asserts it stays up)
 	$(BIN)/python -m orders_codec_server.abuse
