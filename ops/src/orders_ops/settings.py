@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,15 @@ class SettingsError(ValueError):
     """A bad ``ORDERS_*`` variable; the message names it and the fix."""
 
 
+def _switch(name: str) -> bool:
+    raw = (os.environ.get(name) or "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r}: use 1 (on) or 0 (off)")
+
+
 def _port(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -86,6 +96,11 @@ class StackSettings:
     mode: str = "local"
     db_host: str = HOST
     vault_url: str | None = None
+    # ORDERS_TLS=1: PKI certificates, PostgreSQL with hostssl only (docs/tls-postgres-codec.md)
+    tls: bool = False
+    # how clients verify PostgreSQL (asyncpg / libpq sslmode, CA bundle); empty: no TLS asked
+    db_sslmode: str = ""
+    db_sslrootcert: str = ""
 
     @classmethod
     def from_env(cls) -> StackSettings:
@@ -103,7 +118,12 @@ class StackSettings:
             vault_cluster_port=_port("ORDERS_VAULT_CLUSTER_PORT", 8201),
             provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
+            tls=_switch("ORDERS_TLS"),
         )
+        if local.tls:
+            local = dataclasses.replace(
+                local, db_sslmode="verify-full", db_sslrootcert=str(local.ca_file)
+            )
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
         if mode == "local":
             return local
@@ -119,6 +139,8 @@ class StackSettings:
             db_host=os.environ["ORDERS_DB_HOST"],
             postgres_port=_port("ORDERS_DB_PORT", 5432),
             database=os.environ.get("ORDERS_DB_NAME") or "orders",
+            db_sslmode=os.environ.get("ORDERS_DATABASE_SSLMODE") or "",
+            db_sslrootcert=os.environ.get("ORDERS_DATABASE_SSLROOTCERT") or "",
         )
 
     # -- derived locations -------------------------------------------------
@@ -160,7 +182,7 @@ class StackSettings:
 
     @property
     def codec_url(self) -> str:
-        return f"http://{HOST}:{self.codec_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.codec_port}"
 
     @property
     def provider_url(self) -> str:
@@ -207,10 +229,31 @@ class StackSettings:
     def pg_superuser_password(self) -> str:
         return self.pg_password_file.read_text().strip()
 
+    @property
+    def tls_dir(self) -> Path:
+        """Certificates of the TLS stack: ``ca.pem`` (public) and each server's
+        ``<server>.crt|.key`` (0600, that server's user)."""
+        return self.state_dir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA bundle every client of the TLS stack trusts (intermediate + root)."""
+        return self.tls_dir / "ca.pem"
+
+    def db_ssl_query(self) -> str:
+        """``?sslmode=...&sslrootcert=...`` for a PostgreSQL URL (asyncpg and Vault's
+        database plugin read both), or "" when no TLS is asked for."""
+        if not self.db_sslmode:
+            return ""
+        query = {"sslmode": self.db_sslmode}
+        if self.db_sslrootcert:
+            query["sslrootcert"] = self.db_sslrootcert
+        return "?" + urllib.parse.urlencode(query, safe="/")
+
     def admin_dsn(self, database: str = "postgres") -> str:
         return (
             f"postgresql://postgres:{self.pg_superuser_password()}@{self.db_host}:"
-            f"{self.postgres_port}/{database}"
+            f"{self.postgres_port}/{database}{self.db_ssl_query()}"
         )
 
     def token_dir(self, name: str) -> Path:
