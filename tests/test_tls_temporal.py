@@ -34,7 +34,7 @@ from orders_ops import pki, tls_proxy
 from orders_ops.bench_load import bench_order, bench_stock
 from orders_ops.identities import local_session
 from orders_ops.stack import Stack
-from orders_shared.client import connect, submit_order
+from orders_shared.client import SubmittedOrder, connect, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.order_input import order_to_json
 from orders_shared.tls import CertificateManager
@@ -238,7 +238,8 @@ def test_renewal_under_load_drops_no_order(tls_stack: Stack) -> None:
     """Orders run without pause while every worker renews its certificate (30 s TTL):
     each renewal swaps the worker's Temporal connection; every order completes. Then,
     once every first certificate has expired, the terminator is restarted (every
-    connection cut): the workers reconnect, which works only with the new certificates."""
+    connection cut) and more orders run: the workers reconnect, which works only with
+    their new certificates."""
     asyncio.run(bench_stock(tls_stack.settings))
 
     async def run() -> tuple[list[str], dict[str, float]]:
@@ -257,7 +258,7 @@ def test_renewal_under_load_drops_no_order(tls_stack: Stack) -> None:
                 transit,
                 tls=client_certs.temporal_tls("localhost"),
             )
-            results: list[asyncio.Task[object]] = []
+            results: list[asyncio.Task[SubmittedOrder]] = []
 
             def submit() -> None:
                 order = bench_order("tls-renew")
@@ -276,17 +277,20 @@ def test_renewal_under_load_drops_no_order(tls_stack: Stack) -> None:
                 await asyncio.sleep(0.25)
                 if len(results) % 8 == 0:
                     renewals = await asyncio.to_thread(_worker_renewals, tls_stack)
-            while time.time() < READY["at"] + CERT_TTL + 2:  # every first certificate expired
-                submit()
-                await asyncio.sleep(0.5)
+            # every order of the renewal phase done: the cut below finds no work in flight
+            # (a cut activity completion would wait for its timeout, which is not tested)
+            done = await asyncio.gather(*results)
+            # until every first certificate has expired
+            await asyncio.sleep(max(0.0, READY["at"] + CERT_TTL + 2 - time.time()))
             await asyncio.to_thread(tls_stack.tls_proxy.stop)
             await asyncio.to_thread(tls_stack.tls_proxy.start, 60)
+            results.clear()
             for _ in range(10):
                 submit()
                 await asyncio.sleep(0.25)
             # (a bound, not a timed claim: a worker left on an expired certificate hangs)
-            done = await asyncio.wait_for(asyncio.gather(*results), 180)
-            statuses = [d.result.status if d.result else "none" for d in done]  # type: ignore[attr-defined]
+            done += await asyncio.wait_for(asyncio.gather(*results), 120)
+            statuses = [d.result.status if d.result else "none" for d in done]
             return statuses, await asyncio.to_thread(_worker_renewals, tls_stack)
         finally:
             await session.close()
