@@ -92,7 +92,8 @@ imagePullSecrets:
 {{/*
 Files from existing Secrets that are not credentials: Vault's CA (every chart that
 talks to Vault), PostgreSQL's CA (with "database": workers with database roles and
-the bootstrap) and, for the workers, Temporal's CA and client certificate. Called
+the bootstrap) and, for the workers, Temporal's CA (their client certificate and key
+are issued in process from Vault PKI: never a Secret, never a file). Called
 with (dict "g" $g "temporal" bool "database" bool); "env", "mounts" and "volumes" render the three
 parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<key>.
 */}}
@@ -112,14 +113,11 @@ parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<ke
 {{- end -}}
 {{- if .temporal -}}
 {{- $tls := .g.temporal.tls -}}
-{{- if and (not $tls.enabled) (or $tls.caSecret $tls.clientCertSecret) -}}
-{{- fail "global.temporal.tls: caSecret/clientCertSecret are set but tls.enabled is false: enable TLS or clear them" -}}
+{{- if and (not $tls.enabled) $tls.caSecret -}}
+{{- fail "global.temporal.tls: caSecret is set but tls.enabled is false: enable TLS or clear it" -}}
 {{- end -}}
 {{- if and $tls.enabled $tls.caSecret -}}
 {{- $out = append $out (dict "volume" "temporal-ca" "secret" $tls.caSecret "keys" (list "ca.crt")) -}}
-{{- end -}}
-{{- if and $tls.enabled $tls.clientCertSecret -}}
-{{- $out = append $out (dict "volume" "temporal-client-cert" "secret" $tls.clientCertSecret "keys" (list "tls.crt" "tls.key")) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml (dict "items" $out) -}}
@@ -139,19 +137,23 @@ parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<ke
 {{- end }}
 {{- end }}
 {{- if .temporal }}
-{{- if .g.temporal.tls.enabled }}
-- name: TEMPORAL_TLS
-  value: "true"
+{{- $tls := .g.temporal.tls }}
+{{- if $tls.enabled }}
+- name: ORDERS_TEMPORAL_TLS
+  value: "1"
+- name: ORDERS_PKI_MOUNT
+  value: {{ $tls.pkiMount | quote }}
+- name: ORDERS_CERT_TTL
+  value: {{ $tls.certTTLSeconds | quote }}
+{{- if $tls.serverName }}
+- name: ORDERS_TEMPORAL_TLS_SERVER_NAME
+  value: {{ $tls.serverName | quote }}
+{{- end }}
 {{- end }}
 {{- range $items }}
 {{- if eq .volume "temporal-ca" }}
-- name: TEMPORAL_TLS_CA_FILE
+- name: ORDERS_TLS_CA_FILE
   value: /etc/orders/tls/temporal-ca/ca.crt
-{{- else if eq .volume "temporal-client-cert" }}
-- name: TEMPORAL_TLS_CERT_FILE
-  value: /etc/orders/tls/temporal-client-cert/tls.crt
-- name: TEMPORAL_TLS_KEY_FILE
-  value: /etc/orders/tls/temporal-client-cert/tls.key
 {{- end }}
 {{- end }}
 {{- end }}

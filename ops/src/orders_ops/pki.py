@@ -305,8 +305,13 @@ def _needs_reissue(cert_path: Path, bundle: str) -> bool:
     end = cert.not_valid_after_utc.timestamp()
     if time.time() > end - (end - start) / 3:
         return True
-    issuers = [c.subject for c in x509.load_pem_x509_certificates(bundle.encode())]
-    return cert.issuer not in issuers
+    # every intermediate has the same name: the issuer is told by its key identifier
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    keys = [
+        c.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        for c in x509.load_pem_x509_certificates(bundle.encode())
+    ]
+    return aki.key_identifier not in keys
 
 
 def ensure_server_cert(client: hvac.Client, settings: StackSettings, role: str) -> list[str]:

@@ -88,7 +88,7 @@ load_module {STREAM_MODULE};
 {user}daemon off;
 worker_processes 1;
 pid {prefix / "nginx.pid"};
-error_log stderr warn;
+error_log stderr info;  # info: each refused certificate, with the reason
 events {{ worker_connections 1024; }}
 stream {{
     server {{

@@ -283,10 +283,12 @@ class CertificateManager:
         return context
 
     def temporal_tls(self, server_name: str | None = None) -> TLSConfig:
-        """The Temporal client's TLS settings from the current certificate."""
+        """The Temporal client's TLS settings from the current certificate. The frontend
+        is verified with ``ORDERS_TLS_CA_FILE`` when set, else with the system's roots
+        (Temporal Cloud: a public CA; the namespace trusts our CA for the client side)."""
         cert = self.current
         return TLSConfig(
-            server_root_ca_cert=cert.ca_pem,
+            server_root_ca_cert=cert.ca_pem if self.ca_file else None,
             domain=server_name,
             client_cert=cert.cert_pem,
             client_private_key=cert.key_pem,
