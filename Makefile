@@ -7,8 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := $(BIN)/orders-stack
 export UV_LINK_MODE ?= copy
+# `make up TLS=1` (or ORDERS_TLS=1): the TLS stack (Vault PKI certificates, mTLS to Temporal)
+ifdef TLS
+export ORDERS_TLS := $(TLS)
+endif
 
-.PHONY: help install up down status env logs bootstrap demo journey bench abuse chaos browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo journey bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +52,9 @@ bench: install ## figures: Vault and database costs, codec, orders end to end, t
 	$(BIN)/orders-bench
 	$(BIN)/python -m orders_codec_server.abuse
 
+bench-tls: install ## orders/s with and without Temporal mTLS (six workers each way, about 2 min)
+	$(BIN)/python -m orders_ops.bench_tls
+
 abuse: install ## codec server under abuse: answer, time, peak memory per case (asserts it stays up)
 	$(BIN)/python -m orders_codec_server.abuse
 
@@ -64,13 +71,15 @@ TEST_STACK := ORDERS_STATE_DIR=$(CURDIR)/.local-test ORDERS_TEMPORAL_PORT=17233 
 	ORDERS_TEMPORAL_METRICS_PORT=17244 ORDERS_VAULT_PORT=18200 ORDERS_VAULT_CLUSTER_PORT=18201 \
 	ORDERS_POSTGRES_PORT=15433 \
 	ORDERS_CODEC_PORT=18081 ORDERS_PROVIDER_PORT=18090 ORDERS_WORKER_METRICS_PORT=19464 \
-	ORDERS_PROMETHEUS_PORT=19090
+	ORDERS_PROMETHEUS_PORT=19090 ORDERS_TEMPORAL_TLS_PORT=17235
 
 test: install browser ## lint, type-check and run every test against a real local stack of its own
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(TEST_STACK) $(BIN)/pytest
+# the TLS stack (ORDERS_TLS=1), in a state folder of its own (its PostgreSQL 17 cannot open 18's data)
+	$(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-tls ORDERS_TLS=1 $(BIN)/pytest tests/test_tls_postgres.py tests/test_tls_codec.py
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

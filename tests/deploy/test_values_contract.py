@@ -96,25 +96,26 @@ def test_hvac_verifies_vault_with_vault_cacert(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("service", WORKERS)
 def test_temporal_tls_files_are_mounted_and_named_in_env(chart_dir: Path, service: str) -> None:
-    tls = {"enabled": True, "caSecret": "temporal-ca", "clientCertSecret": "orders-mtls"}
+    tls = {"enabled": True, "caSecret": "temporal-ca", "serverName": "temporal.example.com"}
     pod = _pod(_render(chart_dir, service, {"global": {"temporal": {"tls": tls}}}))
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
-    assert env["TEMPORAL_TLS"] == "true"
-    assert env["TEMPORAL_TLS_CA_FILE"] == mounts["temporal-ca"] + "/ca.crt"
-    assert env["TEMPORAL_TLS_CERT_FILE"] == mounts["temporal-client-cert"] + "/tls.crt"
-    assert env["TEMPORAL_TLS_KEY_FILE"] == mounts["temporal-client-cert"] + "/tls.key"
+    assert env["ORDERS_TEMPORAL_TLS"] == "1"
+    assert env["ORDERS_TLS_CA_FILE"] == mounts["temporal-ca"] + "/ca.crt"
+    assert env["ORDERS_TEMPORAL_TLS_SERVER_NAME"] == "temporal.example.com"
+    assert env["ORDERS_PKI_MOUNT"] == "pki-orders"
+    assert env["ORDERS_CERT_TTL"] == "86400"
     assert secrets["temporal-ca"]["secretName"] == "temporal-ca"
-    assert secrets["temporal-client-cert"]["secretName"] == "orders-mtls"
-    assert [i["key"] for i in secrets["temporal-client-cert"]["items"]] == ["tls.crt", "tls.key"]
+    # the client certificate and key are issued in process: no Secret, no file for them
+    assert {n for n in env if "KEY" in n or "CERT_FILE" in n} == set()
     default = {e["name"] for e in _pod(_render(chart_dir, service, {}))["containers"][0]["env"]}
-    assert not {n for n in default if n.startswith("TEMPORAL_TLS")}
+    assert not {n for n in default if "TEMPORAL_TLS" in n or n.startswith("ORDERS_PKI")}
 
 
 def test_temporal_tls_secrets_without_tls_enabled_are_refused(chart_dir: Path) -> None:
-    tls = {"enabled": False, "caSecret": "temporal-ca", "clientCertSecret": ""}
+    tls = {"enabled": False, "caSecret": "temporal-ca"}
     with helm.Chart.load(chart_dir / "payment") as loaded, pytest.raises(Exception) as err:
         loaded.render({"global": {"temporal": {"tls": tls}}}, name="payment", namespace="orders")
     assert "tls.enabled is false" in str(err.value)

@@ -91,8 +91,10 @@ imagePullSecrets:
 
 {{/*
 Files from existing Secrets that are not credentials: Vault's CA (every chart that
-talks to Vault) and, for the workers, Temporal's CA and client certificate. Called
-with (dict "g" $g "temporal" bool); "env", "mounts" and "volumes" render the three
+talks to Vault), PostgreSQL's CA (with "database": workers with database roles and
+the bootstrap) and, for the workers, Temporal's CA (their client certificate and key
+are issued in process from Vault PKI: never a Secret, never a file). Called
+with (dict "g" $g "temporal" bool "database" bool); "env", "mounts" and "volumes" render the three
 parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<key>.
 */}}
 {{- define "orders-lib.tlsSecrets" -}}
@@ -100,16 +102,22 @@ parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<ke
 {{- if .g.vault.caSecret -}}
 {{- $out = append $out (dict "volume" "vault-ca" "secret" .g.vault.caSecret "keys" (list "ca.crt")) -}}
 {{- end -}}
+{{- if .database -}}
+{{- $db := .g.database.tls | default dict -}}
+{{- if and $db.enabled (not $db.caSecret) -}}
+{{- fail "global.database.tls.enabled needs global.database.tls.caSecret: an existing Secret with ca.crt, the CA of PostgreSQL's certificate" -}}
+{{- end -}}
+{{- if $db.enabled -}}
+{{- $out = append $out (dict "volume" "database-ca" "secret" $db.caSecret "keys" (list "ca.crt")) -}}
+{{- end -}}
+{{- end -}}
 {{- if .temporal -}}
 {{- $tls := .g.temporal.tls -}}
-{{- if and (not $tls.enabled) (or $tls.caSecret $tls.clientCertSecret) -}}
-{{- fail "global.temporal.tls: caSecret/clientCertSecret are set but tls.enabled is false: enable TLS or clear them" -}}
+{{- if and (not $tls.enabled) $tls.caSecret -}}
+{{- fail "global.temporal.tls: caSecret is set but tls.enabled is false: enable TLS or clear it" -}}
 {{- end -}}
 {{- if and $tls.enabled $tls.caSecret -}}
 {{- $out = append $out (dict "volume" "temporal-ca" "secret" $tls.caSecret "keys" (list "ca.crt")) -}}
-{{- end -}}
-{{- if and $tls.enabled $tls.clientCertSecret -}}
-{{- $out = append $out (dict "volume" "temporal-client-cert" "secret" $tls.clientCertSecret "keys" (list "tls.crt" "tls.key")) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml (dict "items" $out) -}}
@@ -121,22 +129,31 @@ parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<ke
 {{- if eq .volume "vault-ca" }}
 - name: VAULT_CACERT
   value: /etc/orders/tls/vault-ca/ca.crt
+{{- else if eq .volume "database-ca" }}
+- name: ORDERS_DATABASE_SSLMODE
+  value: verify-full
+- name: ORDERS_DATABASE_SSLROOTCERT
+  value: /etc/orders/tls/database-ca/ca.crt
 {{- end }}
 {{- end }}
 {{- if .temporal }}
-{{- if .g.temporal.tls.enabled }}
-- name: TEMPORAL_TLS
-  value: "true"
+{{- $tls := .g.temporal.tls }}
+{{- if $tls.enabled }}
+- name: ORDERS_TEMPORAL_TLS
+  value: "1"
+- name: ORDERS_PKI_MOUNT
+  value: {{ $tls.pkiMount | quote }}
+- name: ORDERS_CERT_TTL
+  value: {{ $tls.certTTLSeconds | quote }}
+{{- if $tls.serverName }}
+- name: ORDERS_TEMPORAL_TLS_SERVER_NAME
+  value: {{ $tls.serverName | quote }}
+{{- end }}
 {{- end }}
 {{- range $items }}
 {{- if eq .volume "temporal-ca" }}
-- name: TEMPORAL_TLS_CA_FILE
+- name: ORDERS_TLS_CA_FILE
   value: /etc/orders/tls/temporal-ca/ca.crt
-{{- else if eq .volume "temporal-client-cert" }}
-- name: TEMPORAL_TLS_CERT_FILE
-  value: /etc/orders/tls/temporal-client-cert/tls.crt
-- name: TEMPORAL_TLS_KEY_FILE
-  value: /etc/orders/tls/temporal-client-cert/tls.key
 {{- end }}
 {{- end }}
 {{- end }}

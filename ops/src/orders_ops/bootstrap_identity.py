@@ -41,6 +41,10 @@ path "sys/mounts" { capabilities = ["read"] }
 path "sys/mounts/transit" { capabilities = ["create", "read", "update"] }
 path "sys/mounts/database" { capabilities = ["create", "read", "update"] }
 path "sys/mounts/orders-bootstrap" { capabilities = ["create", "read", "update"] }
+path "sys/mounts/pki-root" { capabilities = ["create", "read", "update"] }
+path "sys/mounts/pki-orders" { capabilities = ["create", "read", "update"] }
+path "sys/mounts/pki-root/tune" { capabilities = ["read", "update"] }
+path "sys/mounts/pki-orders/tune" { capabilities = ["read", "update"] }
 path "sys/auth" { capabilities = ["read"] }
 path "sys/auth/kubernetes" { capabilities = ["create", "read", "update", "sudo"] }
 path "sys/auth/oidc-readers" { capabilities = ["create", "read", "update", "sudo"] }
@@ -56,6 +60,18 @@ path "sys/policy/payload-*" { capabilities = ["create", "read", "update"] }
 path "transit/keys/*" { capabilities = ["create", "read", "update"] }
 path "transit/keys/+/config" { capabilities = ["create", "update"] }
 path "transit/keys/+/rotate" { capabilities = ["update"] }
+
+# the PKI: the root signs intermediates, the intermediate's roles (never a leaf issued here)
+path "pki-root/root/generate/internal" { capabilities = ["update"] }
+path "pki-root/root/sign-intermediate" { capabilities = ["update"] }
+path "pki-root/issuers" { capabilities = ["list"] }
+path "pki-root/issuer/*" { capabilities = ["read"] }
+path "pki-orders/intermediate/generate/internal" { capabilities = ["update"] }
+path "pki-orders/intermediate/set-signed" { capabilities = ["update"] }
+path "pki-orders/issuers" { capabilities = ["list"] }
+path "pki-orders/issuer/*" { capabilities = ["read", "update"] }
+path "pki-orders/config/issuers" { capabilities = ["read", "update"] }
+path "pki-orders/roles/*" { capabilities = ["create", "read", "update"] }
 
 # the database secrets engine: its connection, its roles, rotating its own password
 path "database/config/*" { capabilities = ["create", "read", "update"] }

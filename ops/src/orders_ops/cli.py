@@ -57,6 +57,7 @@ from orders_shared.order_input import (
     json_depth_exceeded,
     parse_order,
 )
+from orders_shared.tls import client_temporal_tls
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NOT_COMPLETED = 0, 1, 2, 3
 MAX_FILE_BYTES = 1 << 20
@@ -264,7 +265,10 @@ async def _with_client(run: Run) -> int:
         return _fail(EXIT_ERROR, str(exc))
     try:
         transit = VaultTransit(session)
-        client = await connect(where.temporal, transit, deadline=deadline, on_retry=_say_retrying)
+        tls = await client_temporal_tls(session)  # ORDERS_TEMPORAL_TLS=1: mTLS
+        client = await connect(
+            where.temporal, transit, deadline=deadline, on_retry=_say_retrying, tls=tls
+        )
         return await run(client, transit, where, deadline)
     except OrderClientError as exc:
         return _fail(EXIT_ERROR, str(exc))

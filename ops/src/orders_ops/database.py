@@ -47,6 +47,7 @@ from orders_ops.grants import GRANT_MATRIX, SCHEMA
 from orders_ops.secretfiles import SecretStore, secret_store
 from orders_ops.settings import StackSettings
 from orders_shared.catalog import DB_ROLES, group_role
+from orders_shared.db_tls import client_ssl
 
 OWNER_ROLE = "orders_owner"
 VAULT_ADMIN_ROLE = "vault_admin"
@@ -168,6 +169,7 @@ async def _connect(settings: StackSettings, user: str, password: str, database: 
             password=password,
             database=database,
             timeout=10,
+            ssl=client_ssl(settings.db_sslmode, settings.db_sslrootcert),
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseBootstrapError(

@@ -7,6 +7,8 @@
     orders-runbook rotate-transit       rotate payload and seal keys; raise
                                         min_decryption_version only as far as is safe
     orders-runbook rotate-issuer-key [--finish [--overlap-over]]
+    orders-runbook rotate-intermediate-ca [--finish [--overlap-over]]
+                                        a new intermediate CA with overlap (runbook_pki)
 
 Each prints what it did and how to verify it. Each first identifies the stack
 (its state folder, the root token there, Vault answering to that token) and
@@ -34,6 +36,7 @@ import hvac.exceptions
 
 from orders_ops import issuer
 from orders_ops.policies import TRANSIT_MOUNT, seal_keys, transit_keys
+from orders_ops.runbook_pki import PKIRunbookError, finish_rotation, rotate_intermediate
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.vault_bootstrap import (
     CLIENT_SPEC,
@@ -524,6 +527,17 @@ def rotate_issuer(settings: StackSettings, *, finish: bool, overlap_over: bool) 
     return lines
 
 
+def rotate_ca(settings: StackSettings, *, finish: bool, overlap_over: bool) -> list[str]:
+    """Rotate the intermediate CA (both trusted) or finish (the old one deleted)."""
+    client = identify(settings)
+    try:
+        if finish:
+            return finish_rotation(client, settings, overlap_over=overlap_over)
+        return rotate_intermediate(client, settings)
+    finally:
+        client.adapter.close()
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -561,6 +575,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     iss.add_argument(
         "--overlap-over", action="store_true", help="finish before the 1 h overlap has passed"
     )
+    ca = sub.add_parser(
+        "rotate-intermediate-ca", help="a new intermediate CA becomes the default, with overlap"
+    )
+    ca.add_argument("--finish", action="store_true", help="delete the old intermediate")
+    ca.add_argument(
+        "--overlap-over", action="store_true", help="finish before the 72 h overlap has passed"
+    )
     args = parser.parse_args(argv)
     try:
         settings = StackSettings.from_env()
@@ -581,9 +602,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 retention_over=args.retention_over,
                 rewrap=args.rewrap,
             )
+        elif args.cmd == "rotate-intermediate-ca":
+            lines = rotate_ca(settings, finish=args.finish, overlap_over=args.overlap_over)
         else:
             lines = rotate_issuer(settings, finish=args.finish, overlap_over=args.overlap_over)
-    except (RunbookError, SettingsError) as exc:
+    except (RunbookError, SettingsError, PKIRunbookError) as exc:
         print(f"orders-runbook: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except hvac.exceptions.VaultError as exc:

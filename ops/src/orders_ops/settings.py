@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from orders_shared import db_tls
 
 HOST = "127.0.0.1"
 
@@ -26,6 +29,7 @@ PORT_VARIABLES: dict[str, int] = {
     "ORDERS_PROVIDER_PORT": 8090,
     "ORDERS_WORKER_METRICS_PORT": 9464,
     "ORDERS_PROMETHEUS_PORT": 9090,  # only with `orders-stack up --metrics`
+    "ORDERS_TEMPORAL_TLS_PORT": 7235,  # ORDERS_TLS=1 only: Temporal behind mTLS
 }
 """Every port variable of the local stack and its default (``orders-stack --help`` lists them)."""
 
@@ -51,6 +55,15 @@ def default_state_dir() -> Path:
 
 class SettingsError(ValueError):
     """A bad ``ORDERS_*`` variable; the message names it and the fix."""
+
+
+def _switch(name: str) -> bool:
+    raw = (os.environ.get(name) or "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r}: use 1 (on) or 0 (off)")
 
 
 def _port(name: str, default: int) -> int:
@@ -87,6 +100,13 @@ class StackSettings:
     mode: str = "local"
     db_host: str = HOST
     vault_url: str | None = None
+    # ORDERS_TLS=1: PKI certificates, PostgreSQL with hostssl only (docs/tls-postgres-codec.md)
+    tls: bool = False
+    # how clients verify PostgreSQL (asyncpg / libpq sslmode, CA bundle); empty: no TLS asked
+    db_sslmode: str = ""
+    db_sslrootcert: str = ""
+    # the CA's path as Vault's server sees it (its database connection); "": Vault's roots
+    vault_db_sslrootcert: str = ""
 
     @classmethod
     def from_env(cls) -> StackSettings:
@@ -105,7 +125,15 @@ class StackSettings:
             provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
             prometheus_port=_port("ORDERS_PROMETHEUS_PORT", 9090),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
+            tls=_switch("ORDERS_TLS"),
         )
+        if local.tls:
+            local = dataclasses.replace(
+                local,
+                db_sslmode="verify-full",
+                db_sslrootcert=str(local.ca_file),
+                vault_db_sslrootcert=str(local.ca_file),  # Vault runs on this machine
+            )
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
         if mode == "local":
             return local
@@ -114,14 +142,26 @@ class StackSettings:
         for name in ("VAULT_ADDR", "ORDERS_DB_HOST"):
             if not os.environ.get(name):
                 raise SettingsError(f"{name} is required with ORDERS_BOOTSTRAP_MODE=cluster")
-        return dataclasses.replace(
+        cluster = dataclasses.replace(
             local,
             mode="cluster",
             vault_url=os.environ["VAULT_ADDR"].rstrip("/"),
             db_host=os.environ["ORDERS_DB_HOST"],
             postgres_port=_port("ORDERS_DB_PORT", 5432),
             database=os.environ.get("ORDERS_DB_NAME") or "orders",
+            db_sslmode=os.environ.get("ORDERS_DATABASE_SSLMODE") or "",
+            db_sslrootcert=os.environ.get("ORDERS_DATABASE_SSLROOTCERT") or "",
+            vault_db_sslrootcert=os.environ.get("ORDERS_VAULT_DATABASE_SSLROOTCERT") or "",
         )
+        try:  # a verifying mode needs a readable CA bundle: say so now, not at connect
+            db_tls.check(
+                cluster.db_sslmode,
+                cluster.db_sslrootcert,
+                names=("ORDERS_DATABASE_SSLMODE", "ORDERS_DATABASE_SSLROOTCERT"),
+            )
+        except db_tls.DatabaseTLSError as exc:
+            raise SettingsError(str(exc)) from None
+        return cluster
 
     # -- derived locations -------------------------------------------------
     @property
@@ -162,7 +202,7 @@ class StackSettings:
 
     @property
     def codec_url(self) -> str:
-        return f"http://{HOST}:{self.codec_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.codec_port}"
 
     @property
     def provider_url(self) -> str:
@@ -209,10 +249,33 @@ class StackSettings:
     def pg_superuser_password(self) -> str:
         return self.pg_password_file.read_text().strip()
 
+    @property
+    def tls_dir(self) -> Path:
+        """Certificates of the TLS stack: ``ca.pem`` (public) and each server's
+        ``<server>.crt|.key`` (0600, that server's user)."""
+        return self.state_dir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA bundle every client of the TLS stack trusts (intermediate + root)."""
+        return self.tls_dir / "ca.pem"
+
+    def db_ssl_query(self, *, for_vault: bool = False) -> str:
+        """``?sslmode=...&sslrootcert=...`` for a PostgreSQL URL (asyncpg and Vault's
+        database plugin read both), or "" when no TLS is asked for. ``for_vault``: the
+        CA path on Vault's server (Vault's own connection), not this process's."""
+        if not self.db_sslmode:
+            return ""
+        query = {"sslmode": self.db_sslmode}
+        ca = self.vault_db_sslrootcert if for_vault else self.db_sslrootcert
+        if ca:
+            query["sslrootcert"] = ca
+        return "?" + urllib.parse.urlencode(query, safe="/")
+
     def admin_dsn(self, database: str = "postgres") -> str:
         return (
             f"postgresql://postgres:{self.pg_superuser_password()}@{self.db_host}:"
-            f"{self.postgres_port}/{database}"
+            f"{self.postgres_port}/{database}{self.db_ssl_query()}"
         )
 
     def token_dir(self, name: str) -> Path:

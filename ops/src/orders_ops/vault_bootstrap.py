@@ -23,6 +23,7 @@ import hvac.exceptions
 import requests
 
 from orders_ops import issuer
+from orders_ops.pki import ensure_pki
 from orders_ops.policies import (
     PAYLOAD_READER_POLICY,
     TRANSIT_MOUNT,
@@ -579,6 +580,7 @@ def configure_vault(
     kubernetes = KubernetesAuthConfig.from_env()
     changes = ensure_audit_device(client, settings, notes=notes)
     changes += ensure_transit(client)
+    changes += ensure_pki(client, settings)
     changes += ensure_policies(client)
     if settings.mode == "local":
         # process mode: workers present the local issuer's tokens at auth/jwt

@@ -59,7 +59,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from orders_shared.catalog import SERVICES, temporal_identity
 from orders_shared.codec import TransitClient, TransitUnavailable, data_converter
@@ -258,12 +258,16 @@ async def connect(
     deadline: Deadline | None = None,
     on_retry: OnRetry | None = None,
     identity: str | None = None,
+    tls: TLSConfig | bool = False,
     **options: Any,
 ) -> Client:
     """A Temporal client whose payloads and failures are encrypted (see orders_shared.codec).
 
     Temporal records ``identity`` (default ``orders-client@<host>``) on every workflow
-    this client starts. Connection failures are retried until ``deadline`` (default
+    this client starts. ``tls``: the SDK's TLS settings (with a client certificate, see
+    :func:`orders_shared.tls.client_temporal_tls`), or False for plaintext.
+
+    Connection failures are retried until ``deadline`` (default
     ``ORDERS_CLIENT_DEADLINE``), then :class:`ServiceUnavailableError`."""
 
     async def attempt() -> Client:
@@ -273,6 +277,7 @@ async def connect(
                 namespace=namespace,
                 identity=identity or temporal_identity(CLIENT_IDENTITY),
                 data_converter=data_converter(transit, **options),
+                tls=tls,
             )
         except RuntimeError:  # the SDK reports a failed connect as RuntimeError
             raise _ConnectFailed from None

@@ -19,6 +19,9 @@ Variables (defaults in brackets):
 ``ORDERS_DB_MOUNT``             database secrets engine mount [database]
 ``ORDERS_DB_POOL_MAX``          connections per database role [10]
 ``ORDERS_DB_COMMAND_TIMEOUT``   seconds a statement may run before it fails (and is retried) [20]
+``ORDERS_DATABASE_SSLMODE``     how Postgres's certificate is checked (libpq names; verify-full
+                                in TLS mode) [unset: asyncpg's default, no verification]
+``ORDERS_DATABASE_SSLROOTCERT`` the CA bundle for verify-ca / verify-full
 ``TEMPORAL_ADDRESS``            host:port of the Temporal frontend [127.0.0.1:7233]
 ``TEMPORAL_NAMESPACE``          [default]
 ``ORDERS_METRICS_HOST`` / ``ORDERS_METRICS_PORT``
@@ -27,6 +30,7 @@ Variables (defaults in brackets):
                                 /metrics re-exports [ORDERS_METRICS_PORT + 1000]
 ``ORDERS_SHUTDOWN_GRACE``       seconds in-flight activities get after SIGTERM [20]
 ``ORDERS_LOG_LEVEL``            [INFO]
+``ORDERS_TEMPORAL_TLS`` and the other TLS variables: see :class:`orders_shared.tls.TLSSettings`.
 
 The order client (:mod:`orders_shared.client`, the ``orders`` CLI) also reads
 ``ORDERS_CLIENT_DEADLINE``: seconds it keeps retrying while Vault or Temporal
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orders_shared import db_tls
 from orders_shared.catalog import service as lookup_service
 
 AuthMethod = Literal["kubernetes", "jwt", "token"]
@@ -150,6 +155,12 @@ class DatabaseConfig:
     mount: str
     pool_max: int
     command_timeout: float = 20.0
+    sslmode: str = ""
+    sslrootcert: str = ""
+
+    def ssl_arg(self) -> db_tls.SSLArg:
+        """asyncpg's ``ssl=`` argument (see :mod:`orders_shared.db_tls`)."""
+        return db_tls.client_ssl(self.sslmode, self.sslrootcert)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseConfig:
@@ -161,7 +172,18 @@ class DatabaseConfig:
             mount=e.text("ORDERS_DB_MOUNT", "database"),
             pool_max=e.whole("ORDERS_DB_POOL_MAX", 10, 1, 500),
             command_timeout=e.seconds("ORDERS_DB_COMMAND_TIMEOUT", 20.0, 0.1, 600.0),
+            **_database_tls(e),
         )
+
+
+def _database_tls(e: _Env) -> dict[str, str]:
+    names = ("ORDERS_DATABASE_SSLMODE", "ORDERS_DATABASE_SSLROOTCERT")
+    mode, ca = (e.text(name, "") for name in names)
+    try:
+        db_tls.check(mode, ca, names=names)
+    except db_tls.DatabaseTLSError as exc:
+        raise ConfigError(str(exc)) from None
+    return {"sslmode": mode, "sslrootcert": ca}
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,7 @@ class RolePool:
             # a statement stuck on a paused database must fail (and be retried by
             # Temporal) rather than hold a connection and an activity slot forever
             command_timeout=self.db.command_timeout,
+            ssl=self.db.ssl_arg(),  # verify-full in TLS mode: CA bundle and host name checked
         )
         self._cred = cred
         self.vault.add_login_listener(self._on_vault_login)

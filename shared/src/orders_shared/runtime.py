@@ -50,6 +50,7 @@ from orders_shared.identity import (
 from orders_shared.interceptors import ObservabilityInterceptor
 from orders_shared.leases import CredentialError, LeasedPools
 from orders_shared.logging import configure_logging
+from orders_shared.tls import CertificateManager, TLSSettings
 
 log = structlog.get_logger(__name__)
 
@@ -234,6 +235,8 @@ async def serve(
         config.vault, relogin_margin=DEFAULT_DRAIN_WINDOW + DEFAULT_OUTAGE_ALLOWANCE
     )
     pools = LeasedPools(vault, config.database, spec.db_roles, drain_timeout=DEFAULT_DRAIN_WINDOW)
+    tls = TLSSettings.from_env(service)
+    certs: CertificateManager | None = None
     health: HealthServer | None = None
     try:
         # Vault may still be starting (or briefly away): wait for it, bounded; a refused
@@ -249,17 +252,25 @@ async def serve(
             gave_up=VaultUnavailableError,
         )
         vault.start()
+        if tls.temporal_tls:  # a client certificate of this service's own PKI role
+            certs = tls.manager(vault)
+            await certs.start()
         await pools.open()
         transit = VaultTransit(vault)
-        # every payload and failure this worker writes to history is encrypted
-        client = await connect_temporal(
-            lambda: Client.connect(
+
+        def temporal_client() -> Awaitable[Client]:
+            # every payload and failure this worker writes to history is encrypted
+            return Client.connect(
                 config.temporal.address,
                 namespace=config.temporal.namespace,
                 identity=identity,
                 runtime=runtime,
                 data_converter=data_converter(transit),
-            ),
+                tls=certs.temporal_tls(tls.server_name) if certs is not None else False,
+            )
+
+        client = await connect_temporal(
+            temporal_client,
             config.temporal.address,
             deadline=connect_deadline,
             stop=stop,
@@ -280,6 +291,8 @@ async def serve(
             interceptors=[ObservabilityInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=ops.shutdown_grace),
         )
+        if certs is not None:
+            certs.on_renew(lambda _cert: swap_client(worker, temporal_client))
         log.info(
             "worker.started",
             task_queue=spec.task_queue,
@@ -292,8 +305,17 @@ async def serve(
             await stop.wait()
             log.info("worker.stopping", grace_seconds=ops.shutdown_grace)
     finally:
+        if certs is not None:
+            await certs.stop()
         await shutdown(vault, pools, health)
         log.info("worker.stopped")
+
+
+async def swap_client(worker: Worker, connect: Callable[[], Awaitable[Client]]) -> None:
+    """After a certificate renewal: a new connection with the new certificate; the worker
+    makes its next calls on it, calls in flight finish on the old one."""
+    worker.client = await connect()
+    log.info("temporal.client_replaced", reason="certificate renewed")
 
 
 async def shutdown(
@@ -323,6 +345,7 @@ def run_service(
     5 when Vault does not answer in time."""
     try:
         level = WorkerConfig.from_env(service).operations.log_level
+        TLSSettings.from_env(service)
         temporal_connect_deadline()
         vault_connect_deadline()
     except ConfigError as exc:

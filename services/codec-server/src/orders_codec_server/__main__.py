@@ -30,6 +30,8 @@ Settings (flags override the environment; every limit has a default):
 ``ORDERS_CODEC_LOG_FILE`` / ``--log-file``
                                         write logs there, rotated at ``ORDERS_CODEC_LOG_MAX_BYTES``
                                         [10 MiB], ``ORDERS_CODEC_LOG_BACKUPS`` [3] old files kept
+``ORDERS_CODEC_TLS`` [0] and friends  HTTPS with a certificate the server issues itself
+                                        (see :mod:`orders_codec_server.tls`)
 ``--local`` + ``ORDERS_CODEC_LOCAL_READER_TOKEN_FILE`` / ``--local-reader-token-file``
          + ``ORDERS_CODEC_LOCAL_SECRET_FILE`` / ``--local-secret-file``
                                         explicit local mode (loopback only): callers without
@@ -53,7 +55,11 @@ import aiohttp
 
 from orders_codec_server import app as codec_app
 from orders_codec_server.app import ConfigurationError, HttpError, ServerConfig
+from orders_codec_server.tls import CodecTLS, ServingCertificate
+from orders_shared.config import ConfigError
+from orders_shared.identity import VaultLoginError
 from orders_shared.logging import configure_logging
+from orders_shared.tls import CertificateError
 
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
@@ -259,14 +265,28 @@ async def _check_vault(config: ServerConfig) -> None:
         raise StartupError(f"Vault at {config.vault_addr} is sealed: unseal it, then start again")
 
 
+async def _serving_certificate(config: ServerConfig) -> ServingCertificate | None:
+    """With ORDERS_CODEC_TLS=1: the certificate, issued with the server's own identity."""
+    try:
+        tls = CodecTLS.from_env(config.vault_addr)
+        if tls is None:
+            return None
+        cert = ServingCertificate(tls)
+        await cert.start()
+    except (ConfigError, VaultLoginError, CertificateError) as exc:
+        raise StartupError(f"HTTPS (ORDERS_CODEC_TLS=1): {exc}") from None
+    return cert
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     await _check_vault(config)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    cert = await _serving_certificate(config)
     try:
-        running = await codec_app.start(config)
+        running = await codec_app.start(config, cert.context if cert else None)
     except HttpError as exc:
         raise StartupError(f"{exc.message} (Vault at {config.vault_addr})") from None
     except OSError as exc:
@@ -283,6 +303,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await stop.wait()
     finally:
         await running.stop()
+        if cert is not None:
+            await cert.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

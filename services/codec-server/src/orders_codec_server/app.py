@@ -52,6 +52,7 @@ import hmac
 import ipaddress
 import json
 import re
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -1112,18 +1113,20 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def start(config: ServerConfig) -> RunningServer:
+async def start(config: ServerConfig, ssl_context: ssl.SSLContext | None = None) -> RunningServer:
+    """Listen on ``config``'s address; HTTPS with ``ssl_context`` (see :mod:`.tls`)."""
     app, server = build_app(config)
     runner = EdgeRunner(app, config)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     server.log_started()
-    return RunningServer(runner, server, f"http://{config.authority}")
+    scheme = "https" if ssl_context is not None else "http"
+    return RunningServer(runner, server, f"{scheme}://{config.authority}")
 
 
 __all__ = [

@@ -1,0 +1,107 @@
+"""``orders-runbook rotate-intermediate-ca [--finish [--overlap-over]]``: rotate the local CA.
+
+Rotate: a new intermediate key is generated in ``pki-orders`` and signed by the root;
+it becomes the default issuer (every certificate issued from now on is its), the old
+one is kept. The CA bundle ``<state>/tls/ca.pem`` then holds both intermediates and
+the root, so leaves of either verify during the overlap; the local Temporal
+terminator is told to re-read it (SIGHUP to its own PID).
+
+Finish (after the longest leaf life, 72 h, or ``--overlap-over`` when every holder is
+known to have renewed): every issuer but the default is deleted, the bundle is
+rewritten without it, the servers' certificates are reissued by the new intermediate
+where they still came from the old one, and the terminator reloads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import hvac
+
+from orders_ops import pki
+from orders_ops.policies import PKI_MOUNT
+from orders_ops.settings import StackSettings
+
+
+class PKIRunbookError(RuntimeError):
+    """The rotation cannot run; the message names why and the fix."""
+
+
+def _x509(client: hvac.Client, issuer: str) -> float:
+    from cryptography import x509
+
+    pem = pki.issuer_pem(client, PKI_MOUNT, issuer).encode()
+    return x509.load_pem_x509_certificate(pem).not_valid_before_utc.timestamp()
+
+
+def _reload_terminator(settings: StackSettings) -> list[str]:
+    from orders_ops.tls_proxy import TemporalTLSProxy
+
+    proxy = TemporalTLSProxy(settings)
+    pid = proxy.pid()  # ours only: the PID file of this stack, checked against its prefix
+    if pid is None:
+        return []
+    os.kill(pid, signal.SIGHUP)
+    return [f"reloaded the Temporal TLS terminator (PID {pid}): it trusts the new bundle"]
+
+
+def rotate_intermediate(client: hvac.Client, settings: StackSettings) -> list[str]:
+    old = pki.default_issuer(client, PKI_MOUNT)
+    if old is None:
+        raise PKIRunbookError(
+            f"{PKI_MOUNT}/ has no default issuer: the PKI is not bootstrapped; run "
+            "'orders-bootstrap' first"
+        )
+    new = pki.new_intermediate(client, f"intermediate-{time.strftime('%Y%m%d-%H%M%S')}")
+    pki.set_default_issuer(client, new)
+    lines = [
+        f"new intermediate CA {new} signed by the root is the default issuer of {PKI_MOUNT}/",
+        f"old intermediate CA {old} kept: its certificates stay valid until they expire",
+    ]
+    if settings.mode == "local":
+        pki.write_ca_bundle(client, settings)
+        lines.append(f"{pki.ca_file(settings)} holds both intermediates and the root")
+        lines += _reload_terminator(settings)
+    lines += [
+        "verify: 'bao read pki-orders/config/issuers' names the new default; a certificate "
+        "issued now and one issued before both pass "
+        f"'openssl verify -CAfile {pki.ca_file(settings)} <leaf.pem>'",
+        f"then: after {pki.LEAF_MAX_TTL // 3600} h (the longest leaf life; every service "
+        "renews at 2/3 of its 24 h before that) run 'orders-runbook rotate-intermediate-ca "
+        "--finish' to delete the old issuer",
+    ]
+    return lines
+
+
+def finish_rotation(
+    client: hvac.Client, settings: StackSettings, *, overlap_over: bool
+) -> list[str]:
+    default = pki.default_issuer(client, PKI_MOUNT)
+    old = [i for i in pki.issuer_ids(client, PKI_MOUNT) if i != default]
+    if default is None or not old:
+        return ["nothing to finish: pki-orders/ has one issuer"]
+    age = time.time() - _x509(client, default)
+    if age < pki.LEAF_MAX_TTL and not overlap_over:
+        raise PKIRunbookError(
+            f"the new intermediate was made {age:.0f}s ago: a leaf of the old one may live "
+            f"{pki.LEAF_MAX_TTL}s; finish after that, or pass --overlap-over when every "
+            "service is known to have renewed its certificate"
+        )
+    lines = []
+    for issuer in old:
+        client.delete(f"{PKI_MOUNT}/issuer/{issuer}")
+        lines.append(f"deleted old issuer {issuer} from {PKI_MOUNT}/")
+    if settings.mode == "local":
+        pki.write_ca_bundle(client, settings)
+        lines.append(f"{pki.ca_file(settings)} holds the new intermediate and the root only")
+        for role in pki.LOCAL_SERVER_CERTS:
+            lines += pki.ensure_server_cert(client, settings, role)
+        lines += _reload_terminator(settings)
+    lines.append(
+        "verify: a leaf of the old intermediate now fails 'openssl verify -CAfile "
+        f"{pki.ca_file(settings)}'; PostgreSQL re-reads its certificate on reload "
+        "('orders-stack down && orders-stack up', or pg_ctl reload)"
+    )
+    return lines
