@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from pathlib import Path
 import hvac
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from orders_codec_server.app import ServerConfig, start
@@ -45,6 +47,8 @@ pytestmark = [
 ]
 
 TEMPORAL = str(Path(sys.executable).with_name("temporal"))
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
 
 
 def reader_token(stack: Stack) -> str:
@@ -70,9 +74,9 @@ def served_certificate(port: int, ca: Path) -> x509.Certificate:
 
 
 @pytest.fixture
-async def encrypted_workflow(stack: Stack) -> AsyncIterator[tuple[str, str]]:
+async def encrypted_workflow(stack: Stack) -> AsyncIterator[tuple[str, str, str]]:
     """A workflow whose input (encrypted by the client's codec) names a fresh customer;
-    no worker polls its queue, so it only sits in history. (workflow id, customer)."""
+    no worker polls its queue, so it only sits in history. (workflow id, customer, run)."""
     session = await local_session(stack.settings, "client")
     client = await connect(stack.settings.temporal_address, VaultTransit(session))
     customer = f"cust-tls-{uuid.uuid4().hex[:10]}"
@@ -83,7 +87,7 @@ async def encrypted_workflow(stack: Stack) -> AsyncIterator[tuple[str, str]]:
         task_queue=f"tls-codec-unpolled-{uuid.uuid4().hex[:6]}",
     )
     try:
-        yield handle.id, customer
+        yield handle.id, customer, handle.result_run_id or ""
     finally:
         await handle.terminate()
         await session.close()
@@ -141,9 +145,9 @@ def test_the_codec_server_serves_https_with_its_own_pki_certificate(stack: Stack
 
 
 async def test_the_temporal_cli_decodes_through_https_with_codec_auth(
-    stack: Stack, encrypted_workflow: tuple[str, str]
+    stack: Stack, encrypted_workflow: tuple[str, str, str]
 ) -> None:
-    workflow_id, customer = encrypted_workflow
+    workflow_id, customer, _run = encrypted_workflow
     s = stack.settings
     codec = ["--codec-endpoint", s.codec_url, "--codec-auth", f"Bearer {reader_token(stack)}"]
 
@@ -193,3 +197,42 @@ async def test_the_certificate_is_renewed_in_the_running_server(
     finally:
         await server.stop()
         await certificate.stop()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: ops/scripts/install-browser.sh")
+async def test_the_ui_decodes_through_the_https_codec_endpoint(
+    stack: Stack, encrypted_workflow: tuple[str, str, str]
+) -> None:
+    """The stack's UI is given the https endpoint; a browser that trusts the server's key
+    (pinned by its SPKI hash: Chromium here has no tool to import a CA) shows the
+    decoded input. The UI sends a token only over https, and only with OIDC on, which
+    the dev server lacks: this proves the https path, not the token."""
+    from playwright.async_api import async_playwright
+
+    workflow_id, customer, run_id = encrypted_workflow
+    s = stack.settings
+    spki = (
+        served_certificate(s.codec_port, s.ca_file)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = await (await browser.new_context()).new_page()
+            ui = s.temporal_ui_url
+            settings = await (await page.request.get(f"{ui}/api/v1/settings")).text()
+            assert f"https://127.0.0.1:{s.codec_port}/" in settings
+            url = f"{ui}/namespaces/default/workflows/{workflow_id}/{run_id}/history"
+            await page.goto(url, wait_until="domcontentloaded")
+            text = ""
+            for _ in range(30):  # decoded content appears a few seconds after load
+                await asyncio.sleep(1)
+                text = await page.content()
+                if customer in text:
+                    break
+            assert customer in text
+        finally:
+            await browser.close()

@@ -9,7 +9,6 @@ Run in the TLS pass (``ORDERS_TLS=1``); without it there is no TLS server to tes
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import ssl
 import uuid
@@ -18,10 +17,7 @@ from pathlib import Path
 import asyncpg
 import hvac
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import tokenreview  # ops/tests is on pytest's pythonpath
 
 from orders_ops.database import VAULT_ADMIN_ROLE
 from orders_ops.identities import local_session
@@ -55,22 +51,8 @@ def _db(stack: Stack) -> DatabaseConfig:
 
 def _other_ca(folder: Path) -> Path:
     """A throwaway CA nobody in the stack knows, as a PEM file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the orders CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     path = folder / "other-ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_text(tokenreview.any_ca_pem())
     return path
 
 

@@ -240,7 +240,7 @@ def test_no_password_or_vault_token_reaches_a_worker(
     pod = r.one("Deployment")["spec"]["template"]["spec"]
     # the only Secrets a worker mounts are certificates (CA, Temporal client cert)
     secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
-    assert secret_volumes <= {"vault-ca", "temporal-ca", "temporal-client-cert"}
+    assert secret_volumes <= {"vault-ca", "database-ca", "temporal-ca", "temporal-client-cert"}
     assert "secretKeyRef" not in r.text
     assert "kind: Secret" not in r.text
 

@@ -91,15 +91,25 @@ imagePullSecrets:
 
 {{/*
 Files from existing Secrets that are not credentials: Vault's CA (every chart that
-talks to Vault) and, for the workers, Temporal's CA (their client certificate and key
+talks to Vault), PostgreSQL's CA (with "database": workers with database roles and
+the bootstrap) and, for the workers, Temporal's CA (their client certificate and key
 are issued in process from Vault PKI: never a Secret, never a file). Called
-with (dict "g" $g "temporal" bool); "env", "mounts" and "volumes" render the three
+with (dict "g" $g "temporal" bool "database" bool); "env", "mounts" and "volumes" render the three
 parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<key>.
 */}}
 {{- define "orders-lib.tlsSecrets" -}}
 {{- $out := list -}}
 {{- if .g.vault.caSecret -}}
 {{- $out = append $out (dict "volume" "vault-ca" "secret" .g.vault.caSecret "keys" (list "ca.crt")) -}}
+{{- end -}}
+{{- if .database -}}
+{{- $db := .g.database.tls | default dict -}}
+{{- if and $db.enabled (not $db.caSecret) -}}
+{{- fail "global.database.tls.enabled needs global.database.tls.caSecret: an existing Secret with ca.crt, the CA of PostgreSQL's certificate" -}}
+{{- end -}}
+{{- if $db.enabled -}}
+{{- $out = append $out (dict "volume" "database-ca" "secret" $db.caSecret "keys" (list "ca.crt")) -}}
+{{- end -}}
 {{- end -}}
 {{- if .temporal -}}
 {{- $tls := .g.temporal.tls -}}
@@ -119,6 +129,11 @@ parts. Paths are fixed so the env values are known: /etc/orders/tls/<volume>/<ke
 {{- if eq .volume "vault-ca" }}
 - name: VAULT_CACERT
   value: /etc/orders/tls/vault-ca/ca.crt
+{{- else if eq .volume "database-ca" }}
+- name: ORDERS_DATABASE_SSLMODE
+  value: verify-full
+- name: ORDERS_DATABASE_SSLROOTCERT
+  value: /etc/orders/tls/database-ca/ca.crt
 {{- end }}
 {{- end }}
 {{- if .temporal }}

@@ -126,7 +126,7 @@ spec:
             {{- end }}
             - name: ORDERS_METRICS_PORT
               value: {{ $g.metricsPort | quote }}
-            {{- include "orders-lib.tlsEnv" (dict "g" $g "temporal" true) | nindent 12 }}
+            {{- include "orders-lib.tlsEnv" (dict "g" $g "temporal" true "database" .database) | nindent 12 }}
             {{- with $svc.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -164,7 +164,7 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
-            {{- include "orders-lib.tlsMounts" (dict "g" $g "temporal" true) | nindent 12 }}
+            {{- include "orders-lib.tlsMounts" (dict "g" $g "temporal" true "database" .database) | nindent 12 }}
             {{- with $svc.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -182,7 +182,7 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 16Mi
-        {{- include "orders-lib.tlsVolumes" (dict "g" $g "temporal" true) | nindent 8 }}
+        {{- include "orders-lib.tlsVolumes" (dict "g" $g "temporal" true "database" .database) | nindent 8 }}
         {{- with $svc.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

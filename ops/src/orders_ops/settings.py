@@ -13,6 +13,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from orders_shared import db_tls
+
 HOST = "127.0.0.1"
 
 PORT_VARIABLES: dict[str, int] = {
@@ -101,6 +103,8 @@ class StackSettings:
     # how clients verify PostgreSQL (asyncpg / libpq sslmode, CA bundle); empty: no TLS asked
     db_sslmode: str = ""
     db_sslrootcert: str = ""
+    # the CA's path as Vault's server sees it (its database connection); "": Vault's roots
+    vault_db_sslrootcert: str = ""
 
     @classmethod
     def from_env(cls) -> StackSettings:
@@ -122,7 +126,10 @@ class StackSettings:
         )
         if local.tls:
             local = dataclasses.replace(
-                local, db_sslmode="verify-full", db_sslrootcert=str(local.ca_file)
+                local,
+                db_sslmode="verify-full",
+                db_sslrootcert=str(local.ca_file),
+                vault_db_sslrootcert=str(local.ca_file),  # Vault runs on this machine
             )
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
         if mode == "local":
@@ -132,7 +139,7 @@ class StackSettings:
         for name in ("VAULT_ADDR", "ORDERS_DB_HOST"):
             if not os.environ.get(name):
                 raise SettingsError(f"{name} is required with ORDERS_BOOTSTRAP_MODE=cluster")
-        return dataclasses.replace(
+        cluster = dataclasses.replace(
             local,
             mode="cluster",
             vault_url=os.environ["VAULT_ADDR"].rstrip("/"),
@@ -141,7 +148,17 @@ class StackSettings:
             database=os.environ.get("ORDERS_DB_NAME") or "orders",
             db_sslmode=os.environ.get("ORDERS_DATABASE_SSLMODE") or "",
             db_sslrootcert=os.environ.get("ORDERS_DATABASE_SSLROOTCERT") or "",
+            vault_db_sslrootcert=os.environ.get("ORDERS_VAULT_DATABASE_SSLROOTCERT") or "",
         )
+        try:  # a verifying mode needs a readable CA bundle: say so now, not at connect
+            db_tls.check(
+                cluster.db_sslmode,
+                cluster.db_sslrootcert,
+                names=("ORDERS_DATABASE_SSLMODE", "ORDERS_DATABASE_SSLROOTCERT"),
+            )
+        except db_tls.DatabaseTLSError as exc:
+            raise SettingsError(str(exc)) from None
+        return cluster
 
     # -- derived locations -------------------------------------------------
     @property
@@ -240,14 +257,16 @@ class StackSettings:
         """The CA bundle every client of the TLS stack trusts (intermediate + root)."""
         return self.tls_dir / "ca.pem"
 
-    def db_ssl_query(self) -> str:
+    def db_ssl_query(self, *, for_vault: bool = False) -> str:
         """``?sslmode=...&sslrootcert=...`` for a PostgreSQL URL (asyncpg and Vault's
-        database plugin read both), or "" when no TLS is asked for."""
+        database plugin read both), or "" when no TLS is asked for. ``for_vault``: the
+        CA path on Vault's server (Vault's own connection), not this process's."""
         if not self.db_sslmode:
             return ""
         query = {"sslmode": self.db_sslmode}
-        if self.db_sslrootcert:
-            query["sslrootcert"] = self.db_sslrootcert
+        ca = self.vault_db_sslrootcert if for_vault else self.db_sslrootcert
+        if ca:
+            query["sslrootcert"] = ca
         return "?" + urllib.parse.urlencode(query, safe="/")
 
     def admin_dsn(self, database: str = "postgres") -> str:

@@ -133,7 +133,7 @@ def renew_statements() -> list[str]:
 def _connection_url(settings: StackSettings) -> str:
     return (
         f"postgresql://{{{{username}}}}:{{{{password}}}}@{settings.db_host}:"
-        f"{settings.postgres_port}/{settings.database}{settings.db_ssl_query()}"
+        f"{settings.postgres_port}/{settings.database}{settings.db_ssl_query(for_vault=True)}"
     )
 
 
