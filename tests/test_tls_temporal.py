@@ -76,6 +76,12 @@ def _ca(stack: Stack) -> bytes:
     return pki.ca_file(stack.settings).read_bytes()
 
 
+def _with_cert(stack: Stack, cert: bytes, key: bytes) -> TLSConfig:
+    return TLSConfig(
+        server_root_ca_cert=_ca(stack), domain="localhost", client_cert=cert, client_private_key=key
+    )
+
+
 async def _connect(tls: TLSConfig) -> Client:
     return await asyncio.wait_for(Client.connect(tls_proxy.tls_address(), tls=tls), 30)
 
@@ -152,12 +158,7 @@ def _foreign_certificate() -> tuple[bytes, bytes]:
 
 def test_a_valid_certificate_is_let_in(tls_stack: Stack) -> None:
     cert, key = _issue(tls_stack, "300")
-    tls = TLSConfig(
-        server_root_ca_cert=_ca(tls_stack),
-        domain="localhost",
-        client_cert=cert,
-        client_private_key=key,
-    )
+    tls = _with_cert(tls_stack, cert, key)
     assert _refused(tls) == ""
 
 
@@ -170,12 +171,7 @@ def test_an_expired_certificate_is_refused(tls_stack: Stack) -> None:
     expiry = x509.load_pem_x509_certificate(cert).not_valid_after_utc
     while dt.datetime.now(dt.UTC) <= expiry + dt.timedelta(seconds=1):
         time.sleep(0.5)
-    tls = TLSConfig(
-        server_root_ca_cert=_ca(tls_stack),
-        domain="localhost",
-        client_cert=cert,
-        client_private_key=key,
-    )
+    tls = _with_cert(tls_stack, cert, key)
     assert _refused(tls)
     log = tls_stack.tls_proxy.log_file.read_text()
     assert "certificate has expired" in log
@@ -183,12 +179,7 @@ def test_an_expired_certificate_is_refused(tls_stack: Stack) -> None:
 
 def test_a_certificate_of_another_ca_is_refused(tls_stack: Stack) -> None:
     cert, key = _foreign_certificate()
-    tls = TLSConfig(
-        server_root_ca_cert=_ca(tls_stack),
-        domain="localhost",
-        client_cert=cert,
-        client_private_key=key,
-    )
+    tls = _with_cert(tls_stack, cert, key)
     assert _refused(tls)
 
 

@@ -61,6 +61,7 @@ def test_orchestrator_policy_has_no_database_and_no_lease_paths() -> None:
         *(f"transit/datakey/plaintext/{k}" for k in payload_keys()),
         *(f"transit/decrypt/{k}" for k in payload_keys()),
         f"transit/decrypt/{PAYLOAD_KEY}",  # old history only: no datakey on it
+        "pki-orders/issue/client-orchestrator",  # its own TLS client certificate
         "auth/token/lookup-self",
         "auth/token/renew-self",
         "auth/token/revoke-self",
@@ -81,6 +82,8 @@ def test_service_policy_names_exactly_its_own_paths(name: str) -> None:
         f"sys/leases/{op}/database/creds/{r}/*" for r in spec.db_roles for op in ("renew", "revoke")
     }
     assert not any("*" in p for p in paths - leases)  # no wildcard other than own lease ids
+    # its own TLS certificate role and nothing else under pki-*
+    assert {p for p in paths if p.startswith("pki")} == {f"pki-orders/issue/client-{name}"}
     payload = {p for p in paths if p.startswith(("transit/datakey/", "transit/decrypt/orders-pa"))}
     if name != "orchestrator":  # its own payload key; the old single key: decrypt only
         own = payload_key(name)
@@ -106,6 +109,7 @@ def test_client_and_reader_policies() -> None:
         "transit/datakey/plaintext/orders-payload-orchestrator",
         "transit/decrypt/orders-payload-orchestrator",
         f"transit/decrypt/{PAYLOAD_KEY}",
+        "pki-orders/issue/client-operator",
         "auth/token/lookup-self",
         "auth/token/renew-self",
         "auth/token/revoke-self",

@@ -47,6 +47,15 @@ def _reload_terminator(settings: StackSettings) -> list[str]:
     return [f"reloaded the Temporal TLS terminator (PID {pid}): it trusts the new bundle"]
 
 
+def _reload_postgres(settings: StackSettings) -> list[str]:
+    """A TLS-mode PostgreSQL of this stack takes its new key (its own user's) and reloads."""
+    from orders_ops.stack import Stack
+
+    if Stack(settings).postgres.renew_certificate():
+        return ["PostgreSQL reloaded its certificate from the new intermediate"]
+    return []
+
+
 def rotate_intermediate(client: hvac.Client, settings: StackSettings) -> list[str]:
     old = pki.default_issuer(client, PKI_MOUNT)
     if old is None:
@@ -99,9 +108,10 @@ def finish_rotation(
         for role in pki.LOCAL_SERVER_CERTS:
             lines += pki.ensure_server_cert(client, settings, role)
         lines += _reload_terminator(settings)
+        lines += _reload_postgres(settings)
     lines.append(
         "verify: a leaf of the old intermediate now fails 'openssl verify -CAfile "
-        f"{pki.ca_file(settings)}'; PostgreSQL re-reads its certificate on reload "
-        "('orders-stack down && orders-stack up', or pg_ctl reload)"
+        f"{pki.ca_file(settings)}'; services still on a certificate of the old one are "
+        "refused at their next connection (they renew at 2/3 of their life)"
     )
     return lines

@@ -16,14 +16,13 @@ workers and clients of the TLS stack are pointed at the TLS port instead.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 from orders_ops import pki
-from orders_ops.settings import HOST, SettingsError, StackSettings, _port
+from orders_ops.settings import HOST, StackSettings, _port, _switch
 from orders_ops.stack import Server, StackError, _is_root, child_env, private_dir
 
 TLS_ENV = "ORDERS_TLS"
@@ -36,13 +35,9 @@ SERVER_NAME = pki.SERVER_NAME
 
 
 def tls_enabled() -> bool:
-    """``ORDERS_TLS``: the local stack's one TLS switch [0]."""
-    raw = os.environ.get(TLS_ENV, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{TLS_ENV}={raw!r}: use 1 (on) or 0 (off)")
+    """``ORDERS_TLS``: the local stack's one TLS switch [0], read now (not when the
+    settings were made: a test turns it on for one module)."""
+    return _switch(TLS_ENV)
 
 
 def tls_port() -> int:
