@@ -50,6 +50,7 @@ from orders_ops.stack import Stack
 from orders_ops.vault_audit import VaultAuditLog
 from orders_ops.vault_bootstrap import audit_log_file
 from orders_ops.vault_database import credential_ttls
+from orders_shared.allocator import tune_allocator
 from orders_shared.catalog import SERVICES
 from orders_shared.logging import configure_logging
 
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     opts = Options(**{**opts.__dict__, **changes})
     configure_logging("bench", "WARNING")
+    tune_allocator()  # the in-process workers allocate as the worker processes do
     stack = Stack(StackSettings.from_env())
     already = {s.name for s in stack.servers if s.pid() is not None}
     try:
