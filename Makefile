@@ -15,7 +15,10 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
+	@# bytecode for the workspace's own sources too: a worker (its own OS user) cannot write
+	@# __pycache__ here, so without it every cold start compiles them again
+	$(BIN)/python -m compileall -q shared/src ops/src $(wildcard services/*/src)
 	@touch $@
 
 install: $(VENV)/.installed ## install Python, the servers (from wheels) and every package into .venv

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -97,22 +98,26 @@ def py_spy() -> str:
     return found
 
 
-def start_recording(pids: dict[str, int], out_dir: Path, seconds: float) -> list[Any]:
-    """One flame graph and one collapsed-stack recording per process, running now."""
+def start_recording(pids: dict[str, int], out_dir: Path) -> list[Any]:
+    """One flame graph and one collapsed-stack recording per process, until
+    :func:`finish_recording` (py-spy writes its output on SIGINT)."""
     spy = py_spy()
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for service, pid in pids.items():
         for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
-            cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
-            cmd += ["--rate", "50", "--format", fmt, "--nonblocking"]
-            cmd += ["--output", str(out_dir / f"profile-{service}.{ext}")]
+            cmd = [spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking"]
+            cmd += ["--format", fmt, "--output", str(out_dir / f"profile-{service}.{ext}")]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     return procs
 
 
-def finish_recording(procs: list[Any], timeout: float) -> list[str]:
-    """Wait for every py-spy; the first line of each failure's stderr."""
+def finish_recording(procs: list[Any], timeout: float = 60.0) -> list[str]:
+    """Stop every py-spy (SIGINT: it writes its file), wait; the last stderr line of each
+    failure."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
     errors = []
     for proc in procs:
         try:
@@ -120,9 +125,10 @@ def finish_recording(procs: list[Any], timeout: float) -> list[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-        if proc.returncode != 0:
-            errors.append((err or b"").decode(errors="replace").strip().splitlines()[-1:][0:1])
-    return [e[0] for e in errors if e]
+        if proc.returncode not in (0, -signal.SIGINT):
+            tail = (err or b"").decode(errors="replace").strip().splitlines()[-1:]
+            errors.append(tail[0] if tail else f"py-spy exited {proc.returncode}")
+    return errors
 
 
 def summarize(raw: Path) -> dict[str, Any]:
