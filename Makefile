@@ -44,7 +44,7 @@ bootstrap: install ## configure Vault and the database again (idempotent)
 demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
 	KEEP=$(KEEP) $(BIN)/orders-demo
 
-bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
+bench: install ## figures: security's cost, scaling sweep, chart, profile (artifacts/bench.*), then `make abuse`
 	$(BIN)/orders-bench
 	$(BIN)/python -m orders_codec_server.abuse
 
