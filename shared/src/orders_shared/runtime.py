@@ -35,6 +35,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from orders_shared.allocator import tune_allocator
 from orders_shared.catalog import service as lookup_service
 from orders_shared.catalog import temporal_identity
 from orders_shared.codec import TransitClient, VaultTransit, data_converter
@@ -352,6 +353,7 @@ def run_service(
         print(f"orders-{service}-worker: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(service, level)
+    tune_allocator()  # payload-sized buffers from the heap, not mmap (orders_shared.allocator)
     try:
         asyncio.run(serve(service, activities=activities, workflows=workflows))
     except (VaultLoginError, CredentialError) as exc:
