@@ -161,7 +161,7 @@ def run_argv(
     if c.no_new_privileges:
         argv += ["--security-opt", "no-new-privileges"]
     for path, size in c.tmpfs:
-        argv += ["--tmpfs", f"{path}:rw,nosuid,nodev,noexec,size={size},mode=1777"]
+        argv += ["--tmpfs", f"{path}:rw,nosuid,nodev,size={size},mode=1777"]
     if c.token_mount and token_dir is not None:
         argv += ["--volume", f"{token_dir}:{c.token_mount}:ro"]
         if token_gid is not None:
