@@ -87,7 +87,7 @@ def test_each_container_runs_under_its_charts_contract(
         assert info["Config"]["User"] == "10001:10001"
         assert host["ReadonlyRootfs"] is True
         assert host["CapDrop"] == ["ALL"]
-        assert "no-new-privileges" in host["SecurityOpt"]
+        assert "no-new-privileges" in (host["SecurityOpt"] or []), service
         assert host["NetworkMode"] == "host"
         assert sorted(host["Tmpfs"]) == sorted(path for path, _ in c.tmpfs) == ["/tmp"]
         mounts = [(m["Destination"], m["RW"]) for m in info["Mounts"]]

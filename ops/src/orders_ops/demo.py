@@ -42,7 +42,7 @@ from orders_shared.codec import TransitDenied, VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
 from orders_shared.logging import configure_logging
 from orders_shared.order_input import parse_order
-from orders_shared.sealing import SEALED_FIELDS, seal_context, seal_key
+from orders_shared.sealing import SEALED_FIELDS, is_sealed, open_field
 
 V, R, P, F, N = (
     "validate_order",
@@ -524,8 +524,12 @@ async def who_can_unseal(
             verdicts: dict[str, str] = {}
             for name, session in sessions.items():
                 try:
-                    await VaultTransit(session).decrypt(
-                        seal_key(consumer), order[field], seal_context(order["order_id"], field)
+                    await open_field(
+                        VaultTransit(session),
+                        consumer,
+                        order[field],
+                        order_id=order["order_id"],
+                        field=field,
                     )
                     verdicts[name] = "opens"
                 except TransitDenied:
@@ -570,7 +574,7 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     order = decoded["order"]
     say("\n== What the codec server shows an authorised reader (payload-reader policy) ==")
     shown = {
-        k: (v[:24] + "..." if isinstance(v, str) and v.startswith("vault:") else v)
+        k: (v[:24] + "..." if isinstance(v, str) and is_sealed(v) else v)
         for k, v in order.items()
     }
     say(f"  {json.dumps(shown)}")
@@ -584,7 +588,7 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
         not leaked
         and not clear
         and all(
-            isinstance(v, str) and v.startswith("vault:")
+            isinstance(v, str) and is_sealed(v)
             for f, v in order.items()
             if f in SEALED_FIELDS
         )
