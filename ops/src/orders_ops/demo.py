@@ -574,8 +574,7 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     order = decoded["order"]
     say("\n== What the codec server shows an authorised reader (payload-reader policy) ==")
     shown = {
-        k: (v[:24] + "..." if isinstance(v, str) and is_sealed(v) else v)
-        for k, v in order.items()
+        k: (v[:24] + "..." if isinstance(v, str) and is_sealed(v) else v) for k, v in order.items()
     }
     say(f"  {json.dumps(shown)}")
     say("  the order is readable; its sensitive fields stay sealed to the services that use them")
@@ -587,11 +586,7 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     ok = (
         not leaked
         and not clear
-        and all(
-            isinstance(v, str) and is_sealed(v)
-            for f, v in order.items()
-            if f in SEALED_FIELDS
-        )
+        and all(isinstance(v, str) and is_sealed(v) for f, v in order.items() if f in SEALED_FIELDS)
     )
     for field, verdicts in rows:
         say(f"  {field:<18}" + "".join(f"{verdicts[n]:<13}" for n in names))
