@@ -208,5 +208,7 @@ class PrivateDocker:
             time.sleep(0.2)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # reap it when this process started it (no zombie left)
         self.pid_file.unlink(missing_ok=True)
         return True
