@@ -211,4 +211,14 @@ class PrivateDocker:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)  # reap it when this process started it (no zombie left)
         self.pid_file.unlink(missing_ok=True)
+        self._unmount_leftovers()
         return True
+
+    def _unmount_leftovers(self) -> None:
+        """Mounts the engine leaves behind in its state folder (its default network
+        namespace file): without this, ``rm -rf .docker`` fails with "busy"."""
+        prefix = f"{self.exec_root}/"
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        points = [m.split()[1] for m in mounts if m.split()[1].startswith(prefix)]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", point], capture_output=True, check=False)
