@@ -12,7 +12,7 @@ ifdef TLS
 export ORDERS_TLS := $(TLS)
 endif
 
-.PHONY: help install up down status env logs bootstrap demo journey bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts
+.PHONY: help install up down status env logs bootstrap demo journey bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts images
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,7 @@ up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap
 
 down: ## stop everything `up` started (by PID), keeping its data; `.venv/bin/orders-stack reset` wipes it
 	@if [ -x $(STACK) ]; then $(STACK) down; fi
+	@if [ -f .docker/dockerd.pid ] && [ -x $(BIN)/orders-images ]; then $(BIN)/orders-images --stop; fi
 
 status: install ## PID, address and health of every server, and how local workers are isolated
 	$(STACK) status
@@ -45,8 +46,9 @@ logs: install ## the end of every server's log of the current run (secrets redac
 bootstrap: install ## configure Vault and the database again (idempotent)
 	$(BIN)/orders-bootstrap -v
 
-demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running
-	KEEP=$(KEEP) $(BIN)/orders-demo
+demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1 leaves it running; CONTAINERS=1: workers as containers
+	@if [ -n "$(CONTAINERS)" ]; then ops/scripts/install-docker.sh && $(BIN)/orders-images --keep; fi
+	KEEP=$(KEEP) CONTAINERS=$(CONTAINERS) $(BIN)/orders-demo
 
 journey: install browser ## the same order INSECURE then secured, side by side; writes docs/journey.md, docs/images
 	$(BIN)/orders-journey --docs
@@ -63,6 +65,10 @@ abuse: install ## codec server under abuse: answer, time, peak memory per case (
 
 chaos: install ## faults injected in turn under a steady load of orders; checks every outcome (minutes)
 	$(BIN)/orders-chaos
+
+images: install ## Docker engine (apt, once), a private dockerd in .docker/, the local base and every service image
+	@ops/scripts/install-docker.sh
+	$(BIN)/orders-images
 
 browser: ## install Chromium for the headless UI tests (idempotent; apt-get, never `playwright install`)
 	@ops/scripts/install-browser.sh
@@ -99,3 +105,4 @@ typecheck: install ## mypy --strict on the shared, ops and service packages
 clean: down ## stop the stack and delete local state and the venv
 	@if [ -x $(STACK) ]; then $(TEST_STACK) $(STACK) down; fi
 	rm -rf .local .local-test $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	@echo "images and the engine's data stay in .docker/ (rm -rf .docker to drop them)"

@@ -142,7 +142,7 @@ def checkov_kubernetes(manifests_dir: Path) -> CheckovReport:
 
 
 DOCKERFILES = sorted(
-    [*(ROOT / "services").glob("*/Dockerfile"), HELM / "bootstrap" / "Dockerfile"],
+    [ROOT / "Dockerfile", *(ROOT / "services").glob("*/Dockerfile")],
 )
 
 

@@ -48,7 +48,7 @@ STARLARK_UNIVERSE = {
 TILT_BUILTINS = {
     "version_settings", "allow_k8s_contexts", "watch_file", "k8s_yaml", "k8s_resource",
     "docker_build", "local_resource", "helm", "local", "sync", "fall_back_on", "config",
-    "os", "run",
+    "os", "run", "read_file",
 }  # fmt: skip
 
 
@@ -129,6 +129,7 @@ class TiltRecorder:
     calls: list[Call] = field(default_factory=list)
     builtins: dict[str, Callable[..., Any]] = field(default_factory=dict)
     defined_flags: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # files a test adds (read_file)
 
     def __post_init__(self) -> None:
         returns: dict[str, Callable[..., Any]] = {
@@ -137,6 +138,10 @@ class TiltRecorder:
             "sync": lambda src, dst: {"sync": [src, dst]},
             "fall_back_on": lambda files: {"fall_back_on": files},
             "config__parse": lambda: {**self.defined_flags, **self.flags},
+            # Tilt's read_file(path, default): the file's text, or default when it is missing
+            "read_file": lambda path, default=None: self.files.get(
+                path, (ROOT / path).read_text() if (ROOT / path).is_file() else default
+            ),
         }
         names = [
             "version_settings", "allow_k8s_contexts", "watch_file", "k8s_yaml", "k8s_resource",
@@ -159,8 +164,8 @@ class TiltRecorder:
         return [c for c in self.calls if c.name == name]
 
 
-def run_tiltfile(flags: dict[str, Any]) -> TiltRecorder:
-    recorder = TiltRecorder(flags)
+def run_tiltfile(flags: dict[str, Any], files: dict[str, str] | None = None) -> TiltRecorder:
+    recorder = TiltRecorder(flags, files=dict(files or {}))
     starlark_go.configure_starlark(allow_global_reassign=True, allow_recursion=False)
     interpreter = starlark_go.Starlark(globals=recorder.builtins)
     interpreter.exec(preprocess(ROOT / "Tiltfile"), filename="Tiltfile")
@@ -236,11 +241,19 @@ def test_cluster_mode_builds_one_live_updated_image_per_service(cluster: TiltRec
         call = builds[f"orders-{service}"]
         package = "orders_" + service.replace("-", "_")
         assert call.args[1] == "."  # the repository root is the context
-        assert call.kwargs["dockerfile"] == f"services/{service}/Dockerfile"
-        assert call.kwargs["target"] == "dev"
         expected_entry = (
             "orders-codec-server" if service == "codec-server" else f"orders-{service}-worker"
         )
+        # the one root Dockerfile, told which member to build (a team's own
+        # services/<svc>/Dockerfile would win: test_a_team_dockerfile_wins)
+        assert call.kwargs["dockerfile"] == "Dockerfile"
+        assert call.kwargs["build_args"] == {
+            "PACKAGE": f"orders-{service}",
+            "SOURCE": f"services/{service}",
+            "ENTRYPOINT": expected_entry,
+            "PORT": "8080" if service == "codec-server" else "9464",
+        }
+        assert call.kwargs["target"] == "dev"
         assert call.kwargs["entrypoint"] == [expected_entry]
         assert call.kwargs["only"] == [
             "pyproject.toml",
@@ -268,6 +281,14 @@ def test_cluster_mode_builds_one_live_updated_image_per_service(cluster: TiltRec
             assert (ROOT / path).exists(), path
         text = (ROOT / call.kwargs["dockerfile"]).read_text()
         assert "AS dev\n" in text
+
+
+def test_a_team_dockerfile_wins() -> None:
+    """A team that keeps services/<svc>/Dockerfile gets it built; the others keep the root one."""
+    own = {"services/payment/Dockerfile": "ARG BASE_IMAGE=x\nFROM ${BASE_IMAGE} AS dev\n"}
+    builds = {c.args[0]: c.kwargs for c in run_tiltfile({}, own).named("docker_build_with_restart")}
+    assert builds["orders-payment"]["dockerfile"] == "services/payment/Dockerfile"
+    assert {b["dockerfile"] for n, b in builds.items() if n != "orders-payment"} == {"Dockerfile"}
 
 
 def test_cluster_mode_installs_one_helm_release_per_chart(cluster: TiltRecorder) -> None:
@@ -408,8 +429,11 @@ def test_restart_file_is_not_hidden_by_a_volume(
             assert not restart_file.startswith(mount.rstrip("/") + "/"), (service, mount)
         # the dev image's user must be able to touch it
         dockerfile = (ROOT / builds[f"orders-{service}"]["dockerfile"]).read_text()
-        dev = dockerfile.split("AS dev\n", 1)[1].split("\nFROM ", 1)[0]
-        assert "--chown=10001:10001 /opt/venv /opt/venv" in dev
+        # dev is the build stage, whose /opt/venv the app user made and owns
+        assert "\nFROM build AS dev\n" in dockerfile
+        build = dockerfile.split("AS build\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "chown 10001:10001 /opt/venv" in build
+        assert build.index("USER 10001:10001") < build.index("uv sync")
         assert restart_file.startswith("/opt/venv/")
 
 

@@ -30,6 +30,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
+from orders_ops import demo_containers
+from orders_ops.dockerd import DockerError
 from orders_ops.identities import local_session
 from orders_ops.issuer import mint_user
 from orders_ops.settings import SettingsError, StackSettings
@@ -302,14 +304,16 @@ def _scan_memory(pid: int, needles: Sequence[bytes]) -> set[bytes]:
     return hits
 
 
-def worker_secret_audit(stack: Stack) -> list[str]:
-    """Look for every static secret in each worker's environment, arguments and memory."""
+def worker_secret_audit(stack: Stack, pids: dict[str, int | None] | None = None) -> list[str]:
+    """Look for every static secret in each worker's environment, arguments and memory
+    (``pids``: name -> PID of workers run otherwise, e.g. as containers)."""
     secrets = static_secrets(stack.settings)
     lines = []
-    for worker in stack.workers:
-        pid = worker.pid()
+    if pids is None:
+        pids = {worker.name: worker.pid() for worker in stack.workers}
+    for name, pid in pids.items():
         if pid is None:
-            lines.append(f"{worker.name}: NOT RUNNING")
+            lines.append(f"{name}: NOT RUNNING")
             continue
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -324,7 +328,7 @@ def worker_secret_audit(stack: Stack) -> list[str]:
         names = sorted(k.split("=", 1)[0] for k in environ.decode().split("\0") if k)
         bad = in_env | mem_names
         verdict = "FOUND " + ", ".join(sorted(bad)) if bad else "none found"
-        lines.append(f"{worker.name:<20} {verdict} in {scanned}; env: {' '.join(names)}")
+        lines.append(f"{name:<20} {verdict} in {scanned}; env: {' '.join(names)}")
     return lines
 
 
@@ -371,7 +375,10 @@ async def _run_orders(
 
 
 async def report(
-    stack: Stack, results: list[tuple[Scenario, OrderWorkflowResult]], say: Callable[[str], None]
+    stack: Stack,
+    results: list[tuple[Scenario, OrderWorkflowResult]],
+    say: Callable[[str], None],
+    pids: dict[str, int | None] | None = None,
 ) -> bool:
     ok = True
     conn = await asyncpg.connect(stack.settings.admin_dsn(stack.settings.database))
@@ -411,7 +418,7 @@ async def report(
         await conn.close()
 
     say("\n== Static secrets in worker processes ==")
-    audit = worker_secret_audit(stack)
+    audit = worker_secret_audit(stack, pids)
     for line in audit:
         say(f"  {line}")
     clean = all("none found" in line for line in audit)
@@ -627,7 +634,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--keep", action="store_true", help="leave the stack and workers running afterwards"
     )
+    parser.add_argument(
+        "--containers",
+        action="store_true",
+        help="run the six workers as containers of their images (make images; CONTAINERS=1)",
+    )
     args = parser.parse_args(argv)
+    containers = args.containers or os.environ.get("CONTAINERS") == "1"
+    fleet = None
     configure_logging("demo", "WARNING")  # the report is the output; library chatter is not
     started = time.monotonic()
     try:
@@ -639,22 +653,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _say("[1/4] local stack: Temporal, OpenBao, PostgreSQL on 127.0.0.1, then bootstrap")
         stack.up(timeout=90)
-        _say("[2/4] six workers, each a process with only its own identity token")
-        stack.workers_up(timeout=90)
+        pids = None
+        if containers:
+            _say("[2/4] six workers, each a container of its image under its chart's contract")
+            fleet = demo_containers.start(stack, _say)
+            pids = demo_containers.pids(fleet)
+        else:
+            _say("[2/4] six workers, each a process with only its own identity token")
+            stack.workers_up(timeout=90)
         run = time.strftime("%H%M%S")
         _say("[3/4] four orders")
         results = asyncio.run(run_orders(stack.settings, run, _say))
         _say("[4/4] report")
-        ok = asyncio.run(report(stack, results, _say))
+        ok = asyncio.run(report(stack, results, _say, pids))
         ok &= asyncio.run(payload_report(stack, results[0][1].order_id, _say))
+        if fleet is not None:
+            fleet.save_logs(stack.settings.log_dir)  # scanned below like every other log
         ok &= log_scan(stack, _say)
-    except StackError as exc:
+    except (StackError, DockerError) as exc:
         _say(f"orders-demo: error: {exc}")
     finally:
         if args.keep or os.environ.get("KEEP") == "1":
             _say("\nKEEP=1: stack and workers left running; 'make down' stops them.")
         else:
             _say("\nstopping what the demo started")
+            if fleet is not None:
+                demo_containers.stop(fleet)
             if not already:
                 stack.down(echo=lambda _line: None)
             else:

@@ -67,3 +67,11 @@ def isolated_settings(state_dir: Path) -> StackSettings:
         codec_port=free_port(),
         provider_port=free_port(),
     )
+
+
+# tests/containers: the image build in the background, those tests last (see the module)
+from orders_ops.testing_images import (  # noqa: E402
+    image_engine,  # noqa: F401
+    pytest_collection_modifyitems,  # noqa: F401
+    pytest_sessionfinish,  # noqa: F401
+)
