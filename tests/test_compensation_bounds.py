@@ -14,14 +14,12 @@ import uuid
 from typing import Any
 
 import pytest
-from google.protobuf.duration_pb2 import Duration
 from temporalio import activity
-from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.stack import Stack
 from orders_orchestrator.workflows import OrderWorkflow
 from orders_shared.contracts import fulfill, inventory, notify, payment, validate
@@ -105,16 +103,7 @@ class Stand_ins:
 
 
 async def _run(stack: Stack, stand_ins: Stand_ins) -> OrderWorkflowResult:
-    root = await Client.connect(stack.settings.temporal_address)
-    try:
-        await root.workflow_service.register_namespace(
-            RegisterNamespaceRequest(
-                namespace=NAMESPACE, workflow_execution_retention_period=Duration(seconds=86400)
-            )
-        )
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.ALREADY_EXISTS:
-            raise
+    await ensure_namespace(stack.settings.temporal_address, NAMESPACE)
     client = await Client.connect(stack.settings.temporal_address, namespace=NAMESPACE)
     workers = [
         Worker(client, task_queue=queue, activities=acts)

@@ -20,13 +20,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import support  # tests/ is on pytest's pythonpath
-from google.protobuf.duration_pb2 import Duration
 from prometheus_client import REGISTRY
-from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
@@ -34,6 +31,7 @@ from orders_fulfill import worker as fulfill_worker
 from orders_inventory import worker as inventory_worker
 from orders_inventory.activities import InventoryActivities
 from orders_ops.database import bootstrap_database
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack
 from orders_orchestrator import worker as orchestrator_worker
@@ -91,17 +89,7 @@ async def admin(order_db: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def client(stack: Stack) -> Client:
-    root = await Client.connect(stack.settings.temporal_address)
-    try:
-        await root.workflow_service.register_namespace(
-            RegisterNamespaceRequest(
-                namespace=NAMESPACE,
-                workflow_execution_retention_period=Duration(seconds=24 * 3600),
-            )
-        )
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.ALREADY_EXISTS:
-            raise
+    await ensure_namespace(stack.settings.temporal_address, NAMESPACE)
     return await Client.connect(stack.settings.temporal_address, namespace=NAMESPACE)
 
 

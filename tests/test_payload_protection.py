@@ -37,7 +37,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
-from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from temporalio import activity
@@ -45,7 +44,6 @@ from temporalio.api.common.v1 import Payload, Payloads, WorkflowType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
-    RegisterNamespaceRequest,
     StartWorkflowExecutionRequest,
 )
 from temporalio.client import Client
@@ -56,7 +54,6 @@ from temporalio.converter import (
     PayloadCodec,
     WorkflowSerializationContext,
 )
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from orders_codec_server.app import RunningServer, ServerConfig, start
@@ -66,6 +63,7 @@ from orders_notify import worker as notify_worker
 from orders_ops import issuer
 from orders_ops.database import bootstrap_database
 from orders_ops.journey_ui import CHROMIUM, CHROMIUM_ARGS
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.policies import PAYLOAD_KEY, SEALED_SERVICES, seal_key
 from orders_ops.stack import Stack
 from orders_ops.testing import free_port
@@ -222,20 +220,6 @@ async def show_history(
 # --------------------------------------------------------------------------- fixtures
 
 
-async def _namespace(address: str, namespace: str) -> None:
-    root = await Client.connect(address)
-    try:
-        await root.workflow_service.register_namespace(
-            RegisterNamespaceRequest(
-                namespace=namespace,
-                workflow_execution_retention_period=Duration(seconds=24 * 3600),
-            )
-        )
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.ALREADY_EXISTS:
-            raise
-
-
 @pytest.fixture(scope="module")
 def root(stack: Stack) -> Iterator[hvac.Client]:
     client = root_client(stack.settings)
@@ -303,7 +287,7 @@ async def deployment(
     ``overrides``: service -> (client, activities) of a worker polling that service's
     task queue instead of the genuine one (a rogue)."""
     address = stack.settings.temporal_address
-    await _namespace(address, namespace)
+    await ensure_namespace(address, namespace)
     base = await Client.connect(address, namespace=namespace)
     transits = {name: await identities.transit(name) for name, _ in SERVICES_WITH_QUEUES}
     if codec_transits is None:

@@ -32,17 +32,15 @@ from typing import Any
 
 import asyncpg
 import hvac
-from google.protobuf.duration_pb2 import Duration
-from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from orders_fulfill import worker as fulfill_worker
 from orders_inventory import worker as inventory_worker
 from orders_notify import worker as notify_worker
 from orders_ops.identities import local_session
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.policies import seal_keys
 from orders_ops.settings import StackSettings
 from orders_ops.vault_bootstrap import root_client
@@ -138,20 +136,6 @@ class PerCallSource:
 
     async def close(self) -> None:
         return None
-
-
-async def ensure_namespace(address: str, namespace: str) -> None:
-    root = await Client.connect(address)
-    try:
-        await root.workflow_service.register_namespace(
-            RegisterNamespaceRequest(
-                namespace=namespace,
-                workflow_execution_retention_period=Duration(seconds=24 * 3600),
-            )
-        )
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.ALREADY_EXISTS:
-            raise
 
 
 async def legacy_seal(order: Order, transit: TransitClient) -> Order:

@@ -32,8 +32,9 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from orders_ops.bench_configs import _activities, ensure_namespace
+from orders_ops.bench_configs import _activities
 from orders_ops.database import quote_ident, scram_verifier
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.settings import HOST, StackSettings
 from orders_ops.stack import Server, child_env
 from orders_shared.catalog import SERVICES
