@@ -2,7 +2,7 @@
 worker's metrics Service and a PrometheusRule with its alerts, rendered only when
 enabled. The rules are checked with the real promtool (Debian package ``prometheus``,
 installed here when missing, as root or in CI), including a unit test of the
-"compensation stuck" alert."""
+"compensation stuck" and "TLS certificate near expiry" alerts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 import orders_payment.activities  # noqa: F401 (registers orders_payment_refunds_total)
-import orders_shared.metrics  # noqa: F401 (registers the shared metrics)
+import orders_shared.metrics  # registers the shared metrics
+import orders_shared.tls  # noqa: F401 (registers orders_tls_certificate_seconds_left)
 from orders_shared.catalog import SERVICES
 
 WORKERS = tuple(SERVICES)
@@ -28,6 +29,12 @@ ENABLED = {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         }
+    }
+}
+WITH_TLS = {
+    "global": {
+        **ENABLED["global"],
+        "temporal": {"tls": {"enabled": True, "caSecret": "temporal-ca"}},
     }
 }
 ALWAYS = {"OrdersVaultTokenNearExpiry", "OrdersReadinessFailing"}
@@ -44,8 +51,9 @@ def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
-def _rules(chart_dir: Path, service: str) -> dict[str, Any]:
-    spec: dict[str, Any] = _one(_render(chart_dir, service, ENABLED), "PrometheusRule")["spec"]
+def _rules(chart_dir: Path, service: str, *, tls: bool = False) -> dict[str, Any]:
+    values = WITH_TLS if tls else ENABLED
+    spec: dict[str, Any] = _one(_render(chart_dir, service, values), "PrometheusRule")["spec"]
     return spec
 
 
@@ -86,6 +94,19 @@ def test_each_worker_gets_the_alerts_that_apply_to_it(chart_dir: Path, service: 
             assert job in rule["expr"], rule["alert"]
 
 
+@pytest.mark.parametrize("service", WORKERS)
+def test_with_temporal_tls_each_worker_watches_its_client_certificate(
+    chart_dir: Path, service: str
+) -> None:
+    (plain,) = _rules(chart_dir, service)["groups"]
+    (group,) = _rules(chart_dir, service, tls=True)["groups"]
+    alerts = {r["alert"] for r in group["rules"]}
+    assert alerts - {r["alert"] for r in plain["rules"]} == {"OrdersTLSCertificateNearExpiry"}
+    (rule,) = [r for r in group["rules"] if r["alert"] == "OrdersTLSCertificateNearExpiry"]
+    assert f'job="orders-{service}-metrics"' in rule["expr"]
+    assert "orders_tls_certificate_seconds_left" in set(REGISTRY._names_to_collectors)
+
+
 def test_alerts_name_metrics_the_code_exports(chart_dir: Path) -> None:
     exported = set(REGISTRY._names_to_collectors)
     (group,) = _rules(chart_dir, "payment")["groups"]
@@ -123,17 +144,31 @@ def promtool() -> str:
     return found
 
 
-def _rule_file(chart_dir: Path, service: str, folder: Path) -> Path:
+def _rule_file(chart_dir: Path, service: str, folder: Path, *, tls: bool = False) -> Path:
     path = folder / f"{service}.rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": _rules(chart_dir, service)["groups"]}))
+    path.write_text(yaml.safe_dump({"groups": _rules(chart_dir, service, tls=tls)["groups"]}))
     return path
 
 
+def _promtool_test(promtool: str, folder: Path, tests: dict[str, Any]) -> None:
+    test_file = folder / "alerts.test.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=folder,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("tls", [False, True])
 @pytest.mark.parametrize("service", WORKERS)
 def test_promtool_accepts_the_rules(
-    chart_dir: Path, promtool: str, service: str, tmp_path: Path
+    chart_dir: Path, promtool: str, service: str, tls: bool, tmp_path: Path
 ) -> None:
-    path = _rule_file(chart_dir, service, tmp_path)
+    path = _rule_file(chart_dir, service, tmp_path, tls=tls)
     proc = subprocess.run(
         [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
     )
@@ -183,13 +218,56 @@ def test_compensation_stuck_fires_only_while_refunds_keep_ending_unfinished(
             },
         ],
     }  # fmt: skip
-    test_file = tmp_path / "compensation.test.yaml"
-    test_file.write_text(yaml.safe_dump(tests))
-    proc = subprocess.run(
-        [promtool, "test", "rules", str(test_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
+    _promtool_test(promtool, tmp_path, tests)
+
+
+def test_tls_certificate_alert_fires_only_when_renewal_did_not_happen(
+    chart_dir: Path, promtool: str, tmp_path: Path
+) -> None:
+    path = _rule_file(chart_dir, "validate", tmp_path, tls=True)
+    (group,) = _rules(chart_dir, "validate", tls=True)["groups"]
+    (rule,) = [r for r in group["rules"] if r["alert"] == "OrdersTLSCertificateNearExpiry"]
+    series = (
+        'orders_tls_certificate_seconds_left{job="orders-validate-metrics",namespace="orders",'
+        'pod="orders-validate-0",role="client-validate"}'
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    labels = {
+        "namespace": "orders",
+        "pod": "orders-validate-0",
+        "role": "client-validate",
+        **rule["labels"],
+    }
+    # at 1390 min a never-renewed 24 h certificate has 86400 - 60 * 1390 = 3000 s left
+    annotations = {
+        k: v.replace("{{ $labels.pod }}", "orders-validate-0")
+        .replace("{{ $labels.role }}", "client-validate")
+        .replace("{{ $value | humanizeDuration }}", "50m 0s")
+        for k, v in rule["annotations"].items()
+    }
+    tests = {
+        "rule_files": [path.name],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # a 24 h certificate that never renews: quiet until 1 h is left, then fires
+                "interval": "1m",
+                "input_series": [{"series": series, "values": "86400-60x1440"}],
+                "alert_rule_test": [
+                    {"eval_time": "960m", "alertname": "OrdersTLSCertificateNearExpiry",
+                     "exp_alerts": []},
+                    {"eval_time": "1390m", "alertname": "OrdersTLSCertificateNearExpiry",
+                     "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}]},
+                ],
+            },
+            {   # renewed at two thirds of its life, twice: never close to expiry, quiet
+                "interval": "1m",
+                "input_series": [
+                    {"series": series, "values": "86400-60x960 86400-60x960 86400-60x960"}
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2800m", "alertname": "OrdersTLSCertificateNearExpiry",
+                     "exp_alerts": []},
+                ],
+            },
+        ],
+    }  # fmt: skip
+    _promtool_test(promtool, tmp_path, tests)

@@ -56,6 +56,17 @@ spec:
           annotations:
             summary: "{{ $identity }}: Vault token close to expiry"
             description: "Pod {{ "{{" }} $labels.pod {{ "}}" }} has {{ "{{" }} $value | humanizeDuration {{ "}}" }} left on its Vault token and has not renewed or logged in again: check Vault and the worker's log (vault.*)."
+        {{- if .g.temporal.tls.enabled }}
+        - alert: OrdersTLSCertificateNearExpiry
+          expr: min by (namespace, pod, role) (orders_tls_certificate_seconds_left{job="{{ $job }}", namespace="{{ $ns }}"}) < {{ $r.certSecondsLeftBelow }}
+          for: 5m
+          labels:
+            severity: critical
+            service: {{ $identity }}
+          annotations:
+            summary: "{{ $identity }}: client certificate close to expiry"
+            description: "Pod {{ "{{" }} $labels.pod {{ "}}" }} has {{ "{{" }} $value | humanizeDuration {{ "}}" }} left on its {{ "{{" }} $labels.role {{ "}}" }} certificate and has not renewed it (due at two thirds of its life): check Vault's PKI (pki-orders) and the worker's log (tls.renew_failed); Temporal refuses it once it expires."
+        {{- end }}
         {{- if .database }}
         - alert: OrdersDbLeaseSecondsLeftLow
           expr: min by (namespace, pod, db_role) (orders_db_lease_seconds_left{job="{{ $job }}", namespace="{{ $ns }}"}) < {{ $r.leaseSecondsLeftBelow }}
