@@ -174,19 +174,22 @@ and to Transit as its own identity (to open the sealed fields that are its to re
 def readiness_checks(
     vault: VaultSession,
     source: ConnectionSource,
-    client: Client,
+    client: Client | Callable[[], Client],
     db_roles: Iterable[str] | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """What /readyz asks: can this worker do its job right now?
 
-    ``db_roles`` defaults to the roles of a :class:`LeasedPools`; any other
-    :class:`ConnectionSource` names the roles it serves.
+    ``client``: the Temporal client, or a callable giving the one in use now (after a
+    certificate renewal the worker calls through a new connection, and readiness must
+    ask that one, not the first). ``db_roles`` defaults to the roles of a
+    :class:`LeasedPools`; any other :class:`ConnectionSource` names the roles it serves.
     """
+    current = client if callable(client) else lambda: client
     if db_roles is None:
         db_roles = source.pools if isinstance(source, LeasedPools) else ()
 
     async def temporal() -> None:
-        if not await client.service_client.check_health(timeout=timedelta(seconds=2)):
+        if not await current().service_client.check_health(timeout=timedelta(seconds=2)):
             raise RuntimeError("Temporal frontend reports not serving")
 
     async def vault_check() -> None:
@@ -276,13 +279,6 @@ async def serve(
             deadline=connect_deadline,
             stop=stop,
         )
-        health = HealthServer(
-            ops.metrics_host,
-            ops.metrics_port,
-            readiness_checks(vault, pools, client),
-            sdk_metrics_url=f"http://127.0.0.1:{ops.sdk_metrics_port}/metrics",
-        )
-        await health.start()
         worker = Worker(
             client,
             task_queue=spec.task_queue,
@@ -292,6 +288,14 @@ async def serve(
             interceptors=[ObservabilityInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=ops.shutdown_grace),
         )
+        health = HealthServer(
+            ops.metrics_host,
+            ops.metrics_port,
+            # the client in use now: a certificate renewal replaces it (swap_client)
+            readiness_checks(vault, pools, lambda: worker.client),
+            sdk_metrics_url=f"http://127.0.0.1:{ops.sdk_metrics_port}/metrics",
+        )
+        await health.start()
         if certs is not None:
             certs.on_renew(lambda _cert: swap_client(worker, temporal_client))
         log.info(
