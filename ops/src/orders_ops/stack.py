@@ -1342,28 +1342,20 @@ class Stack:
                 echo("  postgres  reloaded its new certificate (a third of its life was left)")
             if not self.settings.issuer_key_file.exists():
                 return  # nothing to issue with yet
-            t0 = time.monotonic()
-            started = self.identity.start(timeout)
-            verb = "started" if started else "already running"
-            echo(
-                f"  {'identity':<9} {verb:<16} tokens in {self.settings.identity_dir}"
-                f"  ({time.monotonic() - t0:.1f}s)"
-            )
-            t0 = time.monotonic()
-            started = self.codec.start(timeout)
-            verb = "started" if started else "already running"
-            echo(
-                f"  {'codec':<9} {verb:<16} {self.settings.codec_url} (local mode, reader "
-                f"{self.codec.READER}) ({time.monotonic() - t0:.1f}s)"
-            )
+            app = [
+                (self.identity, "identity", f"tokens in {self.settings.identity_dir}"),
+                (
+                    self.codec,
+                    "codec",
+                    f"{self.settings.codec_url} (local mode, reader {self.codec.READER})",
+                ),
+            ]
             if self.tls:
+                app.append((self.tls_proxy, "tls", f"Temporal mTLS {self.tls_proxy.address}"))
+            for server, label, detail in app:
                 t0 = time.monotonic()
-                started = self.tls_proxy.start(timeout)
-                verb = "started" if started else "already running"
-                echo(
-                    f"  {'tls':<9} {verb:<16} Temporal mTLS {self.tls_proxy.address} "
-                    f"({time.monotonic() - t0:.1f}s)"
-                )
+                verb = "started" if server.start(timeout) else "already running"
+                echo(f"  {label:<9} {verb:<16} {detail} ({time.monotonic() - t0:.1f}s)")
 
     def down(self, echo: Callable[[str], None] = print) -> None:
         if self.prometheus.stop():
