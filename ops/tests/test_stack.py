@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack, StackError, _pid_alive, _port_free, main
 from orders_ops.testing import isolated_settings
 
@@ -36,6 +38,29 @@ def test_a_state_folder_nobody_can_reach_is_refused_with_the_fix(tmp_path: Path)
     with pytest.raises(StackError, match=r"cannot reach .* is not searchable by other users"):
         stack.postgres.start(timeout=10)
     assert stack.postgres.pid() is None
+
+
+def test_down_into_a_closed_pipe_still_stops_everything(
+    own_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`orders-stack down | head`: the reader goes away after one line, and down must
+    still stop every server (it used to stop at the first line it could not write)."""
+    own_stack.up(timeout=60, bootstrap=False, echo=lambda _line: None)
+    servers = [own_stack.postgres, own_stack.vault, own_stack.temporal, own_stack.provider]
+    pids = [s.pid() for s in servers]
+    assert all(pids)
+    monkeypatch.setattr(StackSettings, "from_env", classmethod(lambda cls: own_stack.settings))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already exited
+    with os.fdopen(write_end, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        try:
+            main(["down"])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        monkeypatch.undo()
+    for server, pid in zip(servers, pids, strict=True):
+        assert pid is not None and not _pid_alive(pid, ""), f"{server.name} still runs"
 
 
 def test_up_twice_status_env_and_down_leave_nothing(own_stack: Stack) -> None:

@@ -1493,6 +1493,18 @@ def _print_status(rows: list[dict[str, object]]) -> None:
     print(f"isolation: {osusers.isolation_note()}")
 
 
+def _say_on(line: str) -> None:
+    """Print a progress line of work that must finish: once the reader has gone away
+    (`orders-stack down | head`), the lines go to /dev/null and the work goes on
+    (a BrokenPipeError here used to stop `down` half-way, leaving servers running)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     try:
@@ -1586,7 +1598,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise
             print(f"orders-stack: up in {time.monotonic() - t0:.1f}s")
         elif args.cmd == "down":
-            stack.down()
+            stack.down(echo=_say_on)
         elif args.cmd == "status":
             rows = stack.status()
             if args.json:
@@ -1599,7 +1611,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.cmd == "logs":
             print(stack.logs(args.server, args.n))
         elif args.cmd == "reset":
-            stack.down()
+            stack.down(echo=_say_on)
             shutil.rmtree(stack.settings.state_dir, ignore_errors=True)
             print(f"  removed {stack.settings.state_dir}")
         elif args.cmd == "rotate-issuer-key":
