@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from orders_ops import osusers
+from orders_ops import apt, osusers
 from orders_ops.settings import HOST, StackSettings, repo_root
 from orders_ops.stack import (
     Server,
@@ -47,7 +46,6 @@ USER = "orders-prometheus"
 SCRAPE_INTERVAL = "2s"  # seven loopback targets: cheap, and a test sees data in seconds
 RETENTION = "7d"
 CODEC_SERVICE = "codec-server"  # its chart's name: identity orders-codec-server
-APT_LOCK_WAIT = "600"  # seconds apt-get waits for another apt/dpkg run to finish
 
 
 class PrometheusMissing(StackError):
@@ -62,8 +60,8 @@ def ensure_installed(echo: Callable[[str], None] = print) -> str:
     """The ``prometheus`` binary, installed with apt-get when missing (idempotent).
 
     Raises :class:`PrometheusMissing` naming the fix when it cannot be installed here
-    (no apt-get, not root, or apt-get failed). Waits up to :data:`APT_LOCK_WAIT` s for
-    another apt run; a service the package may try to start is none of ours."""
+    (no apt-get, not root, or apt-get failed); :mod:`orders_ops.apt` waits for another apt
+    run's lock. A service the package may try to start is none of ours."""
     found = binary()
     if found:
         return found
@@ -78,18 +76,11 @@ def ensure_installed(echo: Callable[[str], None] = print) -> str:
             "prometheus' (Debian's package), then start again"
         )
     echo(f"  {'prometheus':<9} installing Debian's package {PACKAGE!r} (once)")
-    apt = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT}", "-y", "-qq"]
-    install = [*apt, "install", "--no-install-recommends", PACKAGE]
-    env = child_env(DEBIAN_FRONTEND="noninteractive")
-    result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:  # stale package lists: refresh once and try again
-        subprocess.run([*apt, "update"], capture_output=True, env=env, check=False)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    result = apt.install([PACKAGE], child_env())
     found = binary()
     if result.returncode != 0 or not found:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise PrometheusMissing(
-            f"'apt-get install {PACKAGE}' failed ({'; '.join(tail) or 'no output'}): "
+            f"'apt-get install {PACKAGE}' failed ({apt.failure_tail(result)}): "
             "install it by hand, then start again"
         )
     return found

@@ -21,7 +21,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from orders_ops import pki
+from orders_ops import apt, pki
 from orders_ops.settings import HOST, StackSettings, _port, _switch
 from orders_ops.stack import Server, StackError, _is_root, child_env, private_dir
 
@@ -58,19 +58,11 @@ def ensure_nginx() -> list[str]:
             f"nginx with its stream module is missing ({NGINX}, {STREAM_MODULE}): install "
             f"them ('sudo apt-get install -y {' '.join(PACKAGES)}') or run without ORDERS_TLS=1"
         )
-    argv = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends"]
-    result = subprocess.run(
-        [*argv, *PACKAGES],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**child_env(), "DEBIAN_FRONTEND": "noninteractive"},
-        timeout=900,
-    )
+    result = apt.install(PACKAGES, child_env())
     if result.returncode != 0 or not Path(STREAM_MODULE).is_file():
         raise StackError(
             f"could not install {' '.join(PACKAGES)} (apt-get exit {result.returncode}): "
-            f"{result.stderr.strip()[-400:]}"
+            f"{apt.failure_tail(result)}"
         )
     return [f"tls: installed {' '.join(PACKAGES)}"]
 
