@@ -24,7 +24,7 @@ from orders_ops.stack import Stack
 from orders_ops.testing import free_port
 from orders_ops.vault_bootstrap import root_client
 from orders_shared.config import ConfigError
-from orders_shared.tls import CertificateManager, TLSSettings, memory_file
+from orders_shared.tls import JITTER, RENEW_AT, CertificateManager, TLSSettings, memory_file
 
 pytestmark = pytest.mark.stack
 T = TypeVar("T")
@@ -177,7 +177,10 @@ def test_certificate_lifetime_ignores_backdating(stack: Stack) -> None:
             parsed = x509.load_pem_x509_certificate(cert.cert_pem)
             assert parsed.not_valid_before_utc.timestamp() < cert.issued_at - 10  # backdated
             assert cert.lifetime <= 61
-            assert 34 <= manager.renew_delay() <= 41
+            # due at 2/3 of the life counted from the issue (not the backdated not_before),
+            # minus up to JITTER; measured from that start, so no wall-clock time enters
+            delay = manager.renew_delay(now=cert.issued_at)
+            assert cert.lifetime * (RENEW_AT - JITTER) <= delay <= cert.lifetime * RENEW_AT
         finally:
             await session.close()
 
