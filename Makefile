@@ -87,8 +87,10 @@ test: install browser ## lint, type-check and run every test against a real loca
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(TEST_STACK) $(BIN)/pytest
-# the TLS stack (ORDERS_TLS=1), in a state folder of its own (its PostgreSQL 17 cannot open 18's data)
-	$(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-tls ORDERS_TLS=1 $(BIN)/pytest tests/test_tls_postgres.py tests/test_tls_codec.py
+# the TLS stack (ORDERS_TLS=1), in a state folder of its own (its PostgreSQL 17 cannot open 18's data);
+# test_demo_tls runs `make demo TLS=1` against it
+	$(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-tls ORDERS_TLS=1 $(BIN)/pytest tests/test_tls_postgres.py tests/test_tls_codec.py \
+		tests/test_demo_tls.py
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -13,6 +13,7 @@ processes do.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -115,3 +116,32 @@ class Identities:
         for session in self.sessions.values():
             await session.close()
         self.sessions.clear()
+
+
+# the demo's report (orders-demo, make demo): each sealed field and the one service it is for
+DEMO_FIELD_CONSUMERS = {
+    "payment_token": "payment",
+    "shipping_address": "fulfill",
+    "email": "notify",
+    "customer_name": "notify",
+}
+
+
+def demo_openers(out: str) -> dict[str, list[str]]:
+    """From the demo's output, for each sealed field, the identities whose Vault attempt
+    to open it the report marks ``opens`` (section "Who can unseal which field")."""
+    table = out.split("== Who can unseal which field", 1)[1].splitlines()
+    header = table[1].split()[1:]
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:6]}
+    return {
+        field: [name for name, v in zip(header, verdicts, strict=True) if v == "opens"]
+        for field, verdicts in rows.items()
+    }
+
+
+def demo_env() -> dict[str, str]:
+    """The test session's environment for a `make demo` run inside it: its stack's state
+    folder and ports (ORDERS_*), no KEEP/CONTAINERS/TLS of the caller's, no outer make's
+    flags (a `make -n test` must not turn the demo into a dry run)."""
+    drop = {"KEEP", "CONTAINERS", "TLS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    return {k: v for k, v in os.environ.items() if k not in drop}

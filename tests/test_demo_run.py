@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import support  # tests/ is on pytest's pythonpath
 
 from orders_ops.stack import Stack
 
@@ -27,16 +28,6 @@ def test_the_demo_passes_and_says_who_opens_each_field(workers: Stack) -> None:
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-3000:]
     assert "demo passed" in out
-    table = out.split("== Who can unseal which field", 1)[1].splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in table[2:6]}
-    header = table[1].split()[1:]
     # each sealed field opens for exactly its consumer; everyone else is refused by Vault
-    for field, consumer in (
-        ("payment_token", "payment"),
-        ("shipping_address", "fulfill"),
-        ("email", "notify"),
-        ("customer_name", "notify"),
-    ):
-        verdicts = dict(zip(header, rows[field], strict=True))
-        assert [n for n, v in verdicts.items() if v == "opens"] == [consumer], verdicts
+    assert support.demo_openers(out) == {f: [c] for f, c in support.DEMO_FIELD_CONSUMERS.items()}
     assert all(w.pid() is not None for w in workers.workers)  # the session's, left running

@@ -65,6 +65,17 @@ def fleet(image_engine: PrivateDocker, stack: Stack) -> Iterator[ContainerFleet]
         fleet.down()
 
 
+def _env(pairs: list[str] | None) -> dict[str, str]:
+    """``docker inspect``'s ``Config.Env`` (``NAME=value`` strings) as a dict."""
+    return dict(pair.split("=", 1) for pair in pairs or [])
+
+
+def _image_env(engine: PrivateDocker, image: str) -> dict[str, str]:
+    """The ``ENV`` the image itself declares (``docker image inspect``)."""
+    (info,) = json.loads(engine.docker("image", "inspect", image).stdout)
+    return _env(info["Config"]["Env"])
+
+
 def _status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
@@ -91,13 +102,19 @@ def test_each_container_runs_under_its_charts_contract(
         assert host["NetworkMode"] == "host"
         assert sorted(host["Tmpfs"]) == sorted(path for path, _ in c.tmpfs) == ["/tmp"]
         mounts = [(m["Destination"], m["RW"]) for m in info["Mounts"]]
+        # the environment the engine gave the running container: exactly the image's own
+        # ENV with what the fleet passed over it, nothing more (docker inspect, not the
+        # fleet's own record)
+        env = _env(info["Config"]["Env"])
+        assert env == _image_env(image_engine, r.spec.image) | r.env, service
         if service == "codec-server":  # decrypts with its callers' tokens: no identity
             assert (c.token_mount, mounts) == (None, [])
         else:
             assert mounts == [("/var/run/secrets/vault", False)]
-            assert r.env["VAULT_TOKEN_FILE"] == f"{c.token_mount}/{c.token_file}"
-        # every variable the chart sets is set (addresses pointed at the local stack)
-        assert set(c.env) <= set(r.env), service
+            assert env["VAULT_TOKEN_FILE"] == f"{c.token_mount}/{c.token_file}"
+        # every variable the chart sets is set in the container (addresses pointed at the
+        # local stack)
+        assert set(c.env) <= set(env), (service, sorted(set(c.env) - set(env)))
         # and the kernel agrees: the process runs as 10001, with no capability, and can
         # never gain privileges
         status = _status(fleet.pid(service))

@@ -58,7 +58,11 @@ def env(settings: StackSettings) -> dict[str, str]:
 
 
 def client_context(settings: StackSettings) -> ssl.SSLContext | None:
-    """For the stack's own health checks of an https codec server."""
+    """What every client of the stack's https codec server verifies it with: the stack's
+    own CA (``<state>/tls/ca.pem``, the chain the server's ``server-codec`` certificate is
+    issued from), not the system trust store. None without TLS (plain http).
+
+    Used by the stack's health check and ``orders_ops.demo.codec_decode`` (demo, journey)."""
     if not settings.tls:
         return None
     return ssl.create_default_context(cafile=str(settings.ca_file))

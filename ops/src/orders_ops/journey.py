@@ -30,7 +30,7 @@ from typing import Any
 from temporalio.client import Client
 
 from orders_ops import journey_insecure as insecure
-from orders_ops.demo import _codec_decode, _stored_input, static_secrets
+from orders_ops.demo import _stored_input, codec_decode, static_secrets
 from orders_ops.identities import local_session
 from orders_ops.issuer import mint_user
 from orders_ops.journey_facts import (
@@ -169,7 +169,7 @@ async def run_secured(stack: Stack, order_id: str, say: Callable[[str], None]) -
     facts["stolen"] = await stolen_vault(settings, *STOLEN, order_id)
     stored = await _stored_input(settings, order_id)
     reader = mint_user(settings, "ada-auditor")
-    decoded = await asyncio.to_thread(_codec_decode, settings, stored, reader)
+    decoded = await asyncio.to_thread(codec_decode, settings, stored, reader)
     facts["codec_view"] = {"reader": "ada-auditor (payload-reader)", "order": decoded["order"]}
     # each identity tries, at Vault, to open each sealed field of what the reader was shown
     facts["who_opens"] = await who_opens(settings, decoded["order"])
