@@ -79,6 +79,7 @@ from orders_payment import worker as payment_worker
 from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
 from orders_shared.codec import (
+    LEGACY_RUNBOOK,
     META_FORMAT,
     META_KEY_ID,
     META_WORKFLOW_ID,
@@ -1294,9 +1295,13 @@ class SingleKeyClientCodec(PayloadCodec):
         return await self.current.decode(payloads)
 
 
-async def test_old_single_key_history_still_decodes(
+async def test_a_worker_refuses_old_single_key_payloads_naming_the_runbook(
     stack: Stack, secured: Deployment, identities: Any, codec_server: RunningServer
 ) -> None:
+    """orders-envelope/1 is bound to no workflow (one old payload would pass as any
+    order's input or result), so the real orchestrator refuses it, naming the runbook,
+    and runs no step; the codec server reads it only when started with
+    ORDERS_CODEC_ACCEPT_LEGACY=true (not here: the default)."""
     client_transit = await identities.transit("client")
     legacy = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
     old_client = Client(
@@ -1313,29 +1318,32 @@ async def test_old_single_key_history_still_decodes(
     legacy_before = orchestrator_stats.legacy
     order = sample_order("legacy")
     try:
-        # a workflow started before the upgrade (old input format) runs on the new workers
-        submitted = await asyncio.wait_for(  # a guard against a hang, not a timing claim
-            submit_order(old_client, order, wait=True, transit=client_transit), 120
-        )
+        # a workflow started with an old-format input (as a replayed pre-upgrade payload)
+        await submit_order(old_client, order, wait=False, transit=client_transit)
     finally:
         legacy.close()
-    assert submitted.result is not None and submitted.result.status == "completed"
-    assert orchestrator_stats.legacy > legacy_before
-    events = await _events(secured.client, order.order_id)
-    (old_input,) = events[0].workflow_execution_started_event_attributes.input.payloads
-    assert old_input.metadata[META_FORMAT] == b"orders-envelope/1"
-    # and a reader still reads it through the codec server (the real CLI)
-    code, out, err = await show_history(
-        stack.settings.temporal_address,
-        NAMESPACE,
-        order.order_id,
-        "--codec-endpoint",
-        codec_server.url,
-        "--codec-auth",
-        f"Bearer {reader_vault_token(stack)}",
-    )
-    assert code == 0, err
-    assert order.customer_id in history_text(json.loads(out))
+    try:
+        message = await _workflow_task_failure(secured, NAMESPACE, order.order_id)
+        assert "legacy-refused" in message, message
+        assert LEGACY_RUNBOOK in message, message
+        events = await _events(secured.client, order.order_id)
+        (old_input,) = events[0].workflow_execution_started_event_attributes.input.payloads
+        assert old_input.metadata[META_FORMAT] == b"orders-envelope/1"
+        assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
+        assert orchestrator_stats.legacy == legacy_before
+        # a reader's codec server not told to read old history refuses it too
+        _code, out, err = await show_history(
+            stack.settings.temporal_address,
+            NAMESPACE,
+            order.order_id,
+            "--codec-endpoint",
+            codec_server.url,
+            "--codec-auth",
+            f"Bearer {reader_vault_token(stack)}",
+        )
+        assert order.customer_id not in out + err
+    finally:
+        await secured.client.get_workflow_handle(order.order_id).terminate("test: legacy input")
 
 
 async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(
