@@ -1226,6 +1226,63 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
             await d.client.get_workflow_handle(order.order_id).terminate("test: rogue payment")
 
 
+class KeylessLegacyReplay(PayloadCodec):
+    """A poller with no Vault identity at all on orders-payment: it ignores the task's
+    input and answers with one old orders-envelope/1 ProcessPaymentOutput copied from
+    pre-upgrade history (issue 20: such a payload completed other orders' payments)."""
+
+    def __init__(self, old_result: Payload) -> None:
+        self.old_result = old_result
+
+    async def encode(self, payloads: Any) -> list[Payload]:
+        return [self.old_result for _ in payloads]
+
+    async def decode(self, payloads: Any) -> list[Payload]:
+        return [Payload(metadata={"encoding": b"binary/null"}) for _ in payloads]
+
+
+async def test_a_keyless_poller_replaying_an_old_payment_result_ships_nothing(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    root = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
+    try:  # a payload as old history holds it (made now with root: nobody else may)
+        old_output = DataConverter.default.payload_converter.to_payloads(
+            [payment.ProcessPaymentOutput("ord-of-old", 3399, "EUR", "old-approved")]
+        )[0]
+        (old_result,) = await SingleKeyClientCodec(root, None).encode([old_output])  # type: ignore[arg-type]
+    finally:
+        root.close()
+    base = await Client.connect(stack.settings.temporal_address, namespace=ROGUE_NAMESPACE)
+    keyless = Client(
+        **{
+            **base.config(),
+            "data_converter": DataConverter(payload_codec=KeylessLegacyReplay(old_result)),
+        }
+    )
+    order = sample_order("legacy-replay")
+    async with deployment(
+        stack,
+        identities,
+        source,
+        ROGUE_NAMESPACE,
+        "secured",
+        overrides={"payment": (keyless, [forged_process_payment])},
+    ) as d:
+        await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
+        try:
+            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
+            assert "legacy-refused" in message and LEGACY_RUNBOOK in message, message
+            events = await _events(d.client, order.order_id)
+            completed = [
+                e for e in events if e.HasField("activity_task_completed_event_attributes")
+            ]
+            replayed = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
+            assert replayed.metadata[META_FORMAT] == b"orders-envelope/1"
+            assert not _scheduled(events, fulfill.FULFILL_ORDER)  # nothing ships
+        finally:
+            await d.client.get_workflow_handle(order.order_id).terminate("test: legacy replay")
+
+
 async def test_a_payload_moved_to_another_workflow_fails_clearly(
     secured: Deployment, identities: Any
 ) -> None:
