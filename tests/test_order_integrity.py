@@ -669,6 +669,49 @@ async def test_a_fulfill_attempt_after_the_compensation_ships_nothing(
     assert (await facts(admin, oid))["shipments"] == 0
 
 
+async def test_fulfill_ships_only_an_order_with_an_approved_charge(
+    source: GroupRoleSource,
+    admin: asyncpg.Connection,
+    sealer: VaultTransit,
+    opener: dict[str, VaultTransit],
+) -> None:
+    """A compromised orchestrator schedules every step: it can call fulfill_order for an
+    order it never had charged (or with a forged payment result). Fulfill checks the
+    charge with its own login (app.payments: order_id, kind, status) and ships nothing."""
+    from orders_fulfill.activities import FulfillActivities
+
+    env = ActivityEnvironment()
+    sku = await create_product(admin, price_cents=500, on_hand=2)
+    order = await seal_order(make_order([(sku, 1)]), sealer)
+    oid = order.order_id
+    await env.run(ValidateActivities(source).validate_order, validate.ValidateOrderInput(order))
+    await env.run(
+        InventoryActivities(source).reserve_inventory,
+        inventory.ReserveInventoryInput(oid, order.lines),
+    )
+    ful = FulfillActivities(source, opener["fulfill"])
+    with pytest.raises(OrderStateConflict, match="no approved charge"):
+        await env.run(ful.fulfill_order, fulfill.FulfillOrderInput(oid))
+    assert (await facts(admin, oid))["shipments"] == 0
+    # a declined charge is no charge either
+    await admin.execute(
+        "INSERT INTO app.payments (order_id, kind, status, amount_cents, currency, "
+        "provider_ref, idempotency_key) VALUES ($1, 'charge', 'declined', 500, 'EUR', "
+        "'ref-d', $1 || ':charge')",
+        oid,
+    )
+    with pytest.raises(OrderStateConflict, match="no approved charge"):
+        await env.run(ful.fulfill_order, fulfill.FulfillOrderInput(oid))
+    assert (await facts(admin, oid))["shipments"] == 0
+    # approved: it ships
+    await admin.execute(
+        "UPDATE app.payments SET status = 'approved' WHERE order_id = $1 AND kind = 'charge'",
+        oid,
+    )
+    shipped = await env.run(ful.fulfill_order, fulfill.FulfillOrderInput(oid))
+    assert shipped.order_id == oid and (await facts(admin, oid))["shipments"] == 1
+
+
 # --------------------------------------------------------------------------- 4. validate
 
 

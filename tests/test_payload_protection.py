@@ -79,6 +79,7 @@ from orders_payment import worker as payment_worker
 from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
 from orders_shared.codec import (
+    LEGACY_RUNBOOK,
     META_FORMAT,
     META_KEY_ID,
     META_WORKFLOW_ID,
@@ -1225,6 +1226,63 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
             await d.client.get_workflow_handle(order.order_id).terminate("test: rogue payment")
 
 
+class KeylessLegacyReplay(PayloadCodec):
+    """A poller with no Vault identity at all on orders-payment: it ignores the task's
+    input and answers with one old orders-envelope/1 ProcessPaymentOutput copied from
+    pre-upgrade history (issue 20: such a payload completed other orders' payments)."""
+
+    def __init__(self, old_result: Payload) -> None:
+        self.old_result = old_result
+
+    async def encode(self, payloads: Any) -> list[Payload]:
+        return [self.old_result for _ in payloads]
+
+    async def decode(self, payloads: Any) -> list[Payload]:
+        return [Payload(metadata={"encoding": b"binary/null"}) for _ in payloads]
+
+
+async def test_a_keyless_poller_replaying_an_old_payment_result_ships_nothing(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    root = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
+    try:  # a payload as old history holds it (made now with root: nobody else may)
+        old_output = DataConverter.default.payload_converter.to_payloads(
+            [payment.ProcessPaymentOutput("ord-of-old", 3399, "EUR", "old-approved")]
+        )[0]
+        (old_result,) = await SingleKeyClientCodec(root, None).encode([old_output])  # type: ignore[arg-type]
+    finally:
+        root.close()
+    base = await Client.connect(stack.settings.temporal_address, namespace=ROGUE_NAMESPACE)
+    keyless = Client(
+        **{
+            **base.config(),
+            "data_converter": DataConverter(payload_codec=KeylessLegacyReplay(old_result)),
+        }
+    )
+    order = sample_order("legacy-replay")
+    async with deployment(
+        stack,
+        identities,
+        source,
+        ROGUE_NAMESPACE,
+        "secured",
+        overrides={"payment": (keyless, [forged_process_payment])},
+    ) as d:
+        await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
+        try:
+            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
+            assert "legacy-refused" in message and LEGACY_RUNBOOK in message, message
+            events = await _events(d.client, order.order_id)
+            completed = [
+                e for e in events if e.HasField("activity_task_completed_event_attributes")
+            ]
+            replayed = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
+            assert replayed.metadata[META_FORMAT] == b"orders-envelope/1"
+            assert not _scheduled(events, fulfill.FULFILL_ORDER)  # nothing ships
+        finally:
+            await d.client.get_workflow_handle(order.order_id).terminate("test: legacy replay")
+
+
 async def test_a_payload_moved_to_another_workflow_fails_clearly(
     secured: Deployment, identities: Any
 ) -> None:
@@ -1294,9 +1352,13 @@ class SingleKeyClientCodec(PayloadCodec):
         return await self.current.decode(payloads)
 
 
-async def test_old_single_key_history_still_decodes(
+async def test_a_worker_refuses_old_single_key_payloads_naming_the_runbook(
     stack: Stack, secured: Deployment, identities: Any, codec_server: RunningServer
 ) -> None:
+    """orders-envelope/1 is bound to no workflow (one old payload would pass as any
+    order's input or result), so the real orchestrator refuses it, naming the runbook,
+    and runs no step; the codec server reads it only when started with
+    ORDERS_CODEC_ACCEPT_LEGACY=true (not here: the default)."""
     client_transit = await identities.transit("client")
     legacy = TokenTransit(stack.settings.vault_addr, stack.settings.root_token())
     old_client = Client(
@@ -1313,29 +1375,32 @@ async def test_old_single_key_history_still_decodes(
     legacy_before = orchestrator_stats.legacy
     order = sample_order("legacy")
     try:
-        # a workflow started before the upgrade (old input format) runs on the new workers
-        submitted = await asyncio.wait_for(  # a guard against a hang, not a timing claim
-            submit_order(old_client, order, wait=True, transit=client_transit), 120
-        )
+        # a workflow started with an old-format input (as a replayed pre-upgrade payload)
+        await submit_order(old_client, order, wait=False, transit=client_transit)
     finally:
         legacy.close()
-    assert submitted.result is not None and submitted.result.status == "completed"
-    assert orchestrator_stats.legacy > legacy_before
-    events = await _events(secured.client, order.order_id)
-    (old_input,) = events[0].workflow_execution_started_event_attributes.input.payloads
-    assert old_input.metadata[META_FORMAT] == b"orders-envelope/1"
-    # and a reader still reads it through the codec server (the real CLI)
-    code, out, err = await show_history(
-        stack.settings.temporal_address,
-        NAMESPACE,
-        order.order_id,
-        "--codec-endpoint",
-        codec_server.url,
-        "--codec-auth",
-        f"Bearer {reader_vault_token(stack)}",
-    )
-    assert code == 0, err
-    assert order.customer_id in history_text(json.loads(out))
+    try:
+        message = await _workflow_task_failure(secured, NAMESPACE, order.order_id)
+        assert "legacy-refused" in message, message
+        assert LEGACY_RUNBOOK in message, message
+        events = await _events(secured.client, order.order_id)
+        (old_input,) = events[0].workflow_execution_started_event_attributes.input.payloads
+        assert old_input.metadata[META_FORMAT] == b"orders-envelope/1"
+        assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
+        assert orchestrator_stats.legacy == legacy_before
+        # a reader's codec server not told to read old history refuses it too
+        _code, out, err = await show_history(
+            stack.settings.temporal_address,
+            NAMESPACE,
+            order.order_id,
+            "--codec-endpoint",
+            codec_server.url,
+            "--codec-auth",
+            f"Bearer {reader_vault_token(stack)}",
+        )
+        assert order.customer_id not in out + err
+    finally:
+        await secured.client.get_workflow_handle(order.order_id).terminate("test: legacy input")
 
 
 async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(

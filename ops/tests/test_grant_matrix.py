@@ -279,6 +279,9 @@ DENIED: dict[str, list[str]] = {
     "order-fulfill": [
         "SELECT email FROM app.customer_contacts WHERE order_id = '{o}'",
         "SELECT * FROM app.payments WHERE order_id = '{o}'",
+        # it sees whether a charge was approved, not its amount or provider reference
+        "SELECT amount_cents FROM app.payments WHERE order_id = '{o}'",
+        "SELECT provider_ref FROM app.payments WHERE order_id = '{o}'",
         "UPDATE app.shipments SET carrier = 'x' WHERE order_id = '{o}'",
         "INSERT INTO app.shipments (order_id, carrier, tracking_id, db_user) "
         "VALUES ('{o}', 'post', '{o}' || '{s}', 'someone-else')",

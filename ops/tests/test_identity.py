@@ -312,8 +312,8 @@ def test_policy_matrix(stack: Stack, root: hvac.Client, service_name: str) -> No
         mine = service_name == "orchestrator" or key == f"orders-payload-{service_name}"
         for op in ("datakey/plaintext", "decrypt"):
             assert caps[f"transit/{op}/{key}"] == (["update"] if mine else ["deny"]), key
-    # the old single key: decrypt for old history, no new data keys
-    assert caps[f"transit/decrypt/{PAYLOAD_KEY}"] == ["update"]
+    # the old single key: nothing (a worker never decodes orders-envelope/1)
+    assert caps[f"transit/decrypt/{PAYLOAD_KEY}"] == ["deny"]
     assert caps[f"transit/datakey/plaintext/{PAYLOAD_KEY}"] == ["deny"]
     for path in ADMIN_PATHS:
         assert caps[path] == ["deny"], path

@@ -60,7 +60,7 @@ def test_orchestrator_policy_has_no_database_and_no_lease_paths() -> None:
     assert paths == {
         *(f"transit/datakey/plaintext/{k}" for k in payload_keys()),
         *(f"transit/decrypt/{k}" for k in payload_keys()),
-        f"transit/decrypt/{PAYLOAD_KEY}",  # old history only: no datakey on it
+        # no grant at all on the old single key: a worker never decodes orders-envelope/1
         "pki-orders/issue/client-orchestrator",  # its own TLS client certificate
         "auth/token/lookup-self",
         "auth/token/renew-self",
@@ -85,22 +85,19 @@ def test_service_policy_names_exactly_its_own_paths(name: str) -> None:
     # its own TLS certificate role and nothing else under pki-*
     assert {p for p in paths if p.startswith("pki")} == {f"pki-orders/issue/client-{name}"}
     payload = {p for p in paths if p.startswith(("transit/datakey/", "transit/decrypt/orders-pa"))}
-    if name != "orchestrator":  # its own payload key; the old single key: decrypt only
+    if name != "orchestrator":  # its own payload key; nothing on the old single key
         own = payload_key(name)
-        assert payload == {
-            f"transit/datakey/plaintext/{own}",
-            f"transit/decrypt/{own}",
-            f"transit/decrypt/{PAYLOAD_KEY}",
-        }
+        assert payload == {f"transit/datakey/plaintext/{own}", f"transit/decrypt/{own}"}
 
 
-def test_old_payload_key_grant_goes_when_legacy_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "false")
-    for text in all_policies().values():
-        assert f'"transit/decrypt/{PAYLOAD_KEY}"' not in text
-    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "perhaps")
-    with pytest.raises(ValueError, match="ORDERS_CODEC_ACCEPT_LEGACY='perhaps'"):
-        all_policies()
+@pytest.mark.parametrize("told", ["", "true", "false"])
+def test_old_payload_key_only_for_readers(monkeypatch: pytest.MonkeyPatch, told: str) -> None:
+    """No worker and no client may decrypt the old single key, whatever the environment
+    says; the reader may (the codec server decides whether to read /1 at all)."""
+    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", told)
+    legacy = f'"transit/decrypt/{PAYLOAD_KEY}"'
+    holders = {name for name, text in all_policies().items() if legacy in text}
+    assert holders == {PAYLOAD_READER_POLICY}
 
 
 def test_client_and_reader_policies() -> None:
@@ -108,7 +105,6 @@ def test_client_and_reader_policies() -> None:
         "transit/encrypt/orders-seal-*",
         "transit/datakey/plaintext/orders-payload-orchestrator",
         "transit/decrypt/orders-payload-orchestrator",
-        f"transit/decrypt/{PAYLOAD_KEY}",
         "pki-orders/issue/client-operator",
         "auth/token/lookup-self",
         "auth/token/renew-self",
@@ -294,11 +290,16 @@ def test_payload_keys_for_workers_client_and_reader(stack: Stack, root: hvac.Cli
             with pytest.raises(hvac.exceptions.Forbidden):
                 client.decrypt_data(key, datakey["ciphertext"])
     old = root.secrets.transit.generate_data_key(PAYLOAD_KEY, "plaintext")["data"]
-    for transit in (*workers.values(), reader, client):  # old history: decrypt, never datakey
-        assert (
-            transit.decrypt_data(PAYLOAD_KEY, old["ciphertext"])["data"]["plaintext"]
-            == (old["plaintext"])
-        )
+    # old history: no worker and no client may even decrypt it (a worker never decodes
+    # orders-envelope/1); the reader decrypts only; nobody makes data keys
+    assert (
+        reader.decrypt_data(PAYLOAD_KEY, old["ciphertext"])["data"]["plaintext"]
+        == (old["plaintext"])
+    )
+    for transit in (*workers.values(), reader, client):
+        if transit is not reader:
+            with pytest.raises(hvac.exceptions.Forbidden):
+                transit.decrypt_data(PAYLOAD_KEY, old["ciphertext"])
         with pytest.raises(hvac.exceptions.Forbidden):
             transit.generate_data_key(PAYLOAD_KEY, "plaintext")
     with pytest.raises(hvac.exceptions.Forbidden):  # nobody but root may export/rotate

@@ -21,6 +21,7 @@ from temporalio.converter import (
 )
 
 from orders_shared.codec import (
+    LEGACY_RUNBOOK,
     META_KEY_ID,
     META_WORKFLOW_ID,
     META_WRAPPED_KEY,
@@ -32,6 +33,7 @@ from orders_shared.codec import (
     PayloadTooLarge,
     TransitEnvelopeCodec,
     bounded_inflate,
+    legacy_reading_enabled,
     payload_key,
     rewrap_history_json,
 )
@@ -189,41 +191,50 @@ async def test_data_key_cache_is_per_key_and_shared_by_context_views() -> None:
 # --------------------------------------------------------------------------- old history
 
 
-async def test_old_single_key_history_still_decodes() -> None:
+async def test_old_single_key_history_decodes_only_for_readers_when_told() -> None:
+    """orders-envelope/1 is bound to no workflow: the codec server (no context, started
+    with accept_legacy) reads it; a worker (any context) refuses it, naming the runbook."""
     transit = InMemoryTransit()
     inner = plain(b"written before per-service keys").SerializeToString()
     old = await hand_made_envelope(transit, inner, fmt=b"orders-envelope/1", key=PAYLOAD_KEY)
-    codec = TransitEnvelopeCodec(transit, accept_legacy=True)
-    assert (await codec.decode([old]))[0].data == b"written before per-service keys"
-    ctx = codec.with_context(activity("orders-payment"))
-    assert (await ctx.decode([old]))[0].data == b"written before per-service keys"
-    assert codec.stats.legacy == 2
+    reader = TransitEnvelopeCodec(transit, accept_legacy=True)
+    assert (await reader.decode([old]))[0].data == b"written before per-service keys"
+    assert reader.stats.legacy == 1
+    # inside a context, never: not even a codec built with accept_legacy
+    for view in (
+        reader.with_context(activity("orders-payment")),
+        TransitEnvelopeCodec(transit).with_context(activity("orders-payment")),
+        TransitEnvelopeCodec(transit).with_context(workflow("ord-1")),
+    ):
+        with pytest.raises(PayloadDecodeError, match="legacy-refused") as refused:
+            await view.decode([old])
+        assert LEGACY_RUNBOOK in str(refused.value)
+    assert reader.stats.legacy == 1
     # the old format is bound to the old key only
     sealed_key_payload = await hand_made_envelope(
         transit, inner, fmt=b"orders-envelope/1", key=payload_key("payment")
     )
     with pytest.raises(PayloadDecodeError, match="unknown-key"):
-        await codec.decode([sealed_key_payload])
+        await reader.decode([sealed_key_payload])
 
 
-async def test_old_history_can_be_refused_after_the_transition(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_old_history_is_read_only_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
     transit = InMemoryTransit()
     old = await hand_made_envelope(
         transit, plain().SerializeToString(), fmt=b"orders-envelope/1", key=PAYLOAD_KEY
     )
-    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "false")
-    codec = TransitEnvelopeCodec(transit)
+    monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "true")
+    codec = TransitEnvelopeCodec(transit)  # the variable alone turns nothing on in a codec
     assert PAYLOAD_KEY not in codec.decrypt_keys
-    with pytest.raises(PayloadDecodeError, match="legacy-refused"):
+    with pytest.raises(PayloadDecodeError, match="legacy-refused") as refused:
         await codec.decode([old])
+    assert LEGACY_RUNBOOK in str(refused.value)
+    assert legacy_reading_enabled() is True  # what the codec server passes
+    monkeypatch.delenv("ORDERS_CODEC_ACCEPT_LEGACY")
+    assert legacy_reading_enabled() is False  # default: not told
     monkeypatch.setenv("ORDERS_CODEC_ACCEPT_LEGACY", "maybe")
     with pytest.raises(ValueError, match="ORDERS_CODEC_ACCEPT_LEGACY"):
-        TransitEnvelopeCodec(transit)
-
-
-# --------------------------------------------------------------------------- decompression
+        legacy_reading_enabled()
 
 
 def _bomb(size: int) -> bytes:

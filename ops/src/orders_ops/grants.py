@@ -179,6 +179,14 @@ GRANT_MATRIX: tuple[Grant, ...] = (
         "read the shipping address and nothing else of the customer",
         ("order_id", "shipping_address"),
     ),
+    _g(
+        "order-fulfill",
+        "payments",
+        "SELECT",
+        "ship only a paid order: an approved charge and no refund (not the amount or the "
+        "provider's reference)",
+        ("order_id", "kind", "status"),
+    ),
     _g("order-fulfill", "shipments", "SELECT", "find the shipment on retry"),
     _g(
         "order-fulfill",

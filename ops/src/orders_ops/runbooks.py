@@ -55,6 +55,7 @@ from orders_shared.codec import (
     META_WRAPPED_KEY,
     TokenTransit,
     TransitEnvelopeCodec,
+    legacy_reading_enabled,
     parse_wrapped_key,
     rewrap_history_json,
 )
@@ -345,7 +346,9 @@ async def scan_histories(settings: StackSettings, token: str, namespace: str = "
     client = await Client.connect(settings.temporal_address, namespace=namespace)
     transit = TokenTransit(settings.vault_addr, token)
     # plain payloads (a workflow started without the codec) are read as they are
-    codec = TransitEnvelopeCodec(transit, allow_plaintext=True)
+    codec = TransitEnvelopeCodec(
+        transit, allow_plaintext=True, accept_legacy=legacy_reading_enabled()
+    )
     try:
         async for wf in client.list_workflows():
             where = f"{wf.id}/{wf.run_id}"

@@ -56,13 +56,16 @@ the data, the metadata or the wrapped key therefore fails to decode, with a
 :class:`PayloadDecodeError` naming the cause, never with plaintext or a crash.
 
 Old history (``orders-envelope/1``: one key ``orders-payload`` for everything,
-no workflow id) still decodes while ``accept_legacy`` is on (the default;
-``ORDERS_CODEC_ACCEPT_LEGACY=false`` turns it off). Nobody may create data keys
-of ``orders-payload`` any more (the policies grant only ``decrypt`` on it), so
-no new legacy payload can be forged; but a legacy payload *copied* from old
-history is not bound to a workflow. Turn legacy off once no workflow started
-before the upgrade is open (then remove the legacy grant, see
-:mod:`orders_ops.policies`).
+no workflow id) is bound to no workflow, so one old payload copied from history
+would be accepted as any activity's input or result in any workflow. It is
+therefore **never** decoded inside a serialization context (a worker, the
+client): cause ``legacy-refused``, naming :data:`LEGACY_RUNBOOK`. Only a
+context-free decode with ``accept_legacy=True`` reads it: the codec server and
+the operator commands pass :func:`legacy_reading_enabled` (``ORDERS_CODEC_ACCEPT_LEGACY``,
+default **false**: only when told). Nobody may create data keys of
+``orders-payload`` (no policy grants ``datakey`` on it); ``decrypt`` on it is
+granted to the payload reader only, and only while that variable is true in
+the bootstrap's environment (see :mod:`orders_ops.policies`).
 
 Compression: off by default (``compress_over=None``). Compressing before
 encrypting makes the ciphertext length depend on the content; where an
@@ -170,6 +173,8 @@ def activity_payload_keys() -> dict[str, str]:
 DEFAULT_MAX_DECOMPRESSED = 4 * 1024 * 1024
 MAX_DECOMPRESSED_ENV = "ORDERS_CODEC_MAX_DECOMPRESSED"
 ACCEPT_LEGACY_ENV = "ORDERS_CODEC_ACCEPT_LEGACY"
+LEGACY_RUNBOOK = "docs/payload-keys.md#old-history-orders-envelope1"
+"""Where a worker that meets an ``orders-envelope/1`` payload sends the operator."""
 
 ENCODING = b"binary/encrypted"
 META_ENCODING = "encoding"
@@ -511,6 +516,12 @@ def _env_flag(name: str, default: bool) -> bool:
     raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
+def legacy_reading_enabled() -> bool:
+    """``ORDERS_CODEC_ACCEPT_LEGACY`` (default false): whether the codec server and the
+    operator commands read ``orders-envelope/1`` history. Workers never do."""
+    return _env_flag(ACCEPT_LEGACY_ENV, False)
+
+
 def bounded_inflate(data: bytes, limit: int) -> bytes:
     """zlib-decompress ``data``, producing at most ``limit`` bytes (memory stays bounded).
 
@@ -568,8 +579,10 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
     whose wrapped data keys this codec will ask Vault to unwrap when decoding
     *without* a context (default: every payload key, plus the legacy key when
     ``accept_legacy``), so a crafted payload cannot make a worker decrypt with
-    another key (a sealing key). ``accept_legacy`` (default
-    ``ORDERS_CODEC_ACCEPT_LEGACY``, true): decode ``orders-envelope/1`` payloads.
+    another key (a sealing key). ``accept_legacy`` (default false): decode
+    ``orders-envelope/1`` payloads *without* a context (the codec server and
+    operator commands pass :func:`legacy_reading_enabled`); inside a context
+    they are always refused.
 
     ``max_key_age`` (seconds) and ``max_key_uses`` bound how long a data key is
     used to encrypt and how long an unwrapped key stays cached for decryption;
@@ -606,9 +619,7 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         self.activity_keys: Mapping[str, str] = dict(
             activity_payload_keys() if activity_keys is None else activity_keys
         )
-        self.accept_legacy = (
-            _env_flag(ACCEPT_LEGACY_ENV, True) if accept_legacy is None else accept_legacy
-        )
+        self.accept_legacy = bool(accept_legacy)
         if decrypt_keys is None:
             decrypt_keys = [key_name, *self.activity_keys.values()]
             if self.accept_legacy:
@@ -796,11 +807,24 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
     def _check_key(self, fmt: bytes, key_name: bytes, scope: PayloadScope | None) -> None:
         name = key_name.decode(errors="replace")
         if fmt == LEGACY_ENVELOPE_FORMAT:
+            if scope is not None:
+                # bound to no workflow: inside a workflow or an activity it could be any
+                # order's input or result, so a worker never acts on one
+                raise PayloadContextError(
+                    "legacy-refused",
+                    f"format {LEGACY_ENVELOPE_FORMAT.decode()!r} (one key for every service, "
+                    f"bound to no workflow) is never accepted by a worker, here for "
+                    f"{scope.what}: a replayed pre-upgrade payload, or a workflow started "
+                    f"before the upgrade; read or rewrap old history as the runbook "
+                    f"{LEGACY_RUNBOOK} says",
+                )
             if not self.accept_legacy:
                 raise PayloadDecodeError(
                     "legacy-refused",
                     f"format {LEGACY_ENVELOPE_FORMAT.decode()!r} (one key for every service, "
-                    f"written before per-service keys) is refused: {ACCEPT_LEGACY_ENV}=false",
+                    f"written before per-service keys) is read only by the codec server and "
+                    f"operator commands started with {ACCEPT_LEGACY_ENV}=true (runbook "
+                    f"{LEGACY_RUNBOOK})",
                 )
             if name != LEGACY_PAYLOAD_KEY:
                 raise PayloadDecodeError(

@@ -82,6 +82,7 @@ from orders_shared.codec import (
     TransitEnvelopeCodec,
     TransitPerCallCodec,
     TransitUnavailable,
+    legacy_reading_enabled,
 )
 from orders_shared.metrics import CODEC_SERVER_REQUESTS, exposition
 
@@ -283,6 +284,8 @@ class Caller:
                 key_name=config.key_name,
                 allow_plaintext=True,
                 max_key_age=CACHE_SECONDS,
+                # old history only when the operator says so (ORDERS_CODEC_ACCEPT_LEGACY)
+                accept_legacy=legacy_reading_enabled(),
             )
             # the per-call format exists only for the benchmark's per-call configuration,
             # which encrypts under the single pre-per-service key

@@ -15,6 +15,14 @@ once the order was compensated, a late attempt ships nothing
 (:class:`OrderStateConflict`). The address is opened before, holding no
 database connection across the Vault call.
 
+Fulfill ships only a **paid** order: in the same transaction as the shipment it
+reads ``app.payments`` (columns ``order_id, kind, status`` only) and refuses with
+:class:`OrderStateConflict` unless the order has an approved charge and no refund.
+The orchestrator schedules every step, so a compromised orchestrator could call
+``fulfill_order`` without a payment (or with a forged payment result); this check
+is made by fulfill's own database login, so it can stall orders but not ship them
+unpaid.
+
 The address on file is sealed to this service (Transit key
 ``orders-seal-fulfill``); it is opened with the service's own identity.
 """
@@ -27,7 +35,7 @@ from temporalio import activity
 
 from orders_shared.codec import TransitClient
 from orders_shared.contracts.fulfill import FULFILL_ORDER, FulfillOrderInput, FulfillOrderOutput
-from orders_shared.db import ConnectionSource
+from orders_shared.db import Connection, ConnectionSource
 from orders_shared.errors import FulfillmentFailed, OrderStateConflict
 from orders_shared.fence import check_not_compensated
 from orders_shared.sealing import open_in_activity
@@ -40,6 +48,17 @@ UNDELIVERABLE_MARKER = "UNDELIVERABLE"
 def tracking_id_for(order_id: str) -> str:
     """Deterministic, so every attempt for an order computes the same shipment."""
     return "SIM" + hashlib.sha256(order_id.encode()).hexdigest()[:20].upper()
+
+
+async def check_paid(conn: Connection, order_id: str) -> None:
+    """Refuse to ship an order without an approved charge, or with a refund row."""
+    rows = await conn.fetch("SELECT kind, status FROM app.payments WHERE order_id = $1", order_id)
+    kinds = {(r["kind"], r["status"]) for r in rows}
+    if ("charge", "approved") not in kinds or any(kind == "refund" for kind, _ in kinds):
+        raise OrderStateConflict(
+            "order has no approved charge on file (or is being refunded): fulfill ships "
+            "only a paid order; the payment step must have approved it first"
+        )
 
 
 class FulfillActivities:
@@ -73,6 +92,7 @@ class FulfillActivities:
                 # the order fence: an attempt that outlived its deadline ships nothing
                 # once the order was refunded and released
                 await check_not_compensated(conn, inp.order_id, FULFILL_ORDER)
+                await check_paid(conn, inp.order_id)
                 await conn.execute(
                     """
                     INSERT INTO app.shipments (order_id, carrier, tracking_id)
