@@ -104,7 +104,8 @@ lint-deploy: install ## charts (render, lint, k8s schemas), hadolint, checkov, T
 typecheck: install ## mypy --strict on the shared, ops and service packages
 	$(BIN)/mypy
 
-clean: down ## stop the stack and delete local state and the venv
+clean: down ## stop the stacks and delete local state, test state, artifacts/, dist/ and the venv
 	@if [ -x $(STACK) ]; then $(TEST_STACK) $(STACK) down; fi
-	rm -rf .local .local-test $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	@if [ -x $(STACK) ]; then $(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-tls ORDERS_TLS=1 $(STACK) down; fi
+	rm -rf .local .local-test .local-test-tls artifacts dist $(VENV) .pytest_cache .mypy_cache .ruff_cache
 	@echo "images and the engine's data stay in .docker/ (rm -rf .docker to drop them)"

@@ -3,10 +3,14 @@
 In a temporary copy of the repository (its git-tracked files; this checkout's
 ``.venv`` is reused, with the copy's sources first on ``PYTHONPATH`` since the new
 member is not installed): the scaffold passes lint, format and type checks, the
-chart checks of ``tests/deploy`` and its own generated tests, and its worker, with
-its identity, policy and database role bootstrapped into the session's real stack,
-starts and logs in to Vault as ``orders-<name>``. Everything the bootstrap added to
-the stack is removed again afterwards, so later tests see the usual six services.
+chart and checkov checks of ``tests/deploy`` and its own generated tests, and its
+worker, with its identity, policy and database role bootstrapped into the session's
+real stack, starts and logs in to Vault as ``orders-<name>``. Everything the bootstrap added to
+the stack is removed again afterwards, so later tests see the catalog's services.
+
+The name is the README's example (``loyalty``) unless the checkout already has a
+service of that name (someone ran the example): then the first free ``loyaltyN``,
+so these tests pass on a repository that has just scaffolded a service.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import pytest
 
 from orders_ops.scaffold import check_names, new_service
 from orders_ops.scaffold_files import ScaffoldError
-from orders_ops.scaffold_registries import Insert
+from orders_ops.scaffold_registries import Insert, existing_services
 from orders_ops.settings import HOST
 from orders_ops.stack import Stack
 from orders_ops.testing import free_port
@@ -45,7 +49,16 @@ from orders_ops.vault_database import configure_database_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-NAME = "loyalty"
+
+
+def _free_name(base: str = "loyalty") -> str:
+    """``base``, or ``base2``, ``base3``, ... : the first no service of this checkout has."""
+    taken = set(existing_services(ROOT)) | {p.name for p in (ROOT / "services").iterdir()}
+    taken |= {p.name for p in (ROOT / "helm").iterdir()}
+    return next(n for n in (base, *(f"{base}{i}" for i in range(2, 100))) if n not in taken)
+
+
+NAME = _free_name()
 ACTIVITY = "award_points"
 
 
@@ -97,8 +110,8 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Copy:
 def test_dry_run_lists_what_it_would_do_and_writes_nothing() -> None:
     listing = new_service(ROOT, NAME, [ACTIVITY], dry_run=True).splitlines()
     assert listing[0] == "dry run: nothing written"
-    assert "create  services/loyalty/src/orders_loyalty/worker.py" in listing
-    assert "create  helm/loyalty/values.schema.json" in listing
+    assert f"create  services/{NAME}/src/orders_{NAME}/worker.py" in listing
+    assert f"create  helm/{NAME}/values.schema.json" in listing
     assert "change  shared/src/orders_shared/catalog.py" in listing
     assert not any("Dockerfile" in line for line in listing)  # the shared Dockerfile builds it
     assert not (ROOT / "services" / NAME).exists()
@@ -108,7 +121,7 @@ def test_dry_run_lists_what_it_would_do_and_writes_nothing() -> None:
     ("name", "activities", "says"),
     [
         ("Loyalty", [ACTIVITY], "use 2-20 lowercase letters and digits"),
-        ("loyalty-points", [ACTIVITY], "use 2-20 lowercase letters and digits"),
+        (f"{NAME}-points", [ACTIVITY], "use 2-20 lowercase letters and digits"),
         ("notify", [ACTIVITY], "service 'notify' exists already"),
         ("shared", [ACTIVITY], "reserved by the platform"),
         (NAME, [], "give at least one --activity"),
@@ -133,8 +146,14 @@ def test_the_command_says_what_to_do_next(scaffolded: Copy) -> None:
 
 
 def test_the_workspace_locks_with_the_new_member(scaffolded: Copy) -> None:
-    """The step the command prints next (uv.lock is not written by the command)."""
-    done = scaffolded.run("python3", "-m", "uv", "lock", "--offline")
+    """The step the command prints next, as printed (uv.lock is not written by the command).
+
+    Online, like the printed step: the lock resolves every Python the workspace allows
+    (3.11 to 3.13), and a fresh uv cache holds only what ``uv sync --frozen`` fetched for
+    this interpreter, so ``--offline`` failed on a machine that never locked online.
+    """
+    assert "python3 -m uv lock && make install" in scaffolded.printed
+    done = scaffolded.run("python3", "-m", "uv", "lock")
     assert done.returncode == 0, done.stderr
     assert f"Added orders-{NAME} v0.1.0" in done.stderr
     assert f'name = "orders-{NAME}"' in (scaffolded.root / "uv.lock").read_text()
@@ -163,9 +182,11 @@ CHECKS = {
         "tests/deploy/test_chart_readmes.py",
         "tests/deploy/test_values_contract.py",
         "tests/deploy/test_tiltfile.py",
+        "tests/deploy/test_checkov.py",
         "ops/tests/test_grant_doc.py",
         "-k",
-        f"{NAME} or every_chart or every_worker_chart or local_mode or documented_matrix",
+        f"{NAME} or every_chart or every_worker_chart or local_mode or documented_matrix"
+        " or checkov",
     ],
 }
 
@@ -237,9 +258,13 @@ def test_chart_tilt_and_grant_doc_checks_pass(checked: dict[str, tuple[int, str]
         f"test_readme_values_table_is_the_schema[{NAME}] PASSED",
         f"test_values_and_schema_name_the_same_keys[{NAME}] PASSED",
         "test_every_worker_chart_has_the_same_global_block_and_global_schema PASSED",
-        "test_local_mode_runs_the_stack_and_six_worker_processes PASSED",
+        "test_local_mode_runs_the_stack_and_every_worker_process PASSED",
         f"test_local_worker_gets_exactly_the_stack_worker_env[{NAME}] PASSED",
         "test_the_documented_matrix_is_the_applied_matrix PASSED",
+        # checkov over the rendered charts, the new one among them: no failed check, and
+        # the reasoned skips counted from the catalog (one more worker chart)
+        "test_rendered_manifests_fail_no_checkov_check PASSED",
+        "test_every_kubernetes_skip_is_one_of_the_reasoned_ones PASSED",
     ):
         assert test_id in out
 

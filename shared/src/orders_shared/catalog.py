@@ -1,4 +1,4 @@
-"""Who is who: the six service identities and the database roles each may use.
+"""Who is who: the service identities and the database roles each may use.
 
 This is the one source of truth the Vault bootstrap, the local identity issuer,
 the charts and the tests read. A service's Kubernetes ServiceAccount, its Vault
