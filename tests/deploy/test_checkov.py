@@ -37,8 +37,9 @@ def test_every_kubernetes_skip_is_one_of_the_reasoned_ones(
 ) -> None:
     assert _skips(checkov_kubernetes) == Counter(
         {
-            # default values only: six workers, the codec server and the bootstrap Job
-            ("CKV_K8S_43", DIGEST_SKIP): 8,
+            # default values only: six workers, the codec server, the bootstrap Job and
+            # the session watchdog
+            ("CKV_K8S_43", DIGEST_SKIP): 9,
             # dev-deps: temporal, openbao, postgres
             ("CKV_K8S_43", DEV_ONLY_TAG): 3,
             (

@@ -1218,6 +1218,48 @@ class ProviderSimulator(Server):
             return False
 
 
+class SessionWatchdog(Server):
+    """The session watchdog (:mod:`orders_ops.session_watchdog`): ends app sessions whose
+    statement or idle transaction outlives the limit, whatever the session ``SET``. Its
+    own database login (``orders_session_watchdog``: pg_read_all_stats and
+    pg_signal_backend, no table), created by the bootstrap; its password stays in the
+    stack's secrets folder. Limits from ``ORDERS_WATCHDOG_*`` when set (tests)."""
+
+    NAME = "watchdog"
+
+    def __init__(self, settings: StackSettings) -> None:
+        super().__init__(self.NAME, settings, {}, expect="orders_ops.session_watchdog")
+
+    @property
+    def heartbeat_file(self) -> Path:
+        return self.settings.run_dir / "session-watchdog.heartbeat"
+
+    def _launch(self) -> None:
+        from orders_ops.database import watchdog_password_file
+
+        s = self.settings
+        self.heartbeat_file.unlink(missing_ok=True)
+        limits = {k: v for k, v in os.environ.items() if k.startswith("ORDERS_WATCHDOG_")}
+        env = child_env(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            ORDERS_DB_HOST=s.db_host,
+            ORDERS_DB_PORT=str(s.postgres_port),
+            ORDERS_DATABASE_SSLMODE=s.db_sslmode,
+            ORDERS_DATABASE_SSLROOTCERT=s.db_sslrootcert,
+            **limits,
+            ORDERS_WATCHDOG_PASSWORD_FILE=str(watchdog_password_file(s)),
+            ORDERS_WATCHDOG_HEARTBEAT_FILE=str(self.heartbeat_file),
+        )
+        self._spawn([sys.executable, "-m", "orders_ops.session_watchdog"], env=env)
+
+    def healthy(self) -> bool:
+        """A sweep reached the database since it started (it touches the file after each)."""
+        from orders_ops.session_watchdog import heartbeat_fresh
+
+        return heartbeat_fresh(self.heartbeat_file, 30.0)
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -1230,6 +1272,7 @@ class Stack:
         self.identity = IdentityIssuer(settings)
         self.codec = LocalCodecServer(settings)
         self.provider = ProviderSimulator(settings)
+        self.watchdog = SessionWatchdog(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
         from orders_ops.prometheus_local import LocalPrometheus  # it builds on this module
 
@@ -1251,7 +1294,7 @@ class Stack:
     def app_servers(self) -> list[Server]:
         """The servers ``up`` starts after the bootstrap, in order (add one here)."""
         tls = [self.tls_proxy] if self.tls or self.tls_proxy.pid() is not None else []
-        return [self.identity, self.codec, *tls]
+        return [self.identity, self.codec, *tls, self.watchdog]
 
     @property
     def servers(self) -> list[Server]:
@@ -1352,6 +1395,7 @@ class Stack:
             ]
             if self.tls:
                 app.append((self.tls_proxy, "tls", f"Temporal mTLS {self.tls_proxy.address}"))
+            app.append((self.watchdog, "watchdog", "ends app sessions past their limits"))
             for server, label, detail in app:
                 t0 = time.monotonic()
                 verb = "started" if server.start(timeout) else "already running"
