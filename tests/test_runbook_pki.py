@@ -95,3 +95,55 @@ def test_refuses_a_stack_it_cannot_identify(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunbookError, match="root token"):
         runbooks.rotate_ca(isolated_settings(tmp_path / "empty"), finish=False, overlap_over=False)
+
+
+def _serial_int(serial: str) -> int:
+    return int(serial.replace(":", "").replace("-", ""), 16)
+
+
+def test_revoke_certificates_revokes_a_services_serials_and_publishes_the_crl(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20 item 7: a client certificate is not leased, so revoking notify's token
+    left its certificates valid; this runbook revokes them by serial."""
+    import urllib.request
+
+    client = root_client(stack.settings)
+    try:
+
+        def issue(service: str) -> str:
+            data = client.write(
+                f"{PKI_MOUNT}/issue/client-{service}", common_name=f"orders-{service}"
+            )["data"]
+            return str(data["serial_number"])
+
+        notify = [issue("notify"), issue("notify")]
+        payment = issue("payment")
+        runbooks.main(["revoke-certificates", "notify"])
+        out = capsys.readouterr().out
+        for serial in notify:
+            assert f"revoked orders-notify's certificate {serial}" in out
+            assert client.read(f"{PKI_MOUNT}/cert/{serial}")["data"]["revocation_time"] > 0
+        assert not client.read(f"{PKI_MOUNT}/cert/{payment}")["data"]["revocation_time"]
+        assert payment not in out
+        # the CRL anyone can fetch (unauthenticated) lists notify's serials, not payment's
+        with urllib.request.urlopen(  # noqa: S310 (the stack's loopback Vault)
+            f"{stack.settings.vault_addr}/v1/{PKI_MOUNT}/crl/pem", timeout=5
+        ) as resp:
+            crl = x509.load_pem_x509_crl(resp.read())
+        for serial in notify:
+            assert crl.get_revoked_certificate_by_serial_number(_serial_int(serial)) is not None
+        assert crl.get_revoked_certificate_by_serial_number(_serial_int(payment)) is None
+        # a second run finds nothing left to revoke
+        runbooks.main(["revoke-certificates", "notify"])
+        assert "0 certificate(s) of orders-notify revoked" in capsys.readouterr().out
+    finally:
+        client.adapter.close()
+
+
+def test_revoke_certificates_refuses_an_unknown_service(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        runbooks.main(["revoke-certificates", "nobody"])
+    assert "unknown service 'nobody'" in capsys.readouterr().err

@@ -8,10 +8,14 @@ Run in the TLS pass (``ORDERS_TLS=1``); without it there is no TLS server to tes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 import ssl
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +27,7 @@ from orders_ops.database import VAULT_ADMIN_ROLE
 from orders_ops.identities import local_session
 from orders_ops.stack import Stack
 from orders_shared.config import DatabaseConfig
-from orders_shared.leases import LeasedPools
+from orders_shared.leases import LeasedPools, RolePool
 
 pytestmark = [
     pytest.mark.stack,
@@ -182,3 +186,63 @@ async def test_an_order_completes_with_tls_on_and_every_tcp_session_uses_tls(
     finally:
         await session.close()
         await admin.close()
+
+
+@contextlib.contextmanager
+def _short_ttl(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
+    """Shorten a Vault database role's TTLs for one test, then put them back."""
+    path = f"database/roles/{db_role}"
+    before = root.read(path)["data"]
+    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
+    try:
+        yield
+    finally:
+        root.write(path, **before)
+
+
+async def _until_rotated(pool: RolePool, bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while pool.rotations < 1:
+        assert time.monotonic() < deadline, "the pool never rotated its credential"
+        await asyncio.sleep(0.2)
+
+
+async def test_the_pool_keeps_verify_full_across_a_max_ttl_rotation(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 20 item 10: asyncpg's set_connect_args replaces every connection argument;
+    a rotation that left ssl= out fell back to asyncpg's default (TLS without any check)."""
+    s = stack.settings
+    root = hvac.Client(url=s.vault_addr, token=s.root_token())
+    right = _db(stack)
+    wrong = dataclasses.replace(right, sslrootcert=str(_other_ca(tmp_path)))
+    admin = await asyncpg.connect(s.admin_dsn("orders"))
+    session = await local_session(s, "validate")
+    # max TTL 4 s: the first renewal is capped, so the pool rotates to a new credential
+    with _short_ttl(root, "order-validate", ttl=2, max_ttl=4):
+        good, bad = (RolePool(session, db, "order-validate") for db in (right, wrong))
+        try:
+            await good.open()
+            await bad.open()
+            first = good.credential.username
+            await _until_rotated(good)
+            await _until_rotated(bad)
+            # a connection opened after the rotation, under the new credential, over TLS
+            async with good.connection() as conn:
+                user, pid = await conn.fetchrow("SELECT session_user, pg_backend_pid()")
+            assert user == good.credential.username != first
+            backend = await admin.fetchrow(
+                "SELECT s.ssl, a.usename FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                "USING (pid) WHERE pid = $1",
+                pid,
+            )
+            assert (backend["ssl"], backend["usename"]) == (True, user)
+            # and the server is still verified: a pool trusting another CA still refuses it
+            with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local"):
+                async with bad.connection() as conn:
+                    await conn.fetchval("SELECT 1")
+        finally:
+            await good.close()
+            await bad.close()
+            await session.close()
+            await admin.close()

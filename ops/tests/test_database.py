@@ -53,12 +53,13 @@ def _copy_packaged(dst: Path) -> Path:
 
 def test_packaged_migrations_load_in_numeric_order() -> None:
     names = [m.name for m in load_migrations()]
-    assert names[:5] == [
+    assert names[:6] == [
         "0001_orders_schema.sql",
         "0002_demo_seed.sql",
         "0003_payment_intent.sql",
         "0004_order_integrity.sql",
         "0005_payment_refund_outcome.sql",
+        "0006_order_status_guard.sql",
     ]
     assert names == sorted(names)
 

@@ -310,7 +310,10 @@ def test_bootstrap_is_the_only_chart_that_mounts_an_admin_secret(
     assert {e["name"]: e.get("value") for e in default["containers"][0]["env"]}[
         "ORDERS_KUBERNETES_ISSUER"
     ] == ""
-    assert r.one("NetworkPolicy")["spec"]["ingress"] == []
+    (policy,) = [
+        p for p in r.of_kind("NetworkPolicy") if p["metadata"]["name"] == "orders-bootstrap"
+    ]
+    assert policy["spec"]["ingress"] == []
     for chart, mode in CHART_MODES:
         if chart in ("bootstrap", "dev-deps"):
             continue
@@ -364,3 +367,32 @@ def test_schema_rejects_a_grace_period_shorter_than_the_worker_drain(chart_dir: 
 def test_schema_rejects_a_wildcard_cors_origin(chart_dir: Path) -> None:
     message = _render_error(chart_dir, "codec-server", {"codec-server": {"corsOrigins": ["*"]}})
     assert "- at '/codec-server/corsOrigins/0': '*' does not match pattern" in message
+
+
+def test_the_session_watchdog_runs_beside_the_bootstrap_with_postgres_only(
+    rendered: dict[tuple[str, str], Rendered],
+) -> None:
+    """Issue 20 item 4: limits enforced from outside the session, in a cluster too."""
+    r = rendered[("bootstrap", "production")]
+    (deploy,) = r.of_kind("Deployment")
+    assert deploy["metadata"]["name"] == "orders-session-watchdog"
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "orders_ops.session_watchdog"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ORDERS_WATCHDOG_STATEMENT_LIMIT"] == "12s"
+    (secret,) = [v["secret"] for v in pod["volumes"] if "secret" in v and v["name"] == "password"]
+    assert [i["key"] for i in secret["items"]] == ["session-watchdog-password"]
+    assert "orders-bootstrap-admin" not in str(deploy)  # no admin credential in it
+    # the Job sets the login's password from the same Secret
+    job = r.one("Job")["spec"]["template"]["spec"]
+    job_env = {e["name"]: e.get("value") for e in job["containers"][0]["env"]}
+    mounted = env["ORDERS_WATCHDOG_PASSWORD_FILE"]
+    assert job_env["ORDERS_WATCHDOG_PASSWORD_FILE"] == mounted
+    (policy,) = [
+        p for p in r.of_kind("NetworkPolicy") if p["metadata"]["name"] == "orders-session-watchdog"
+    ]
+    assert policy["spec"]["ingress"] == []
+    egress = policy["spec"]["egress"]
+    assert [[p["port"] for p in rule["ports"]] for rule in egress] == [[53, 53], [5432]]

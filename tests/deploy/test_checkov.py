@@ -39,9 +39,9 @@ def test_every_kubernetes_skip_is_one_of_the_reasoned_ones(
 ) -> None:
     assert _skips(checkov_kubernetes) == Counter(
         {
-            # default values only: every worker of the catalog, the codec server and the
-            # bootstrap Job (a scaffolded service adds its chart, so one more)
-            ("CKV_K8S_43", DIGEST_SKIP): len(SERVICES) + 2,
+            # default values only: every worker of the catalog, the codec server, the
+            # bootstrap Job and the session watchdog (a scaffolded service adds its chart)
+            ("CKV_K8S_43", DIGEST_SKIP): len(SERVICES) + 3,
             # dev-deps: temporal, openbao, postgres
             ("CKV_K8S_43", DEV_ONLY_TAG): 3,
             (

@@ -28,8 +28,19 @@ def _render(chart_dir: Path, chart: str, values: dict[str, Any]) -> list[dict[st
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def _container(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+WATCHDOG = "orders-session-watchdog"  # the bootstrap chart's second workload
+
+
+def _container(
+    docs: list[dict[str, Any]], name: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chart's workload (the bootstrap chart: its Job), or the one called ``name``."""
+    (workload,) = [
+        d
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        and (d["metadata"]["name"] == name if name else d["metadata"]["name"] != WATCHDOG)
+    ]
     pod = workload["spec"]["template"]["spec"]
     return pod, pod["containers"][0]
 
@@ -90,3 +101,14 @@ def test_production_pods_mount_the_cas_and_verify_full(chart_dir: Path, chart: s
         assert "database-ca" not in secrets and "ORDERS_DATABASE_SSLMODE" not in env
     if chart == "bootstrap":  # Vault's own connection: the CA's path in Vault's pods
         assert env["ORDERS_VAULT_DATABASE_SSLROOTCERT"] == "/vault/userconfig/orders-db-ca/ca.crt"
+
+
+def test_production_session_watchdog_verifies_the_database_full(chart_dir: Path) -> None:
+    pod, container = _container(_render(chart_dir, "bootstrap", PRODUCTION), WATCHDOG)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert (env["ORDERS_DATABASE_SSLMODE"], env["ORDERS_DATABASE_SSLROOTCERT"]) == (
+        "verify-full",
+        "/etc/orders/tls/database-ca/ca.crt",
+    )
+    assert secrets["database-ca"] == "orders-db-ca"

@@ -113,7 +113,13 @@ def _chart_tls_env(chart_dir: Path, chart: str, ca_file: Path) -> dict[str, str]
             {"global": {"vault": {"caSecret": "vault-ca"}}}, name=chart, namespace="orders"
         )
     docs = [d for body in files.values() for d in yaml.safe_load_all(body) if d]
-    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+    # the chart's workload; the bootstrap chart's session watchdog is tested on its own
+    # (tests/deploy/test_charts.py, test_tls_profile.py)
+    (workload,) = [
+        d
+        for d in docs
+        if d["kind"] in ("Deployment", "Job") and d["metadata"]["name"] != "orders-session-watchdog"
+    ]
     env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
     wanted = {e["name"]: e["value"] for e in env if e["name"] in ("VAULT_CACERT", "SSL_CERT_FILE")}
     assert wanted, chart

@@ -664,6 +664,49 @@ async def reap_orphan_logins(conn: Connection, names: Iterable[str] | None = Non
 # --------------------------------------------------------------------------- entry point
 
 
+def watchdog_password_file(settings: StackSettings) -> Path:
+    """The session watchdog's password: ``ORDERS_WATCHDOG_PASSWORD_FILE`` when set (a
+    cluster: the Secret both the bootstrap Job and the watchdog mount), else the store's."""
+    from orders_ops.session_watchdog import PASSWORD_FILE_ENV, PASSWORD_SECRET
+
+    named = os.environ.get(PASSWORD_FILE_ENV, "").strip()
+    return Path(named) if named else settings.secrets_dir / PASSWORD_SECRET
+
+
+def _watchdog_password(store: SecretStore) -> tuple[str, bool]:
+    """The watchdog's password (and whether it is new): the named file when
+    ``ORDERS_WATCHDOG_PASSWORD_FILE`` is set, else the store's (created once)."""
+    from orders_ops.session_watchdog import PASSWORD_FILE_ENV, PASSWORD_SECRET
+
+    named = os.environ.get(PASSWORD_FILE_ENV, "").strip()
+    if not named:
+        return store.read_or_create(PASSWORD_SECRET)
+    try:
+        password = Path(named).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise DatabaseBootstrapError(
+            f"{PASSWORD_FILE_ENV}: cannot read {named} ({exc.strerror}); mount the "
+            f"watchdog's password Secret there or unset it"
+        ) from None
+    if not password:
+        raise DatabaseBootstrapError(f"{PASSWORD_FILE_ENV}: {named} is empty")
+    return password, False
+
+
+async def _ensure_watchdog_login(su: Connection, store: SecretStore) -> list[str]:
+    """The session watchdog's own login (:mod:`orders_ops.session_watchdog`): it may read
+    every session's activity and end a non-superuser session, and nothing else."""
+    from orders_ops.session_watchdog import WATCHDOG_GRANTS, WATCHDOG_ROLE
+
+    password, new = _watchdog_password(store)
+    changes = await _ensure_role(su, _RoleSpec(WATCHDOG_ROLE, login=True), password, new)
+    for builtin in WATCHDOG_GRANTS:
+        changes += await _ensure_membership(
+            su, builtin, WATCHDOG_ROLE, admin=False, inherit=True, set_=False
+        )
+    return changes
+
+
 async def bootstrap_database(
     settings: StackSettings,
     *,
@@ -712,6 +755,7 @@ async def bootstrap_database(
         changes += await _ensure_membership(
             su, "pg_signal_backend", VAULT_ADMIN_ROLE, admin=False, inherit=True, set_=True
         )
+        changes += await _ensure_watchdog_login(su, store)
         changes += await _converge_database(su, database)
 
         owner = await _connect(settings, OWNER_ROLE, owner_pw, database)

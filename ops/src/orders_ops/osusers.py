@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 ISSUER_USER = "orders-identity"
 CODEC_USER = "orders-codec"
+POSTGRES_USER = "orders-postgres"
+"""PostgreSQL's own user as root (it refuses root; the shared ``nobody`` would let any
+other ``nobody`` process read its data folder: rows and SCRAM verifiers)."""
 
 
 class UserError(RuntimeError):

@@ -41,6 +41,11 @@ INTERMEDIATE_CN = "orders intermediate CA"
 ROOT_TTL = 87600 * 3600
 INTERMEDIATE_TTL = 8760 * 3600
 LEAF_MAX_TTL = 72 * 3600
+"""The servers' roles (the local stack's Temporal terminator and PostgreSQL)."""
+CLIENT_MAX_TTL = 3600
+"""Every service's client role: about its Vault token's life (TokenTTLs.max_ttl, 1 h).
+A client certificate is not leased, so revoking the token leaves it valid: it must not
+outlive the token by much (revoke earlier by serial: ``orders-runbook revoke-certificates``)."""
 DEFAULT_CERT_TTL = 24 * 3600
 KEY_TYPE, KEY_BITS = "ec", 256
 SERVER_NAME = "localhost"
@@ -67,7 +72,7 @@ def cert_ttl() -> int:
     return value
 
 
-def _common(ttl: int) -> dict[str, Any]:
+def _common(ttl: int, max_ttl: int = LEAF_MAX_TTL) -> dict[str, Any]:
     return {
         "allow_bare_domains": True,
         "allow_subdomains": False,
@@ -77,8 +82,8 @@ def _common(ttl: int) -> dict[str, Any]:
         "enforce_hostnames": True,
         "key_type": KEY_TYPE,
         "key_bits": KEY_BITS,
-        "ttl": ttl,
-        "max_ttl": LEAF_MAX_TTL,
+        "ttl": min(ttl, max_ttl),
+        "max_ttl": max_ttl,
         "no_store": False,
         "require_cn": True,
     }
@@ -90,7 +95,7 @@ def roles(ttl: int | None = None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for role, name in client_role_names().items():
         out[role] = {
-            **_common(ttl),
+            **_common(ttl, CLIENT_MAX_TTL),
             "allowed_domains": [name],
             "allow_localhost": False,
             "allow_ip_sans": False,

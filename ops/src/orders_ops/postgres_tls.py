@@ -127,7 +127,7 @@ def ensure_certificate(settings: StackSettings, owner: tuple[int, int] | None) -
 
 
 def adopt(settings: StackSettings, owner: tuple[int, int] | None) -> bool:
-    """Hand the certificate and key (0600) to the server's user (as root: nobody) and say
+    """Hand the certificate and key (0600) to the server's user (as root: orders-postgres) and say
     whether they differ from the ones the server last loaded."""
     cert, key = pki.server_files(settings, ROLE)
     if owner is not None:

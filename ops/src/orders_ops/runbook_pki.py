@@ -115,3 +115,50 @@ def finish_rotation(
         "refused at their next connection (they renew at 2/3 of their life)"
     )
     return lines
+
+
+def revoke_certificates(client: hvac.Client, service: str) -> list[str]:
+    """``orders-runbook revoke-certificates <service>``: revoke every unexpired, unrevoked
+    client certificate of ``service`` by serial, then publish a new CRL.
+
+    A certificate is not leased: revoking a service's token (``orders-runbook revoke``)
+    leaves the certificates it issued valid until they expire (at most
+    :data:`orders_ops.pki.CLIENT_MAX_TTL`). This lists ``pki-orders/certs``, keeps the
+    serials whose subject CN is ``orders-<service>``, revokes each
+    (``pki-orders/revoke``) and rotates the CRL (``pki-orders/crl/rotate``), so a
+    verifier that checks the CRL refuses them at once.
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from orders_shared.catalog import SERVICES
+
+    if service not in (*SERVICES, "client"):
+        raise PKIRunbookError(
+            f"unknown service {service!r}: one of {', '.join((*SERVICES, 'client'))}"
+        )
+    cn = f"orders-{service}"
+    try:
+        serials = client.list(f"{PKI_MOUNT}/certs")["data"]["keys"]
+    except (hvac.exceptions.InvalidPath, TypeError):
+        serials = []
+    now = time.time()
+    revoked: list[str] = []
+    for serial in serials:
+        data = client.read(f"{PKI_MOUNT}/cert/{serial}")["data"]
+        if data.get("revocation_time"):
+            continue  # already revoked
+        cert = x509.load_pem_x509_certificate(data["certificate"].encode())
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [n.value for n in names] != [cn] or cert.not_valid_after_utc.timestamp() < now:
+            continue
+        client.write(f"{PKI_MOUNT}/revoke", serial_number=serial)
+        revoked.append(serial)
+    client.read(f"{PKI_MOUNT}/crl/rotate")
+    lines = [f"revoked {cn}'s certificate {s}" for s in revoked]
+    lines.append(f"{len(revoked)} certificate(s) of {cn} revoked; CRL published at {PKI_MOUNT}/crl")
+    lines.append(
+        f"verify: vault read {PKI_MOUNT}/cert/<serial> shows a revocation_time; "
+        f"'orders-runbook revoke {service}' as well stops new ones being issued"
+    )
+    return lines

@@ -9,6 +9,8 @@
     orders-runbook rotate-issuer-key [--finish [--overlap-over]]
     orders-runbook rotate-intermediate-ca [--finish [--overlap-over]]
                                         a new intermediate CA with overlap (runbook_pki)
+    orders-runbook revoke-certificates <service>
+                                        revoke its client certificates by serial, new CRL
 
 Each prints what it did and how to verify it. Each first identifies the stack
 (its state folder, the root token there, Vault answering to that token) and
@@ -36,7 +38,12 @@ import hvac.exceptions
 
 from orders_ops import issuer
 from orders_ops.policies import TRANSIT_MOUNT, seal_keys, transit_keys
-from orders_ops.runbook_pki import PKIRunbookError, finish_rotation, rotate_intermediate
+from orders_ops.runbook_pki import (
+    PKIRunbookError,
+    finish_rotation,
+    revoke_certificates,
+    rotate_intermediate,
+)
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.vault_bootstrap import (
     CLIENT_SPEC,
@@ -541,6 +548,15 @@ def rotate_ca(settings: StackSettings, *, finish: bool, overlap_over: bool) -> l
         client.adapter.close()
 
 
+def revoke_service_certificates(settings: StackSettings, service: str) -> list[str]:
+    """Revoke every client certificate of ``service`` by serial and publish the CRL."""
+    client = identify(settings)
+    try:
+        return revoke_certificates(client, service)
+    finally:
+        client.adapter.close()
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -553,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("revoke", "revoke every token and lease of a service and disable its auth roles"),
         ("reenable", "restore a revoked service's auth roles as the bootstrap defines them"),
         ("status", "is a service's auth role disabled, and how many tokens it holds"),
+        ("revoke-certificates", "revoke a service's client certificates by serial, new CRL"),
     ):
         sub.add_parser(name, help=text).add_argument("service")
     db = sub.add_parser("rotate-db-root", help="Vault rotates its database login's password")
@@ -594,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             lines = reenable(settings, args.service)
         elif args.cmd == "status":
             lines = status(settings, args.service)
+        elif args.cmd == "revoke-certificates":
+            lines = revoke_service_certificates(settings, args.service)
         elif args.cmd == "rotate-db-root":
             lines = rotate_db_root(settings, args.connection)
         elif args.cmd == "rotate-transit":

@@ -384,7 +384,9 @@ class Postgres(Server):
 
     Password (scram-sha-256) authentication over TCP on loopback only, so
     Vault-issued passwords and ``VALID UNTIL`` are really checked. As root the
-    server runs as ``nobody``, since PostgreSQL refuses to run as root.
+    server runs as its own user ``orders-postgres`` (PostgreSQL refuses root; the
+    shared ``nobody`` would let any other ``nobody`` process read its data folder),
+    which alone owns ``<state>/postgres`` (0700) and the data folder (0700).
     """
 
     def __init__(self, settings: StackSettings) -> None:
@@ -409,18 +411,36 @@ class Postgres(Server):
         return str(postgres_tls.bin_dir(self.settings) / tool)
 
     @property
+    def db_account(self) -> Account | None:
+        """The server's OS user (as root: ``orders-postgres``), else None (the caller's)."""
+        return _account(osusers.POSTGRES_USER) if _is_root() else None
+
+    @property
     def _owner(self) -> tuple[int, int] | None:
-        return (65534, 65534) if _is_root() else None
+        account = self.db_account
+        return (account.uid, account.gid) if account else None
 
     def _as_db_user(self, argv: list[str]) -> list[str]:
-        if not _is_root():
-            return argv
-        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
+        return osusers.as_user(self.db_account, argv)
 
     def _own(self, *paths: Path) -> None:
-        if _is_root():
+        owner = self._owner
+        if owner is not None:
             for p in paths:
-                os.chown(p, 65534, 65534)
+                os.chown(p, *owner)
+
+    def _adopt_data(self) -> None:
+        """A data folder an older version ran as ``nobody``: hand every file to the
+        server's own user (the server is stopped here), so nobody else owns any of it."""
+        owner = self._owner
+        if owner is None or not self.data_dir.exists():
+            return
+        for folder in (self.data_dir, self.socket_dir):  # the socket's lock file too
+            for root, dirs, files in os.walk(folder):
+                for name in (root, *(os.path.join(root, n) for n in (*dirs, *files))):
+                    if os.lstat(name).st_uid != owner[0]:
+                        os.chown(name, *owner, follow_symlinks=False)
+        self.data_dir.chmod(0o700)
 
     def pid(self) -> int | None:
         try:
@@ -430,13 +450,14 @@ class Postgres(Server):
         return pid if _pid_alive(pid, self.expect) else None
 
     def _check_reachable(self, base: Path) -> None:
-        """As root the server runs as nobody, who must be able to reach its folder."""
+        """As root the server runs as its own user, who must be able to reach its folder."""
         if not _is_root():
             return
         for parent in reversed(base.parents):
             if parent.exists() and not parent.stat().st_mode & 0o001:
                 raise StackError(
-                    f"postgres: the server runs as 'nobody' (PostgreSQL refuses root) and "
+                    f"postgres: the server runs as '{osusers.POSTGRES_USER}' (PostgreSQL refuses "
+                    f"root) and "
                     f"cannot reach {base}: {parent} is not searchable by other users. "
                     f"Set ORDERS_STATE_DIR to a folder under a world-searchable path, or "
                     f"'chmod o+x {parent}'."
@@ -450,6 +471,7 @@ class Postgres(Server):
         if not self.settings.pg_password_file.exists():
             _write_secret(self.settings.pg_password_file, secrets.token_urlsafe(24))
         self._own(base, self.socket_dir)
+        self._adopt_data()
         if (self.data_dir / "PG_VERSION").exists():
             postgres_tls.check_data_version(self.settings, self.data_dir)
             postgres_tls.write_hba(self.settings, self.data_dir, self._owner)
@@ -1218,6 +1240,48 @@ class ProviderSimulator(Server):
             return False
 
 
+class SessionWatchdog(Server):
+    """The session watchdog (:mod:`orders_ops.session_watchdog`): ends app sessions whose
+    statement or idle transaction outlives the limit, whatever the session ``SET``. Its
+    own database login (``orders_session_watchdog``: pg_read_all_stats and
+    pg_signal_backend, no table), created by the bootstrap; its password stays in the
+    stack's secrets folder. Limits from ``ORDERS_WATCHDOG_*`` when set (tests)."""
+
+    NAME = "watchdog"
+
+    def __init__(self, settings: StackSettings) -> None:
+        super().__init__(self.NAME, settings, {}, expect="orders_ops.session_watchdog")
+
+    @property
+    def heartbeat_file(self) -> Path:
+        return self.settings.run_dir / "session-watchdog.heartbeat"
+
+    def _launch(self) -> None:
+        from orders_ops.database import watchdog_password_file
+
+        s = self.settings
+        self.heartbeat_file.unlink(missing_ok=True)
+        limits = {k: v for k, v in os.environ.items() if k.startswith("ORDERS_WATCHDOG_")}
+        env = child_env(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            ORDERS_DB_HOST=s.db_host,
+            ORDERS_DB_PORT=str(s.postgres_port),
+            ORDERS_DATABASE_SSLMODE=s.db_sslmode,
+            ORDERS_DATABASE_SSLROOTCERT=s.db_sslrootcert,
+            **limits,
+            ORDERS_WATCHDOG_PASSWORD_FILE=str(watchdog_password_file(s)),
+            ORDERS_WATCHDOG_HEARTBEAT_FILE=str(self.heartbeat_file),
+        )
+        self._spawn([sys.executable, "-m", "orders_ops.session_watchdog"], env=env)
+
+    def healthy(self) -> bool:
+        """A sweep reached the database since it started (it touches the file after each)."""
+        from orders_ops.session_watchdog import heartbeat_fresh
+
+        return heartbeat_fresh(self.heartbeat_file, 30.0)
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -1230,6 +1294,7 @@ class Stack:
         self.identity = IdentityIssuer(settings)
         self.codec = LocalCodecServer(settings)
         self.provider = ProviderSimulator(settings)
+        self.watchdog = SessionWatchdog(settings)
         self.workers = [WorkerProcess(settings, name) for name in SERVICE_NAMES]
         from orders_ops.prometheus_local import LocalPrometheus  # it builds on this module
 
@@ -1251,7 +1316,7 @@ class Stack:
     def app_servers(self) -> list[Server]:
         """The servers ``up`` starts after the bootstrap, in order (add one here)."""
         tls = [self.tls_proxy] if self.tls or self.tls_proxy.pid() is not None else []
-        return [self.identity, self.codec, *tls]
+        return [self.identity, self.codec, *tls, self.watchdog]
 
     @property
     def servers(self) -> list[Server]:
@@ -1352,6 +1417,7 @@ class Stack:
             ]
             if self.tls:
                 app.append((self.tls_proxy, "tls", f"Temporal mTLS {self.tls_proxy.address}"))
+            app.append((self.watchdog, "watchdog", "ends app sessions past their limits"))
             for server, label, detail in app:
                 t0 = time.monotonic()
                 verb = "started" if server.start(timeout) else "already running"

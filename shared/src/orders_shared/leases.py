@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import hvac.exceptions
@@ -165,21 +165,25 @@ class RolePool:
     async def open(self) -> None:
         cred = await self._issue()
         self._pool = await asyncpg.create_pool(
-            host=self.db.host,
-            port=self.db.port,
-            database=self.db.name,
-            user=cred.username,
-            password=cred.password,
-            min_size=0,
-            max_size=self.db.pool_max,
-            # a statement stuck on a paused database must fail (and be retried by
-            # Temporal) rather than hold a connection and an activity slot forever
-            command_timeout=self.db.command_timeout,
-            ssl=self.db.ssl_arg(),  # verify-full in TLS mode: CA bundle and host name checked
+            min_size=0, max_size=self.db.pool_max, **self._connect_args(cred)
         )
         self._cred = cred
         self.vault.add_login_listener(self._on_vault_login)
         self._task = asyncio.create_task(self._maintain(), name=f"lease-{self.db_role}")
+
+    def _connect_args(self, cred: Credential) -> dict[str, Any]:
+        """Every argument a connection of ``cred`` opens with, at open and at each rotation."""
+        return {
+            "host": self.db.host,
+            "port": self.db.port,
+            "database": self.db.name,
+            "user": cred.username,
+            "password": cred.password,
+            # a statement stuck on a paused database must fail (and be retried by
+            # Temporal) rather than hold a connection and an activity slot forever
+            "command_timeout": self.db.command_timeout,
+            "ssl": self.db.ssl_arg(),  # verify-full in TLS mode: CA bundle and host name checked
+        }
 
     def _on_vault_login(self) -> None:
         # A lease dies with the Vault token that created it. After a new login the
@@ -224,14 +228,8 @@ class RolePool:
         assert self._pool is not None
         new = await self._issue()
         old, old_generation = self._cred, self._generation
-        self._pool.set_connect_args(
-            host=self.db.host,
-            port=self.db.port,
-            database=self.db.name,
-            user=new.username,
-            password=new.password,
-            command_timeout=self.db.command_timeout,
-        )
+        # set_connect_args replaces every connection argument: the same set as at open
+        self._pool.set_connect_args(**self._connect_args(new))
         await self._pool.expire_connections()
         self._cred = new
         self._generation += 1

@@ -319,7 +319,7 @@ class TLSSettings:
     ``ORDERS_TLS_CA_FILE``               CA bundle to trust [the chain Vault returns]
     ``ORDERS_PKI_MOUNT``                 [pki-orders]
     ``ORDERS_PKI_ROLE``                  [client-<service>; client-operator for the client]
-    ``ORDERS_CERT_TTL``                  seconds a certificate lives [the role's, 24 h]
+    ``ORDERS_CERT_TTL``                  seconds a certificate lives [the role's, 1 h: its max]
     """
 
     temporal_tls: bool
