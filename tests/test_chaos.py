@@ -2,7 +2,9 @@
 
 The trimmed variant of ``make chaos`` (every database lease revoked at once,
 then the orchestrator SIGKILLed mid-workflow, with short phases) runs against
-the real stack and six real worker processes. The unit tests below show each
+the real stack and six real worker processes; each fault must show it happened
+(the leased logins gone from pg_roles; the old PID gone, a new one, and a task
+cut short in history) or its phase is an error. The unit tests below show each
 invariant rule failing on planted data, so a clean run means something.
 """
 
@@ -135,13 +137,15 @@ async def test_trimmed_chaos_loses_nothing(stack: Stack, tmp_path: Path) -> None
     report = await run_chaos(stack, trimmed_set(), options, say=lambda _line: None)
     print(table(report))
     ran = [p for p in report.phases if p.state == "ran"]
-    assert len(ran) == 3, [p.why for p in report.phases]
+    # a phase whose fault did not show it happened (a no-op inject) is an error, not "ran"
+    assert len(ran) == 3, [(p.fault, p.state, p.why, p.problems) for p in report.phases]
     for phase in ran:
         assert phase.submitted > 0 and phase.completed == phase.submitted, phase
         assert (phase.wrong, phase.duplicates, phase.stuck, phase.lost) == (0, 0, 0, 0), (
             phase.problems
         )
         assert phase.recovered, phase.problems
+        print(phase.fault, phase.notes)  # the evidence each fault gave that it happened
     assert report.end_problems == [], report.end_problems
     assert report.ok
 

@@ -401,6 +401,14 @@ class Harness:
         except Exception as exc:  # a check that could not run is a failed check
             report.problems.append(f"verify failed: {type(exc).__name__}: {exc}")
             report.state = "error"
+        if report.state == "ran":  # the fault must show it happened, or the phase fails
+            try:
+                unproven = await fault.proof(self.ctx, [r.order_id for r in runs])
+            except Exception as exc:
+                unproven = f"its check could not run: {type(exc).__name__}: {exc}"
+            if unproven is not None:
+                report.problems.append(f"fault not proven to have happened: {unproven}")
+                report.state = "error"
         report.notes = list(self.ctx.notes)
         problems = await self._check(report, runs)
         # recovered: healthy again, and every order submitted after the restore came

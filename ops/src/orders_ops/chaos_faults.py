@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -65,6 +67,12 @@ class Fault:
         ``phase``: this phase's orders). Returns problems; may add ``ctx.notes``."""
         return []
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        """Why the fault did not demonstrably happen, or None once the real servers or
+        processes showed it did (the evidence goes into ``ctx.notes``). A fault without
+        a proof fails its phase: a no-op ``inject`` must not pass as "recovered"."""
+        return f"{type(self).__name__} has no check that the fault happened"
+
 
 def _quiet(_line: str) -> None:
     return None
@@ -79,6 +87,28 @@ class Baseline(Fault):
     async def inject(self, ctx: FaultContext) -> None:
         return None
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        return None  # nothing was injected: nothing to prove
+
+
+def _proc_state(pid: int) -> str | None:
+    """The kernel's state letter of ``pid`` (``T``: stopped), None when it is gone."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _proc_state(pid) not in (None, "Z")
+
 
 class VaultPause(Fault):
     """SIGSTOP the Vault server for ``hold`` seconds, then SIGCONT: a hung Vault that
@@ -88,13 +118,15 @@ class VaultPause(Fault):
         self.hold = hold
         self.name = f"Vault paused {hold:.0f}s"
         self._pid: int | None = None
+        self._stopped_pid: int | None = None
+        self._seen_state: str | None = None
         self._watchdog: asyncio.subprocess.Process | None = None
 
     def unavailable(self, stack: Stack) -> str | None:
         return None if stack.vault.pid() is not None else "Vault is not running"
 
     async def inject(self, ctx: FaultContext) -> None:
-        self._pid = ctx.stack.vault.pid()
+        self._pid = self._stopped_pid = ctx.stack.vault.pid()
         if self._pid is None:
             raise StackError("Vault is not running: nothing to pause")
         # should this harness itself be killed, Vault still wakes up: a detached
@@ -108,6 +140,18 @@ class VaultPause(Fault):
             stderr=subprocess.DEVNULL,
         )
         os.kill(self._pid, signal.SIGSTOP)
+        self._seen_state = None
+        for _ in range(100):  # the kernel reports the stop a moment later
+            self._seen_state = _proc_state(self._pid)
+            if self._seen_state == "T":
+                break
+            await asyncio.sleep(0.02)
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        if self._seen_state != "T":
+            return f"Vault was never seen stopped (state {self._seen_state!r} in /proc/<pid>/stat)"
+        ctx.notes.append(f"Vault (pid {self._stopped_pid}) was in state T (stopped) in /proc")
+        return None
 
     async def restore(self, ctx: FaultContext) -> None:
         if self._pid is not None:
@@ -128,12 +172,28 @@ class ServerRestart(Fault):
 
     def __init__(self, hold: float) -> None:
         self.hold = hold
+        self._old_pid: int | None = None
+        self._down_seen = False
 
     def _server(self, stack: Stack) -> Any:
         return getattr(stack, self.server_attr)
 
     async def inject(self, ctx: FaultContext) -> None:
-        await asyncio.to_thread(self._server(ctx.stack).stop)
+        server = self._server(ctx.stack)
+        self._old_pid = server.pid()
+        self._down_seen = False
+        await asyncio.to_thread(server.stop)
+        self._down_seen = self._old_pid is not None and not _alive(self._old_pid)
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        name = self._server(ctx.stack).name
+        new_pid = self._server(ctx.stack).pid()
+        if self._old_pid is None or not self._down_seen:
+            return f"{name} (pid {self._old_pid}) was not seen down after the stop"
+        if new_pid is None or new_pid == self._old_pid:
+            return f"{name} was not restarted as a new process (pid {self._old_pid} -> {new_pid})"
+        ctx.notes.append(f"{name} stopped (pid {self._old_pid} gone), restarted as pid {new_pid}")
+        return None
 
     async def restore(self, ctx: FaultContext) -> None:
         stack = ctx.stack
@@ -226,12 +286,43 @@ class RevokeAllLeases(Fault):
     def __init__(self, hold: float = 10.0) -> None:
         self.hold = hold
         self.name = "all DB leases revoked"
+        self._leased: set[str] = set()
+        self._left: set[str] = set()
 
     async def inject(self, ctx: FaultContext) -> None:
+        self._leased = set(await _vault_logins(ctx.stack))
         vault = ctx.root_vault()
         await asyncio.to_thread(
             vault.adapter.put, "/v1/sys/leases/revoke-prefix/database/creds", json={}
         )
+        for _ in range(50):  # revoke-prefix is synchronous; a moment's grace all the same
+            self._left = self._leased & set(await _vault_logins(ctx.stack))
+            if not self._left:
+                break
+            await asyncio.sleep(0.2)
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        if not self._leased:
+            return "no Vault-issued login was in pg_roles before the revoke: nothing was revoked"
+        if self._left:
+            return (
+                f"{len(self._left)} of {len(self._leased)} leased logins still in pg_roles after "
+                f"the revoke: {', '.join(sorted(self._left)[:3])}"
+            )
+        ctx.notes.append(f"all {len(self._leased)} leased logins gone from pg_roles on revoke")
+        return None
+
+
+async def _vault_logins(stack: Stack) -> list[str]:
+    """The Vault-issued logins (``v-order-*``) PostgreSQL has now, read as its superuser."""
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.settings.admin_dsn(stack.settings.database))
+    try:
+        rows = await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-order-%'")
+    finally:
+        await conn.close()
+    return [r["rolname"] for r in rows]
 
 
 def _slots_used(worker: WorkerProcess) -> float:
@@ -253,7 +344,8 @@ def _slots_used(worker: WorkerProcess) -> float:
 
 
 def _kill_when_busy(worker: WorkerProcess, pid: int, timeout: float) -> float:
-    """SIGKILL ``pid`` the moment its gauges show a task running (or at ``timeout``).
+    """SIGKILL ``pid`` the moment its gauges show a task running (or at ``timeout``:
+    the phase then fails unless the histories show a task cut short all the same).
 
     Scrape and kill happen in this one thread, back to back: the activities last
     milliseconds, so any hop in between would let the task finish first."""
@@ -276,6 +368,9 @@ class WorkerKill(Fault):
         self.hold = hold
         self.name = f"worker {service} SIGKILLed"
         self._killed = False
+        self._pid: int | None = None
+        self._busy = 0.0
+        self._hit = 0
 
     def _worker(self, stack: Stack) -> WorkerProcess:
         return next(w for w in stack.workers if w.service == self.service)
@@ -288,15 +383,15 @@ class WorkerKill(Fault):
         pid = worker.pid()
         if pid is None:
             raise StackError(f"{worker.name} is not running: nothing to kill")
-        busy = await asyncio.to_thread(_kill_when_busy, worker, pid, 10.0)
-        self._killed = True
+        busy = await asyncio.to_thread(_kill_when_busy, worker, pid, 30.0)
+        self._killed, self._pid, self._busy, self._hit = True, pid, busy, 0
         now = time.time()
         for role in SERVICES[self.service].db_roles:
             ctx.killed[role] = now
         ctx.notes.append(
             f"{worker.name} (pid {pid}) killed with {busy:.0f} task(s) in flight"
             if busy
-            else f"{worker.name} (pid {pid}) killed while idle (no task seen in 10 s)"
+            else f"{worker.name} (pid {pid}) killed while idle (no task seen in 30 s)"
         )
 
     async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
@@ -326,6 +421,7 @@ class WorkerKill(Fault):
                     and self.service == "orchestrator"
                 ):
                     hit += 1
+        self._hit = hit
         ctx.notes.append(
             f"{hit} task(s) of {len(phase)} orders retried after the kill (their attempt died "
             "with the worker)"
@@ -334,10 +430,37 @@ class WorkerKill(Fault):
         )
         return []
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        """The old process is gone, a new one runs, and a task died with the old one:
+        an activity of this worker's queue started again (attempt > 1) or, for the
+        workflow worker, a workflow task timed out (read by :meth:`verify`)."""
+        worker = self._worker(ctx.stack)
+        if self._pid is None:
+            return f"{worker.name} was never killed"
+        if _alive(self._pid):
+            return f"{worker.name} pid {self._pid} is still alive after SIGKILL"
+        new_pid = worker.pid()
+        if new_pid is None or new_pid == self._pid:
+            return f"{worker.name} was not restarted as a new process ({self._pid} -> {new_pid})"
+        if not self._hit:
+            return (
+                f"the kill of {worker.name} cut no task short: no retried attempt or timed-out "
+                f"workflow task in this phase's {len(phase)} histories"
+            )
+        ctx.notes.append(f"{worker.name} pid {self._pid} gone, restarted as pid {new_pid}")
+        return None
+
     async def restore(self, ctx: FaultContext) -> None:
         if self._killed and self._worker(ctx.stack).pid() is None:
             await asyncio.to_thread(ctx.stack.workers_up, 90, _quiet)
         self._killed = False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class ProviderFault(Fault):
@@ -352,6 +475,7 @@ class ProviderFault(Fault):
         self.hold = hold
         self.name = f"payment provider {title}"
         self._set = False
+        self._log_from = 0
 
     def unavailable(self, stack: Stack) -> str | None:
         provider = getattr(stack, "provider", None)
@@ -363,8 +487,24 @@ class ProviderFault(Fault):
 
     async def inject(self, ctx: FaultContext) -> None:
         provider: Any = ctx.stack.provider
+        self._log_from = _size(provider.log_file)
         await asyncio.to_thread(provider.set_fault, self.mode)
         self._set = True
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        """The simulator's own log shows calls it answered with this fault."""
+        provider: Any = ctx.stack.provider
+        hits = 0
+        with contextlib.suppress(OSError), provider.log_file.open("rb") as log:
+            log.seek(self._log_from)
+            for line in log:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    hits += entry.get("event") == "fault" and entry.get("kind") == self.mode
+        if not hits:
+            return f"the payment provider logged no call answered with fault {self.mode!r}"
+        ctx.notes.append(f"the payment provider answered {hits} call(s) with fault {self.mode!r}")
+        return None
 
     async def restore(self, ctx: FaultContext) -> None:
         if self._set:
@@ -381,6 +521,9 @@ class ShortCredentialTTL(Fault):
         self.ttl, self.max_ttl, self.hold = ttl, max_ttl, hold
         self.name = f"DB credentials TTL {ttl}s / max {max_ttl}s"
         self._saved: dict[str, dict[str, Any]] = {}
+        self._since = 0.0
+        self._short_leases = 0
+        self._too_long: list[str] = []
 
     async def inject(self, ctx: FaultContext) -> None:
         vault = ctx.root_vault()
@@ -397,10 +540,47 @@ class ShortCredentialTTL(Fault):
 
         await asyncio.to_thread(change)
         ctx.notes.append(f"{len(self._saved)} database roles set to {self.ttl}s/{self.max_ttl}s")
+        self._since = time.time()
+        self._short_leases, self._too_long = 0, []
+
+    async def _sample(self, ctx: FaultContext) -> None:
+        """At the end of the hold, before the roles are put back: the logins issued
+        during the fault (their name ends in the issue time) and their expiry in
+        pg_roles, which Vault sets (and renews) within ``max_ttl`` of the issue."""
+        import asyncpg
+
+        s = ctx.stack.settings
+        conn = await asyncpg.connect(s.admin_dsn(s.database))
+        try:
+            rows = await conn.fetch(
+                "SELECT rolname, extract(epoch FROM rolvaliduntil)::float8 AS until "
+                "FROM pg_roles WHERE rolname LIKE 'v-order-%' AND rolvaliduntil IS NOT NULL"
+            )
+        finally:
+            await conn.close()
+        for row in rows:
+            issued = row["rolname"].rsplit("-", 1)[-1]
+            if issued.isdigit() and int(issued) >= self._since - 1:
+                self._short_leases += 1
+                if row["until"] - int(issued) > self.max_ttl + 5:
+                    self._too_long.append(row["rolname"])
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        if self._too_long:
+            return f"logins issued during the fault outlive {self.max_ttl}s: {self._too_long[:3]}"
+        if not self._short_leases:
+            return "no login issued during the fault was in pg_roles: the short TTL was never used"
+        ctx.notes.append(
+            f"{self._short_leases} login(s) issued under the short TTL, each expiring within "
+            f"{self.max_ttl}s in pg_roles"
+        )
+        return None
 
     async def restore(self, ctx: FaultContext) -> None:
         if not self._saved:
             return
+        with contextlib.suppress(Exception):  # evidence only: the put-back must run
+            await self._sample(ctx)
         vault = ctx.root_vault()
 
         def put_back() -> list[str]:

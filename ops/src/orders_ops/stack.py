@@ -806,11 +806,13 @@ class Temporal(Server):
             "warn",
         ]
         # the UI decodes payloads through the local codec server (the stack runs it), at a
-        # secret path made for this start: only the UI (and `orders-stack env`) know it
+        # secret path made for this start: only the UI (and `orders-stack env`) know it.
+        # Not on the command line (/proc/<pid>/cmdline is world-readable): the CLI sets any
+        # flag left unset from its environment file, here a 0600 file in its 0700 folder.
         codec = os.environ.get("ORDERS_UI_CODEC_ENDPOINT") or codec_endpoint(
             self.settings, renew=True
         )
-        argv += ["--ui-codec-endpoint", codec]
+        argv += ["--env-file", str(write_ui_codec_env_file(data, codec)), "--env", "default"]
         self._spawn(argv, env=child_env(HOME=str(data)))
 
     def healthy(self) -> bool:
@@ -1090,6 +1092,18 @@ def codec_endpoint(settings: StackSettings, *, renew: bool = False) -> str:
     if renew or not path.exists():
         _write_secret(path, secrets.token_urlsafe(24))
     return f"{settings.codec_url}/{path.read_text().strip()}"
+
+
+UI_CODEC_ENV_FILE = "ui-codec-env.yaml"
+
+
+def write_ui_codec_env_file(folder: Path, endpoint: str) -> Path:
+    """The Temporal CLI's environment file (the ``temporal env`` format: flag values by
+    environment name) that gives ``start-dev`` its ``ui-codec-endpoint``; mode 0600, so
+    the secret path stays out of the process table. JSON strings are YAML strings."""
+    path = folder / UI_CODEC_ENV_FILE
+    _write_secret(path, "env:\n  default:\n    ui-codec-endpoint: " + json.dumps(endpoint))
+    return path
 
 
 def share_codec_secret(settings: StackSettings) -> None:

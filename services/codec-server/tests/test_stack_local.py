@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import uuid
+from pathlib import Path
 from urllib.request import urlopen
 
 from codec_support import plain, post
 
-from orders_ops.stack import Stack, _find_binary
+from orders_ops.stack import UI_CODEC_ENV_FILE, Stack, _find_binary
 
 
 def _temporal(*args: str, env: dict[str, str], check: bool = True) -> str:
@@ -64,3 +66,21 @@ async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -
     stop = ("workflow", "terminate", "-w", workflow_id, "--reason", "test done")
     await asyncio.to_thread(_temporal, *stop, env=env, check=False)
     assert log.read_text().count('"caller_kind": "local"') > before
+
+
+def test_the_codec_secret_is_not_in_the_process_table(stack: Stack) -> None:
+    """Issue 20 item 8: /proc/<pid>/cmdline is world-readable; the UI learns the secret
+    endpoint from a 0600 environment file of the Temporal CLI instead, and still has it."""
+    settings = stack.settings
+    endpoint = stack.env()["TEMPORAL_CODEC_ENDPOINT"]
+    secret = endpoint.removeprefix(settings.codec_url + "/")
+    pid = stack.temporal.pid()
+    assert pid is not None, "the test stack's Temporal dev server is not running"
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "start-dev" in cmdline  # the right process
+    assert secret not in cmdline, "the codec secret path is on Temporal's command line"
+    env_file = stack.temporal.data_dir / UI_CODEC_ENV_FILE
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert secret in env_file.read_text()
+    # the UI still knows it (and hands it to the browser: docs/threat-model.md)
+    assert endpoint in _get(f"{settings.temporal_ui_url}/api/v1/settings")
