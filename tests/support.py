@@ -13,12 +13,14 @@ processes do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import hvac
 
 from orders_ops.identities import local_session
 from orders_ops.settings import StackSettings
@@ -145,3 +147,15 @@ def demo_env() -> dict[str, str]:
     flags (a `make -n test` must not turn the demo into a dry run)."""
     drop = {"KEEP", "CONTAINERS", "TLS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
     return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+@contextlib.contextmanager
+def short_ttl(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
+    """Shorten a Vault database role's TTLs for one test, then put them back."""
+    path = f"database/roles/{db_role}"
+    before = root.read(path)["data"]
+    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
+    try:
+        yield
+    finally:
+        root.write(path, **before)

@@ -12,11 +12,12 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import hvac
 import pytest
+from support import short_ttl
 
 from orders_ops.stack import Stack
 from orders_shared.catalog import group_role
@@ -67,18 +68,6 @@ async def session(
         yield vault
     finally:
         await vault.close()
-
-
-@contextlib.contextmanager
-def short_ttl(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
-    """Shorten a Vault database role's TTLs for one test, then put them back."""
-    path = f"database/roles/{db_role}"
-    before = root.read(path)["data"]
-    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
-    try:
-        yield
-    finally:
-        root.write(path, **before)
 
 
 async def _valid_until(admin: asyncpg.Connection, username: str) -> float | None:

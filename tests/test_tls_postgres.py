@@ -9,19 +9,18 @@ Run in the TLS pass (``ORDERS_TLS=1``); without it there is no TLS server to tes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import hvac
 import pytest
 import tokenreview  # ops/tests is on pytest's pythonpath
+from support import short_ttl
 
 from orders_ops.database import VAULT_ADMIN_ROLE
 from orders_ops.identities import local_session
@@ -188,18 +187,6 @@ async def test_an_order_completes_with_tls_on_and_every_tcp_session_uses_tls(
         await admin.close()
 
 
-@contextlib.contextmanager
-def _short_ttl(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
-    """Shorten a Vault database role's TTLs for one test, then put them back."""
-    path = f"database/roles/{db_role}"
-    before = root.read(path)["data"]
-    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
-    try:
-        yield
-    finally:
-        root.write(path, **before)
-
-
 async def _until_rotated(pool: RolePool, bound: float = 30.0) -> None:
     deadline = time.monotonic() + bound
     while pool.rotations < 1:
@@ -219,7 +206,7 @@ async def test_the_pool_keeps_verify_full_across_a_max_ttl_rotation(
     admin = await asyncpg.connect(s.admin_dsn("orders"))
     session = await local_session(s, "validate")
     # max TTL 4 s: the first renewal is capped, so the pool rotates to a new credential
-    with _short_ttl(root, "order-validate", ttl=2, max_ttl=4):
+    with short_ttl(root, "order-validate", ttl=2, max_ttl=4):
         good, bad = (RolePool(session, db, "order-validate") for db in (right, wrong))
         try:
             await good.open()
