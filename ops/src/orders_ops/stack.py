@@ -230,6 +230,15 @@ def port_holder(port: int) -> str:
     return "another process"
 
 
+def port_fix(var: str) -> str:
+    """How to move a port, in words: set ``var``; under ``make test`` (whose TEST_STACK
+    sets the ORDERS_* ports itself, so the shell's would be overridden) the Makefile's
+    ``TEST_<var>``."""
+    if os.environ.get("ORDERS_PORTS_SET_BY") == "make" and var.startswith("ORDERS_"):
+        return f"run 'make test TEST_{var}=<a free port>' (the Makefile sets {var} itself)"
+    return f"set {var} to a free port"
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -291,7 +300,7 @@ class Server:
                 var = self.port_vars.get(key, "its port variable (see 'orders-stack --help')")
                 lines.append(
                     f"{self.name}: {key} port {port} on {HOST} is already in use by "
-                    f"{port_holder(port)}. Stop that, or set {var} to a free port."
+                    f"{port_holder(port)}. Stop that, or {port_fix(var)}."
                 )
         return lines
 
