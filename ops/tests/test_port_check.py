@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 from orders_ops.settings import PORT_VARIABLES
-from orders_ops.testing import free_port
+from orders_ops.stack import Server
+from orders_ops.testing import free_port, isolated_settings
 
 PYTEST = [sys.executable, "-m", "pytest", "-p", "orders_ops.testing", "-p", "no:cacheprovider"]
 NEEDS_THE_STACK = """
@@ -61,3 +62,45 @@ def test_a_taken_port_stops_the_run_before_any_server_starts() -> None:
         if var != "ORDERS_VAULT_PORT":
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"{var} {port} listens"
+
+
+def _time_wait_port(*, client_side: bool) -> int:
+    """A port nothing listens on, held by one connection in TIME-WAIT: the side that
+    closes first keeps the TIME-WAIT (the server's, or a client's own local port)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        first, second = (client, accepted) if client_side else (accepted, client)
+        port: int = (client.getsockname() if client_side else listener.getsockname())[1]
+        first.close()
+        second.recv(1)  # the FIN arrived
+        second.close()
+    states = subprocess.run(["ss", "-Htan", f"sport = :{port}"], capture_output=True, text=True)
+    assert "TIME-WAIT" in states.stdout and "LISTEN" not in states.stdout, states.stdout
+    return port
+
+
+def _server_on(port: int) -> Server:
+    return Server(
+        name="probe",
+        settings=isolated_settings(Path(tempfile.gettempdir()) / "orders-probe"),
+        ports={"api": port},
+        port_vars={"api": "ORDERS_PROBE_PORT"},
+    )
+
+
+def test_a_time_wait_is_not_called_in_use_while_a_listener_is() -> None:
+    server_side = _time_wait_port(client_side=False)
+    assert _server_on(server_side).busy_ports() == []  # the server closed first: free
+    client_side = _time_wait_port(client_side=True)
+    (line,) = _server_on(client_side).busy_ports()  # a bind is refused for a minute
+    assert "TIME-WAIT (no program listens on it)" in line and "in use by" not in line, line
+    assert "ORDERS_PROBE_PORT" in line, line
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", free_port()))
+        squatter.listen()
+        (line,) = _server_on(squatter.getsockname()[1]).busy_ports()
+    assert "is already in use by" in line and "TIME-WAIT" not in line, line

@@ -92,6 +92,20 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _listening(port: int) -> bool:
+    """Some socket listens on ``port`` (any address). Unknown (no psutil, or not allowed
+    to list sockets) counts as listening: the caller then says "in use" as before."""
+    try:  # installed with the dev tools, not a dependency of ours: best effort
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return True
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return True
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in conns)
+
+
 def _pid_alive(pid: int, expect: str) -> bool:
     """True when ``pid`` runs (not a zombie) and its command line mentions ``expect``.
 
@@ -205,7 +219,7 @@ def port_holder(port: int) -> str:
     """Who listens on ``port`` on loopback, in words: another orders stack (and its
     state folder) when it is one, else the program and PID, else 'another process'."""
     try:  # installed with the dev tools, not a dependency of ours: best effort
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return "another process"
 
@@ -298,6 +312,13 @@ class Server:
         for key, port in self.ports.items():
             if not _port_free(port):
                 var = self.port_vars.get(key, "its port variable (see 'orders-stack --help')")
+                if not _listening(port):  # only closed connections (TIME-WAIT) hold it
+                    lines.append(
+                        f"{self.name}: {key} port {port} on {HOST} is held by a closed "
+                        "connection in TIME-WAIT (no program listens on it); the kernel "
+                        f"frees it within a minute: retry then, or {port_fix(var)}."
+                    )
+                    continue
                 lines.append(
                     f"{self.name}: {key} port {port} on {HOST} is already in use by "
                     f"{port_holder(port)}. Stop that, or {port_fix(var)}."
