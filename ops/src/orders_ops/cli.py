@@ -347,6 +347,18 @@ async def _status(
     _print(dataclasses.asdict(status))
     if status.problem:
         print(f"orders: warning: {status.problem}", file=sys.stderr)
+    if status.retrying is not None:
+        r = status.retrying
+        why = (
+            f"{r.failure_type}: {r.failure_message}"
+            if not r.sealed
+            else f"{r.failure_type} (its message is sealed: this identity may not open it)"
+        )
+        print(
+            f"orders: {r.activity} is on attempt {r.attempt}, last failed with {why}; "
+            + (f"next try at {r.next_attempt}" if r.next_attempt else f"attempt is {r.state}"),
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

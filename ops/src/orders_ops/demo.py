@@ -33,6 +33,7 @@ from temporalio.client import Client
 from orders_ops import codec_tls, demo_containers
 from orders_ops.dockerd import DockerError
 from orders_ops.identities import local_session
+from orders_ops.interrupt import one_line_on_interrupt
 from orders_ops.issuer import mint_user
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.stack import Stack, StackError
@@ -636,6 +637,7 @@ def log_scan(stack: Stack, say: Callable[[str], None]) -> bool:
     return not hits and lines > 0
 
 
+@one_line_on_interrupt("orders-demo")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="orders-demo", description=__doc__)
     parser.add_argument(

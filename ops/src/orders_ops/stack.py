@@ -92,6 +92,20 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _listening(port: int) -> bool:
+    """Some socket listens on ``port`` (any address). Unknown (no psutil, or not allowed
+    to list sockets) counts as listening: the caller then says "in use" as before."""
+    try:  # installed with the dev tools, not a dependency of ours: best effort
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return True
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return True
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in conns)
+
+
 def _pid_alive(pid: int, expect: str) -> bool:
     """True when ``pid`` runs (not a zombie) and its command line mentions ``expect``.
 
@@ -205,7 +219,7 @@ def port_holder(port: int) -> str:
     """Who listens on ``port`` on loopback, in words: another orders stack (and its
     state folder) when it is one, else the program and PID, else 'another process'."""
     try:  # installed with the dev tools, not a dependency of ours: best effort
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return "another process"
 
@@ -228,6 +242,15 @@ def port_holder(port: int) -> str:
     except (psutil.Error, OSError):  # best effort: a name is a help, not a need
         return "another process"
     return "another process"
+
+
+def port_fix(var: str) -> str:
+    """How to move a port, in words: set ``var``; under ``make test`` (whose TEST_STACK
+    sets the ORDERS_* ports itself, so the shell's would be overridden) the Makefile's
+    ``TEST_<var>``."""
+    if os.environ.get("ORDERS_PORTS_SET_BY") == "make" and var.startswith("ORDERS_"):
+        return f"run 'make test TEST_{var}=<a free port>' (the Makefile sets {var} itself)"
+    return f"set {var} to a free port"
 
 
 # --------------------------------------------------------------------------- servers
@@ -289,9 +312,16 @@ class Server:
         for key, port in self.ports.items():
             if not _port_free(port):
                 var = self.port_vars.get(key, "its port variable (see 'orders-stack --help')")
+                if not _listening(port):  # only closed connections (TIME-WAIT) hold it
+                    lines.append(
+                        f"{self.name}: {key} port {port} on {HOST} is held by a closed "
+                        "connection in TIME-WAIT (no program listens on it); the kernel "
+                        f"frees it within a minute: retry then, or {port_fix(var)}."
+                    )
+                    continue
                 lines.append(
                     f"{self.name}: {key} port {port} on {HOST} is already in use by "
-                    f"{port_holder(port)}. Stop that, or set {var} to a free port."
+                    f"{port_holder(port)}. Stop that, or {port_fix(var)}."
                 )
         return lines
 

@@ -13,8 +13,30 @@ from pathlib import Path
 
 import pytest
 
-from orders_ops.settings import StackSettings
+from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.stack import Stack
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Check the stack's ports before the first test: a port some other process holds
+    stops the whole run here, in seconds, with the variable to set (otherwise every test
+    needing the stack would error, one by one, with the same message)."""
+    uses = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "stack" not in uses and "workers" not in uses:
+        return
+    try:
+        stack = Stack(StackSettings.from_env())
+    except SettingsError as exc:
+        pytest.exit(f"the test stack's settings: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    servers = [*stack.base_servers, *stack.app_servers]
+    if "workers" in uses:
+        servers += stack.workers
+    busy = [line for s in servers if s.pid() is None for line in s.busy_ports()]
+    if busy:
+        pytest.exit(
+            "\n  ".join(["the test stack cannot start; ports already in use:", *busy]),
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
+from temporalio.api.enums.v1 import PendingActivityState, TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
@@ -319,6 +319,61 @@ class OrderStatus:
     path: list[str]
     result: OrderWorkflowResult | None
     problem: str | None = None
+    # the step Temporal is retrying, when it has failed at least once
+    retrying: PendingStep | None = None
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A pending activity that has failed: its attempt, the last failure's type and the
+    message the product wrote (opened with the reader's codec; ``sealed`` when it could
+    not be), and when Temporal tries next (ISO 8601, UTC)."""
+
+    activity: str
+    attempt: int
+    failure_type: str | None
+    failure_message: str | None
+    sealed: bool
+    next_attempt: str | None  # None while an attempt runs (``state`` STARTED)
+    state: str
+
+
+async def _pending_step(client: Client, raw: Any) -> PendingStep | None:
+    for info in raw.pending_activities:
+        if info.attempt < 2 and not info.last_failure.ByteSize():
+            continue
+        failure = info.last_failure
+        kind = failure.application_failure_info.type or None
+        message: str | None = None
+        sealed = False
+        if failure.ByteSize():
+            try:  # the failure converter encrypts messages: the reader's codec opens them
+                error = await client.data_converter.decode_failure(failure)
+                message = str(error.message if hasattr(error, "message") else error)
+                kind = getattr(error, "type", None) or kind or type(error).__name__
+            except Exception:  # not this reader's to open (its policy): type only
+                sealed = True
+        # the backoff's end (next_attempt_schedule_time), else when the queued try was
+        # scheduled; neither while it runs
+        nxt = next(
+            (
+                getattr(info, f)
+                for f in ("next_attempt_schedule_time", "scheduled_time")
+                if info.HasField(f)
+                and info.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            ),
+            None,
+        )
+        return PendingStep(
+            activity=info.activity_type.name,
+            attempt=info.attempt,
+            failure_type=kind,
+            failure_message=message,
+            sealed=sealed,
+            next_attempt=nxt.ToDatetime().isoformat() + "Z" if nxt is not None else None,
+            state=PendingActivityState.Name(info.state).removeprefix("PENDING_ACTIVITY_STATE_"),
+        )
+    return None
 
 
 def _canonical(data: Mapping[str, Any]) -> bytes:
@@ -612,5 +667,8 @@ async def order_status(
             return OrderStatus(
                 order_id, name, None, [], None, problem="the workflow did not answer its query"
             )
-        return OrderStatus(order_id, name, current.step, list(current.path), None)
+        retrying = await _pending_step(client, desc.raw_description)
+        return OrderStatus(
+            order_id, name, current.step, list(current.path), None, retrying=retrying
+        )
     return OrderStatus(order_id, name, None, [], None)
