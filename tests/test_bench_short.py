@@ -18,6 +18,7 @@ from orders_ops.bench_chart import chart
 from orders_ops.bench_configs import CONFIGS
 from orders_ops.bench_scaling import SWEEPS
 from orders_ops.stack import Stack
+from orders_shared.codec import LEGACY_PAYLOAD_KEY
 
 pytestmark = [pytest.mark.stack]
 
@@ -37,8 +38,16 @@ async def test_short_bench_writes_all_three_configurations(stack: Stack, tmp_pat
         assert figures["orders_failed"] == 0, (name, figures["first_errors"])
         assert {"p50", "p95", "p99"} <= set(figures["latency_ms"])
         assert "vault_requests_per_order_by_path" in figures
-    # the per-call configuration really calls Vault for every payload; plain never does
-    assert data["configurations"]["per-call"]["vault_requests_per_order"] > 0
+    # the per-call codec calls Transit once per payload encoded and once per payload
+    # decoded: at least an order's input and result and each of its five activities'
+    # input and result, each sealed once and opened once (a codec left out: none)
+    per_call = data["configurations"]["per-call"]["vault_requests_per_order_by_path"]
+    sealed = per_call.get(f"update transit/encrypt/{LEGACY_PAYLOAD_KEY}", 0)
+    opened = per_call.get(f"update transit/decrypt/{LEGACY_PAYLOAD_KEY}", 0)
+    assert sealed >= 2 + 2 * 5 and opened == sealed, per_call
+    # plain never calls Vault, for payloads or anything else
+    plain = data["configurations"]["plain"]
+    assert plain["vault_requests"] == 0 and plain["vault_requests_per_order_by_path"] == {}, plain
     assert "targets" in data and "codec_micro" in data
     assert "| per-call |" in out.with_suffix(".md").read_text()
 

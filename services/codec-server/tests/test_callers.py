@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from codec_support import plain, post, reader_vault_token, serve
+from codec_support import as_json, b64, envelope, plain, post, reader_vault_token, serve, writer
 
 from orders_codec_server.app import Caller, CallerCache, _digest
 from orders_ops import issuer
@@ -88,11 +88,20 @@ async def test_reader_token_without_lookup_rights_is_verified_by_vault(stack: St
     assert "default" not in auth["policies"]
     root = hvac.Client(url=stack.settings.vault_addr, token=stack.settings.root_token())
     nobody = root.auth.token.create(policies=["default"], no_default_policy=False, ttl="5m")
+    transit = writer(stack)
+    try:
+        sealed = {"payloads": [as_json(p) for p in await envelope(transit, b"sealed order")]}
+    finally:
+        transit.close()
     async with serve(stack) as server:
         url = f"{server.url}/decode"
-        status, out, _ = await post(url, {"payloads": [plain()]}, token=auth["client_token"])
+        status, out, _ = await post(url, sealed, token=auth["client_token"])
         assert status == 200, out
-        # a real token with default only: Vault accepts it; it may not decrypt (403 later)
+        assert out["payloads"][0]["data"] == b64(b"sealed order")
+        # a real token with default only: Vault accepts it, and refuses it the decryption
+        status, out, _ = await post(url, sealed, token=nobody["auth"]["client_token"])
+        assert status == 403, out
+        assert out["error"].startswith("Vault refused this identity the decryption of payload 0")
         status, out, _ = await post(
             url, {"payloads": [plain()]}, token=nobody["auth"]["client_token"]
         )

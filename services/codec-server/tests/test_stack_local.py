@@ -5,6 +5,8 @@ secret, or with another Host, the local reader is not available."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import stat
@@ -15,7 +17,10 @@ from urllib.request import urlopen
 
 from codec_support import plain, post
 
+from orders_ops.identities import local_session
 from orders_ops.stack import UI_CODEC_ENV_FILE, Stack, _find_binary
+from orders_shared.client import connect
+from orders_shared.codec import VaultTransit
 
 
 def _temporal(*args: str, env: dict[str, str], check: bool = True) -> str:
@@ -50,21 +55,31 @@ async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -
     )
     assert status == 403
 
-    # the real temporal CLI, told only TEMPORAL_CODEC_ENDPOINT, calls the local reader
+    # the real temporal CLI, told only TEMPORAL_CODEC_ENDPOINT, calls the local reader:
+    # the input is encrypted by the client's codec, so only a decoded history shows it
     log = stack.codec.rotated_log_file()  # the request log the server rotates itself
     before = log.read_text().count('"caller_kind": "local"')
-    workflow_id = f"codec-cli-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address}
-    start = ("workflow", "start", "--type", "Nothing", "--task-queue", "codec-cli-test")
-    await asyncio.to_thread(_temporal, *start, "-w", workflow_id, "--input", '"hello"', env=env)
-    shown = await asyncio.to_thread(
-        _temporal,
-        *("workflow", "show", "-w", workflow_id, "-o", "json"),
-        env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint},
+    session = await local_session(settings, "client")
+    client = await connect(settings.temporal_address, VaultTransit(session))
+    customer = f"cust-codec-cli-{uuid.uuid4().hex[:10]}"
+    handle = await client.start_workflow(
+        "Nothing",
+        {"customer_id": customer},
+        id=f"codec-cli-{uuid.uuid4().hex[:8]}",
+        task_queue=f"codec-cli-unpolled-{uuid.uuid4().hex[:6]}",  # nobody runs it
     )
-    assert "ImhlbGxvIg==" in shown or "hello" in json.dumps(json.loads(shown))
-    stop = ("workflow", "terminate", "-w", workflow_id, "--reason", "test done")
-    await asyncio.to_thread(_temporal, *stop, env=env, check=False)
+    try:
+        env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address}
+        show = ("workflow", "show", "-w", handle.id, "-o", "json")
+        stored = await asyncio.to_thread(_temporal, *show, env=env)
+        assert customer not in _decoded(stored) and "binary/encrypted" in _decoded(stored)
+        shown = await asyncio.to_thread(
+            _temporal, *show, env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint}
+        )
+        assert customer in _decoded(shown), shown[:2000]
+    finally:
+        await handle.terminate("test done")
+        await session.close()
     assert log.read_text().count('"caller_kind": "local"') > before
 
 
@@ -84,3 +99,22 @@ def test_the_codec_secret_is_not_in_the_process_table(stack: Stack) -> None:
     assert secret in env_file.read_text()
     # the UI still knows it (and hands it to the browser: docs/threat-model.md)
     assert endpoint in _get(f"{settings.temporal_ui_url}/api/v1/settings")
+
+
+def _decoded(shown: str) -> str:
+    """``temporal workflow show -o json`` with every base64 payload field also decoded."""
+    texts = [shown]
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                texts.append(base64.b64decode(value, validate=True).decode("utf-8", "replace"))
+
+    walk(json.loads(shown))
+    return "\n".join(texts)
