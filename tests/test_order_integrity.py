@@ -779,6 +779,29 @@ async def test_the_database_refuses_text_it_should_not_carry(
     )
 
 
+async def test_a_refused_row_is_not_quoted_into_the_server_log(
+    stack: Stack, admin: asyncpg.Connection
+) -> None:
+    """PostgreSQL's DETAIL line quotes a row a constraint refused ("Failing row contains
+    (..., ada@example.com, ...)"): the stack's server logs tersely, so the error is in
+    the log and the personal value is not."""
+    oid = unique("ord")
+    marker = f"{unique('leak')}@example.com\x01"  # refused: a control character
+    await admin.execute(
+        "INSERT INTO app.orders (order_id, customer_id, total_cents) VALUES ($1, 'c', 1)", oid
+    )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await admin.execute(
+            "INSERT INTO app.notifications (order_id, kind, recipient, subject, body) "
+            "VALUES ($1, 'order_completed', $2, 's', 'b')",
+            oid,
+            marker,
+        )
+    log = stack.postgres.log_file.read_text(errors="replace")
+    assert 'violates check constraint "notifications_' in log
+    assert marker.rstrip("\x01") not in log
+
+
 async def test_the_database_refuses_a_bidi_control_in_a_stored_contact(
     admin: asyncpg.Connection,
 ) -> None:

@@ -132,6 +132,11 @@ class RevokeService(Fault):
             client.adapter.close()
         return list(self.problems)
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        refused = ("stolen Vault token: refused", "stolen database login: refused")
+        missing = [what for what in refused if what not in ctx.notes]
+        return f"the revoke was not seen to cut off: {missing}" if missing else None
+
 
 class RotateDbRoot(Fault):
     name = "runbook: rotate database root credential"
@@ -149,6 +154,10 @@ class RotateDbRoot(Fault):
             return [f"vault_admin's password did not change: {self.lines}"]
         return []
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        changed = any("password hash in pg_authid: changed" in line for line in self.lines)
+        return None if changed else "pg_authid shows no new password for vault_admin"
+
 
 class RotateTransit(Fault):
     name = "runbook: rotate payload and seal keys"
@@ -157,6 +166,7 @@ class RotateTransit(Fault):
     def __init__(self) -> None:
         self.before: dict[str, int] = {}
         self.lines: list[str] = []
+        self.rotated: list[str] = []  # keys whose latest version moved by one (verify)
 
     def _versions(self, ctx: FaultContext) -> dict[str, tuple[int, int]]:
         client = runbooks.identify(ctx.stack.settings)
@@ -183,6 +193,8 @@ class RotateTransit(Fault):
         for key, (latest, min_version) in now.items():
             if latest != self.before[key] + 1:
                 problems.append(f"{key}: latest v{latest}, expected v{self.before[key] + 1}")
+            else:
+                self.rotated.append(key)
             oldest = min(use.versions.get(key, {latest}))
             if min_version > oldest:
                 problems.append(
@@ -207,6 +219,11 @@ class RotateTransit(Fault):
         ctx.notes.append(f"scanned {use.histories} histories after rotation, all readable")
         return problems
 
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        if self.before and sorted(self.rotated) == sorted(self.before):
+            return None
+        return f"Transit shows a new version only for {self.rotated} of {sorted(self.before)}"
+
 
 class RotateIssuer(Fault):
     name = "runbook: rotate identity issuer key"
@@ -215,6 +232,7 @@ class RotateIssuer(Fault):
     def __init__(self) -> None:
         self.old_token = ""
         self.problems: list[str] = []
+        self.retired = False  # the old key's token refused once the rotation finished
 
     def _login(self, s: StackSettings, jwt: str) -> bool:
         client = hvac.Client(url=s.vault_addr, timeout=10)
@@ -250,10 +268,15 @@ class RotateIssuer(Fault):
         s = ctx.stack.settings
         if self.old_token and await asyncio.to_thread(self._login, s, self.old_token):
             self.problems.append("a token signed by the retired key still logs in")
+        else:
+            self.retired = bool(self.old_token)
         current = s.token_file("validate").read_text().strip()
         if not await asyncio.to_thread(self._login, s, current):
             self.problems.append("the re-signed token file does not log in")
         return list(self.problems)
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        return None if self.retired else "Vault never refused the previous key's token"
 
 
 def _phase(phases: list[PhaseReport], name: str) -> PhaseReport:

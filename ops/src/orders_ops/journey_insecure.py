@@ -72,6 +72,9 @@ async def create_static_login(settings: StackSettings) -> str:
             f"GRANT USAGE ON SCHEMA {schema} TO {who}",
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}",
             f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
+            # the status guard (migration 0006) lets only order_notify's members record
+            # an order's final status; the one login of the usual setup does every step
+            f"GRANT order_notify TO {who}",
         ):
             await conn.execute(sql)
     finally:

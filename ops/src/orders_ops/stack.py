@@ -546,6 +546,9 @@ class Postgres(Server):
         opts = (
             f"-p {self.settings.postgres_port} -c listen_addresses={HOST} "
             f"-k {shlex.quote(str(self.socket_dir))} -c max_connections=200"
+            # terse: no DETAIL lines, which quote a refused row's values (an e-mail
+            # address of a notification a check constraint refused) into the server log
+            " -c log_error_verbosity=terse"
         ) + postgres_tls.server_options(self.settings)
         # no -l: the server writes to the log we open (0600, in the 0700 log folder,
         # which the server's own user need not reach)

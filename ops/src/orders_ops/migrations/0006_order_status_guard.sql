@@ -6,8 +6,9 @@
 -- * INSERT (validate's step): an order starts 'received', or 'rejected' when
 --   validation refused it; it never starts completed or failed.
 -- * UPDATE: a final row never changes again. Writing the values it already has
---   is a no-op (a retried notify activity) and keeps its stamps; anything else
---   is refused with the order, its status and the attempted one.
+--   is a no-op (a retried notify activity) and keeps its stamps, except that
+--   notify's first record of a rejection validate stored stamps notify; anything
+--   else is refused with the order, its status and the attempted one.
 -- * Only a member of order_notify (the grant matrix's one status writer) moves
 --   'received' to a final state. pg_has_role counts a superuser as a member of
 --   every role, so an operator's repair of a received order still works; a final
@@ -20,6 +21,14 @@ CREATE OR REPLACE FUNCTION app.stamp_order_status() RETURNS trigger LANGUAGE plp
 BEGIN
     IF NEW.status IS NOT DISTINCT FROM OLD.status
        AND NEW.status_reason IS NOT DISTINCT FROM OLD.status_reason THEN
+        IF OLD.status_by IS NULL AND OLD.status <> 'received'
+           AND pg_has_role(current_user, 'order_notify', 'USAGE') THEN
+            -- notify records the rejection validate stored (validate's INSERT is not
+            -- stamped): the first record names notify, as before this guard
+            NEW.status_by := current_user;
+            NEW.updated_at := now();
+            RETURN NEW;
+        END IF;
         -- nothing about the status changes (a retry, or another column): keep the stamps
         NEW.status_by := OLD.status_by;
         NEW.updated_at := OLD.updated_at;
