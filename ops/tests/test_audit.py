@@ -4,7 +4,12 @@ the flag rules on planted entries (each rule shown to fire)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import hvac.exceptions
@@ -14,13 +19,15 @@ from orders_ops.audit import (
     analyse,
     bootstrap_end,
     declared,
+    parse_since,
     read_entries,
     render,
     role_hashes,
     time_key,
 )
 from orders_ops.chaos import Harness, Options
-from orders_ops.identities import local_session
+from orders_ops.identities import local_session, probe_sessions
+from orders_ops.policies import seal_key
 from orders_ops.stack import Stack
 from orders_shared.catalog import SERVICES
 
@@ -175,3 +182,86 @@ def test_times_compare_whatever_their_precision() -> None:
     late = _req("orders-notify", "database/creds/order-payment", when="2026-12-01T11:23:30.86Z")
     assert analyse([late], since="2026-12-01T11:23:30Z").flags != []
     assert analyse([late], since="2026-12-01T11:23:31Z").flags == []
+
+
+# ------------------------------------------------------- the demo's probes, and genuine denials
+
+
+def _audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).with_name("orders-audit")
+    return subprocess.run(
+        [str(cli), *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+
+
+async def _decrypt(session: Any, key: str) -> None:
+    # a sealed-looking value of another service's key: the policy refuses before the data
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await session.call(session.client.secrets.transit.decrypt_data, key, "vault:v1:" + "A" * 44)
+
+
+@pytest.mark.stack
+async def test_probe_denials_audit_clean_and_a_workers_own_denial_still_flags(
+    stack: Stack,
+) -> None:
+    s = stack.settings
+    since = _now()
+    # the demo's probes: each identity tries another's seal key, with a marked probe token
+    async with probe_sessions(s, ["notify", "fulfill"], "orders-demo") as sessions:
+        for session in sessions.values():
+            await _decrypt(session, seal_key("payment"))
+    clean = _audit_cli("--since", since, "--strict")
+    assert clean.returncode == 0, clean.stdout[-3000:] + clean.stderr
+    assert "denied to a probe (expected, not flagged): 1" in clean.stdout
+    assert "flags: 0" in clean.stdout
+    # the same request with the worker's own token (no probe claim) is a genuine denial
+    mark = _now()
+    session = await local_session(s, "notify")
+    try:
+        await _decrypt(session, seal_key("payment"))
+    finally:
+        await session.close()
+    flagged = _audit_cli("--since", mark, "--strict")
+    assert flagged.returncode == 3, flagged.stdout[-3000:] + flagged.stderr
+    assert f"DENIED orders-notify: update transit/decrypt/{seal_key('payment')}" in flagged.stdout
+
+
+def test_a_probe_is_excused_only_for_a_denied_transit_decrypt() -> None:
+    def probe(path: str, **kw: Any) -> Any:
+        entry = _req("orders-notify", path, allowed=False, **kw)
+        entry["auth"]["metadata"]["probe"] = "orders-demo"
+        return entry
+
+    decrypt = probe("transit/decrypt/orders-seal-payment", op="update")
+    report = analyse([decrypt])
+    assert report.flags == []
+    assert report.identities["orders-notify"].probed == {
+        "update transit/decrypt/orders-seal-payment (orders-demo)": 1
+    }
+    # anything else a probe token is denied is flagged like any other denial
+    assert analyse([probe("database/creds/order-payment")]).flags != []
+    # and the same decrypt without the mark is a genuine denial
+    unmarked = _req("orders-notify", "transit/decrypt/orders-seal-payment", allowed=False)
+    assert analyse([unmarked]).flags != []
+
+
+@pytest.mark.parametrize("given", ["yesterday", "1h", "2026-13-01", ""])
+def test_since_refuses_what_is_not_a_time_naming_the_forms(given: str) -> None:
+    with pytest.raises(ValueError, match="2026-12-07T09:30:00Z"):
+        parse_since(given)
+
+
+def test_since_reads_dates_offsets_and_seconds_as_utc() -> None:
+    assert parse_since("2026-12-07") == "2026-12-07T00:00:00.000000Z"
+    assert parse_since("2026-12-07T10:30:00+01:00") == "2026-12-07T09:30:00.000000Z"
+    assert parse_since("2026-12-07 09:30:05Z") == "2026-12-07T09:30:05.000000Z"
+
+
+def test_the_cli_refuses_since_yesterday_naming_the_forms(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text(json.dumps(_req("orders-notify", "database/creds/order-payment")) + "\n")
+    # read as text, "yesterday" sorted after every entry: an empty report, exit 0
+    done = _audit_cli("--since", "yesterday", "--log", str(log), "--no-resolve", "--strict")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'yesterday' is not a time" in done.stderr
+    assert "2026-12-07T09:30:00Z" in done.stderr

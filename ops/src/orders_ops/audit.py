@@ -13,6 +13,15 @@ keys used (per operation), and every denied request. It flags:
 * any use of the root token (after the bootstrap, nothing should need it: the
   runbooks of ``orders-runbook`` use it and show up here, as they should).
 
+A denied Transit decrypt by a *probe* token is counted, not flagged: ``orders-demo``
+tries every identity on every sealed field, and most must be refused. A probe token
+is one whose login JWT carries the claim ``issuer.PROBE_CLAIM``, which Vault's JWT
+roles map into the token's metadata (``probe``) and the audit device records on
+each request. The claim is inside the signed JWT, so only a holder of the issuer's
+signing key can mark a token (a worker's own token file has no such claim, and
+Vault fixes a token's metadata at login); a request header or a display name, which
+any token holder sets, would not do.
+
 Secrets in the log are HMAC'd by Vault (``log_raw`` off), and so is the role a
 login asks for. With the root token (``--resolve``, the default when it is
 readable) the report asks Vault for the HMAC of each declared role name
@@ -28,12 +37,18 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from orders_ops.policies import PAYLOAD_KEY, SEALED_SERVICES, payload_keys_of, seal_key, seal_keys
 from orders_ops.settings import SettingsError, StackSettings
-from orders_ops.vault_bootstrap import AUDIT_DEVICE_PATH, CLIENT_SPEC, READER_ROLE
+from orders_ops.vault_bootstrap import (
+    AUDIT_DEVICE_PATH,
+    CLIENT_SPEC,
+    PROBE_METADATA,
+    READER_ROLE,
+)
 from orders_shared.catalog import SERVICES
 from orders_shared.codec import payload_keys
 
@@ -74,6 +89,7 @@ class IdentityReport:
     transit: Counter[str] = field(default_factory=Counter)  # "<op> <key>" -> requests
     denied: Counter[str] = field(default_factory=Counter)  # "<op> <path>" -> requests
     other: Counter[str] = field(default_factory=Counter)  # any other path, by "<op> <path>"
+    probed: Counter[str] = field(default_factory=Counter)  # probes' expected denials
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +100,7 @@ class IdentityReport:
             "transit": dict(self.transit),
             "denied": dict(self.denied),
             "other": dict(self.other),
+            "probe_denied": dict(self.probed),
         }
 
 
@@ -130,6 +147,25 @@ def _who(auth: Mapping[str, Any]) -> str:
 def _login_path(path: str) -> bool:
     parts = path.split("/")
     return len(parts) >= 3 and parts[0] == "auth" and parts[2] == "login"
+
+
+SINCE_FORMS = (
+    "an ISO 8601 time in UTC: 2026-12-07, 2026-12-07T09:30, 2026-12-07T09:30:00Z, "
+    "or with an offset, 2026-12-07T10:30:00+01:00"
+)
+
+
+def parse_since(text: str) -> str:
+    """``--since`` as the UTC time the report compares with; anything that is not an ISO
+    time (``yesterday``, ``1h``) is refused, naming the accepted forms (read as text it
+    would sort after every entry and silently report nothing)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time; use {SINCE_FORMS}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def time_key(when: str) -> str:
@@ -216,6 +252,10 @@ def analyse(
         allowed = (auth.get("policy_results") or {}).get("allowed", True)
         error = str(entry.get("error") or "")
         if not allowed or "permission denied" in error:
+            probe = str((auth.get("metadata") or {}).get(PROBE_METADATA) or "")
+            if probe and path.startswith("transit/decrypt/"):
+                report.identity(who).probed[f"{op} {path} ({probe})"] += 1
+                continue
             report.identity(who).denied[f"{op} {path}"] += 1
             report.flags.append(f"{entry.get('time', '?')} DENIED {who}: {op} {path}")
             continue
@@ -268,6 +308,11 @@ def render(report: AuditReport) -> str:
             out.append("  other: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.other.items())))
         for what, n in sorted(r.denied.items()):
             out.append(f"  DENIED {what} x{n}")
+        if r.probed:
+            out.append(
+                f"  denied to a probe (expected, not flagged): {sum(r.probed.values())} "
+                f"({', '.join(f'{k} x{v}' for k, v in sorted(r.probed.items()))})"
+            )
     out.append(f"flags: {len(report.flags)}")
     out += [f"  FLAG {f}" for f in report.flags]
     return "\n".join(out)
@@ -290,12 +335,21 @@ def role_hashes(settings: StackSettings) -> dict[str, str]:
         client.adapter.close()
 
 
+def _since_arg(text: str) -> str:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orders-audit", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--log", type=Path, help="the audit log (default: the stack's)")
-    parser.add_argument("--since", help="only entries at or after this ISO time (UTC)")
+    parser.add_argument(
+        "--since", type=_since_arg, help=f"only entries at or after this time: {SINCE_FORMS}"
+    )
     parser.add_argument("--offset", type=int, default=0, help="start at this byte of the log")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(

@@ -32,7 +32,7 @@ from temporalio.client import Client
 
 from orders_ops import codec_tls, demo_containers
 from orders_ops.dockerd import DockerError
-from orders_ops.identities import local_session
+from orders_ops.identities import local_session, probe_sessions
 from orders_ops.interrupt import one_line_on_interrupt
 from orders_ops.issuer import mint_user
 from orders_ops.settings import SettingsError, StackSettings
@@ -520,13 +520,18 @@ def codec_decode(settings: StackSettings, payload: Payload, bearer: str) -> dict
     return result
 
 
+PROBE_PURPOSE = "orders-demo"
+"""The probe mark of the demo's "who can unseal which field" tokens (``issuer.PROBE_CLAIM``)."""
+
+
 async def who_can_unseal(
     settings: StackSettings, order: dict[str, Any]
 ) -> list[tuple[str, dict[str, str]]]:
-    """For each sealed field, which identity Vault lets open it (tried for real)."""
+    """For each sealed field, which identity Vault lets open it (tried for real, with probe
+    tokens of each identity: ``orders-audit`` counts their denials as the probe's, not as
+    flags)."""
     names = [*SERVICES, "client"]
-    sessions = {name: await local_session(settings, name) for name in names}
-    try:
+    async with probe_sessions(settings, names, PROBE_PURPOSE) as sessions:
         rows = []
         for field, consumer in SEALED_FIELDS.items():
             verdicts: dict[str, str] = {}
@@ -546,9 +551,6 @@ async def who_can_unseal(
                     verdicts[name] = "refused"
             rows.append((field, verdicts))
         return rows
-    finally:
-        for session in sessions.values():
-            await session.close()
 
 
 async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]) -> bool:

@@ -265,6 +265,21 @@ def mint(
     return sign(load_signing_key(settings), claims)
 
 
+PROBE_CLAIM = "orders_probe"
+"""A claim only the issuer's key can add to a workload token: the token is one of
+``orders-demo``'s own probes (Vault's JWT roles map it into the token's metadata,
+``probe``, which the audit device records on every request of that token)."""
+
+
+def mint_probe(settings: StackSettings, service_name: str, purpose: str, ttl: int = 120) -> str:
+    """A token of ``service_name``'s identity (same subject, same policy) that is marked
+    as a probe (``purpose``, e.g. ``orders-demo``): ``orders-audit`` counts its denied
+    Transit decrypts as the expected outcome of a probe instead of flagging them."""
+    claims = claims_for(settings.namespace, service_name, ttl)
+    claims[PROBE_CLAIM] = purpose
+    return sign(load_signing_key(settings), claims)
+
+
 def _check_ttl(ttl: int, cap: int, what: str) -> None:
     if not 0 < ttl <= cap:
         raise IssuerError(f"ttl {ttl}s for {what} is out of range: use 1 to {cap} seconds")

@@ -319,6 +319,9 @@ def ensure_policies(client: hvac.Client) -> list[str]:
 # --------------------------------------------------------------------------- auth
 
 
+PROBE_METADATA = "probe"
+"""The token metadata key a probe's signed claim (``issuer.PROBE_CLAIM``) is mapped to."""
+
 CLIENT_SPEC = ServiceSpec(issuer.CLIENT, task_queue="", db_roles=())
 """The client identity (``orders-client``): auth roles like a service's, but no worker."""
 
@@ -347,6 +350,9 @@ def jwt_role(settings: StackSettings, spec: ServiceSpec, ttls: TokenTTLs) -> dic
         },
         "bound_claims_type": "string",
         "user_claim": "sub",
+        # a probe of orders-demo carries this signed claim; Vault records it as the token's
+        # metadata "probe" in every audit entry (a worker's own token has no such claim)
+        "claim_mappings": {issuer.PROBE_CLAIM: PROBE_METADATA},
         **_token_params(spec, ttls),
     }
 
