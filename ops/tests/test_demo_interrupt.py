@@ -33,6 +33,10 @@ def _closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_the_demo_prints_one_line_and_leaves_nothing_running() -> None:
     state = Path(tempfile.mkdtemp(prefix="orders-demo-interrupt-"))
     state.chmod(0o755)  # as root, postgres runs as nobody and must reach its folder
@@ -47,6 +51,10 @@ def test_ctrl_c_during_the_demo_prints_one_line_and_leaves_nothing_running() -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a terminal's foreground job: a run started in the background by a
+        # non-interactive shell (CI, nohup ... &) inherits SIGINT ignored, and Python
+        # then never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     try:
         assert demo.stdout is not None

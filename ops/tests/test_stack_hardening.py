@@ -263,7 +263,12 @@ def test_reset_deletes_everything(own_stack: Stack, monkeypatch: pytest.MonkeyPa
 # --------------------------------------------------------------------------- item 6
 
 
-def test_a_second_stack_on_the_same_ports_is_refused_before_it_starts(own_stack: Stack) -> None:
+def test_a_second_stack_on_the_same_ports_is_refused_before_it_starts(
+    own_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the advice outside make (under make test it names the TEST_ variable instead:
+    # ops/tests/test_port_check.py)
+    monkeypatch.delenv("ORDERS_PORTS_SET_BY", raising=False)
     own_stack.up(timeout=60, bootstrap=False, **QUIET)
     other_state = _new_state()
     try:

@@ -1322,6 +1322,11 @@ class SessionWatchdog(Server):
         )
         self._spawn([sys.executable, "-m", "orders_ops.session_watchdog"], env=env)
 
+    def stop(self, timeout: float = 15.0) -> bool:
+        stopped = super().stop(timeout)
+        self.heartbeat_file.unlink(missing_ok=True)  # run/ holds nothing of a stopped stack
+        return stopped
+
     def healthy(self) -> bool:
         """A sweep reached the database since it started (it touches the file after each)."""
         from orders_ops.session_watchdog import heartbeat_fresh
