@@ -31,6 +31,7 @@ import asyncpg
 import hvac
 import hvac.exceptions
 import pytest
+from support import short_ttl
 
 from orders_ops.stack import Stack
 from orders_shared.config import DatabaseConfig, VaultConfig
@@ -89,17 +90,6 @@ def short_token_role(root: hvac.Client, service: str, ttl: int, max_ttl: int) ->
         yield name
     finally:
         root.delete(f"auth/jwt/role/{name}")
-
-
-@contextlib.contextmanager
-def short_lease(root: hvac.Client, db_role: str, ttl: int, max_ttl: int) -> Iterator[None]:
-    path = f"database/roles/{db_role}"
-    before = root.read(path)["data"]
-    root.write(path, **{**before, "default_ttl": ttl, "max_ttl": max_ttl})
-    try:
-        yield
-    finally:
-        root.write(path, **before)
 
 
 @contextlib.contextmanager
@@ -397,7 +387,7 @@ async def test_a_credential_that_really_expires_recovers_when_vault_returns(
     """Vault stopped past the credential's VALID UNTIL (and, in one run, past the Vault
     token's end): operations fail meanwhile, and every one, retried, succeeds after."""
     with contextlib.ExitStack() as roles:
-        roles.enter_context(short_lease(root, "order-process-payment", ttl=3, max_ttl=120))
+        roles.enter_context(short_ttl(root, "order-process-payment", ttl=3, max_ttl=120))
         auth_role = None
         if token_expires:
             auth_role = roles.enter_context(short_token_role(root, "payment", ttl=5, max_ttl=120))
