@@ -829,6 +829,8 @@ async def test_an_order_in_another_currency_is_refused_not_charged_euro_prices(
     assert result is not None
     assert (result.status, result.reason_code) == ("rejected", OrderRejected.TYPE)
     assert result.reason is not None and "USD" in result.reason and sku in result.reason
+    # it names the currency the shop takes, not only the one it refuses
+    assert "the shop takes EUR" in result.reason
     got = await facts(admin, order.order_id)
     assert (got["status"], got["payments"], got["reservations"]) == ("rejected", [], [])
     assert await stock(admin, sku) == 5

@@ -639,6 +639,23 @@ def log_scan(stack: Stack, say: Callable[[str], None]) -> bool:
     return not hits and lines > 0
 
 
+def keep_hints(settings: StackSettings) -> list[str]:
+    """What ``make demo KEEP=1`` ends with: where the UI is and what to try next."""
+    return [
+        "",
+        "KEEP=1: stack and workers left running.",
+        f"  Temporal UI: {settings.temporal_ui_url} (payloads decoded by the local codec "
+        "server, sealed fields stay sealed)",
+        "  try next:",
+        '    eval "$(make -s env)"                                 # addresses, root token',
+        "    .venv/bin/orders submit examples/order.json --wait    # an order of your own",
+        "    .venv/bin/orders status example-0001                  # its step or outcome",
+        "    .venv/bin/temporal workflow list                      # every order the demo ran",
+        "    make status; make logs; .venv/bin/orders-audit        # servers, logs, Vault audit",
+        "  'make down' stops them ('make up METRICS=1' adds Prometheus).",
+    ]
+
+
 @one_line_on_interrupt("orders-demo")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="orders-demo", description=__doc__)
@@ -685,7 +702,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _say(f"orders-demo: error: {exc}")
     finally:
         if args.keep or os.environ.get("KEEP") == "1":
-            _say("\nKEEP=1: stack and workers left running; 'make down' stops them.")
+            for line in keep_hints(stack.settings):
+                _say(line)
         else:
             _say("\nstopping what the demo started")
             if fleet is not None:

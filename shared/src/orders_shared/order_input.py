@@ -15,6 +15,7 @@ the validate activity's business refusal.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -120,7 +121,10 @@ def _check_keys(
             # the key is input too: name it only when it is plainly a field name
             name = key if isinstance(key, str) and _KEY_RE.fullmatch(key) else "<unnamed>"
             field = f"{where}.{name}" if where else name
-            raise OrderInputError(field, "is not a known field")
+            # a misspelt field name: say which known one it is likely to be
+            near = difflib.get_close_matches(name, (*required, *optional), n=1, cutoff=0.75)
+            hint = f"; did you mean {near[0]!r}?" if near and name != "<unnamed>" else ""
+            raise OrderInputError(field, f"is not a known field{hint}")
     for key in required:
         if key not in data:
             raise OrderInputError(f"{where}.{key}" if where else key, "is required")

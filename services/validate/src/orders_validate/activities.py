@@ -156,6 +156,10 @@ class ValidateActivities:
             )
             prices: dict[str, int] = {r["sku"]: r["unit_price_cents"] for r in rows}
             other_currency = sorted(r["sku"] for r in rows if r["currency"] != order.currency)
+            # the currencies the shop prices those SKUs in: the refusal names what to use
+            shop_currencies = sorted(
+                {r["currency"] for r in rows if r["currency"] != order.currency}
+            )
             unknown = sorted(set(skus) - prices.keys())
             priced = [
                 PricedLine(sku=li.sku, quantity=li.quantity, unit_price_cents=prices[li.sku])
@@ -168,9 +172,11 @@ class ValidateActivities:
             if unknown:
                 reason = f"unknown SKU: {', '.join(unknown)}"
             elif other_currency:
+                takes = " or ".join(shop_currencies)
                 reason = (
                     f"the order is in {order.currency} but SKU {', '.join(other_currency)} "
-                    "is priced in another currency; order in the catalogue's currency"
+                    f"is priced in {takes}: the shop takes {takes} for it (set the order's "
+                    "currency field to that)"
                 )
             elif total > MAX_TOTAL_CENTS:
                 reason = "order total is larger than a single order may be"
