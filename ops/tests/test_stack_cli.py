@@ -60,6 +60,60 @@ def test_make_help_prints_the_eval_line_as_typed() -> None:
     assert "$$" not in out
 
 
+def test_make_help_has_colour_on_a_terminal_only() -> None:
+    """Into a pipe (`make help | less`, a CI log) no escape codes; on a terminal, colour."""
+    argv = ["make", "-s", "--no-print-directory", "help"]
+    piped = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert "up " in piped.stdout and "\x1b" not in piped.stdout
+    leader, follower = os.openpty()
+    try:
+        done = subprocess.run(argv, cwd=REPO, stdout=follower, timeout=60, check=True)
+        assert done.returncode == 0
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed, all is read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    assert b"\x1b[36mhelp" in b"".join(chunks)
+
+
+def _make_dry_run(*args: str) -> str:
+    """What `make -n <args>` would run: the recipe lines, nothing executed."""
+    return subprocess.run(
+        ["make", "-n", "--no-print-directory", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+def test_make_journey_leaves_the_tracked_docs_alone_docs_journey_writes_them() -> None:
+    """`make journey` writes to artifacts/ only; regenerating docs/ is its own target
+    (orders-journey writes docs/journey.md and docs/images only with --docs)."""
+    journey = [line for line in _make_dry_run("journey").splitlines() if "orders-journey" in line]
+    assert journey and all("--docs" not in line for line in journey), journey
+    docs = [line for line in _make_dry_run("docs-journey").splitlines() if "orders-journey" in line]
+    assert docs and all("--docs" in line for line in docs), docs
+
+
+def test_make_up_workers_starts_the_six_workers_too() -> None:
+    plain = [line for line in _make_dry_run("up").splitlines() if "orders-stack up" in line]
+    assert plain and all("--workers" not in line for line in plain), plain
+    workers = [
+        line for line in _make_dry_run("up", "WORKERS=1").splitlines() if "orders-stack up" in line
+    ]
+    assert workers and all("--workers" in line for line in workers), workers
+
+
 def test_help_lists_every_port_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])

@@ -8,8 +8,9 @@ read from the real servers: (a) the login that ran each step's SQL; (b) what
 Temporal history holds, fetched without codec, and what the codec server shows an
 authorised reader; (c) what each worker's environment holds; (d) what one stolen
 credential reaches. Then Temporal UI screenshots of both, a verdict, the report
-printed and written to ``artifacts/journey.{md,json}`` (``--docs``: also
-``docs/journey.md`` and ``docs/images/``). Exits 1 when a check fails, and stops
+printed and written to ``artifacts/journey.{md,json}`` and ``artifacts/images/``
+(``--docs``, ``make docs-journey``: ``docs/journey.md`` and ``docs/images/`` instead of
+the images there, the tracked copies). Exits 1 when a check fails, and stops
 everything it started.
 """
 
