@@ -74,8 +74,8 @@ def rotate_intermediate(client: hvac.Client, settings: StackSettings) -> list[st
         lines.append(f"{pki.ca_file(settings)} holds both intermediates and the root")
         lines += _reload_terminator(settings)
     lines += [
-        "verify: 'bao read pki-orders/config/issuers' names the new default; a certificate "
-        "issued now and one issued before both pass "
+        "verify: '.venv/bin/bao read pki-orders/config/issuers' names the new default; a "
+        "certificate issued now and one issued before both pass "
         f"'openssl verify -CAfile {pki.ca_file(settings)} <leaf.pem>'",
         f"then: after {pki.LEAF_MAX_TTL // 3600} h (the longest leaf life; every service "
         "renews at 2/3 of its 24 h before that) run 'orders-runbook rotate-intermediate-ca "
@@ -158,7 +158,7 @@ def revoke_certificates(client: hvac.Client, service: str) -> list[str]:
     lines = [f"revoked {cn}'s certificate {s}" for s in revoked]
     lines.append(f"{len(revoked)} certificate(s) of {cn} revoked; CRL published at {PKI_MOUNT}/crl")
     lines.append(
-        f"verify: vault read {PKI_MOUNT}/cert/<serial> shows a revocation_time; "
+        f"verify: '.venv/bin/bao read {PKI_MOUNT}/cert/<serial>' shows a revocation_time; "
         f"'orders-runbook revoke {service}' as well stops new ones being issued"
     )
     return lines

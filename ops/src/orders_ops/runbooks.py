@@ -278,7 +278,8 @@ def rotate_db_root(settings: StackSettings, connection: str = CONNECTION) -> lis
         client.adapter.close()
     lines.append(
         "verify: leases already issued keep working (their logins are separate roles); "
-        "'vault read database/creds/<role>' issues; the old password is refused by Postgres"
+        "'.venv/bin/bao read database/creds/<role>' issues; the old password is refused by "
+        "Postgres"
     )
     return lines
 
@@ -469,7 +470,7 @@ def rotate_transit(
     finally:
         client.adapter.close()
     lines.append(
-        "verify: 'vault read transit/keys/<key>' shows latest_version and "
+        "verify: '.venv/bin/bao read transit/keys/<key>' shows latest_version and "
         "min_decryption_version; the codec server still shows the oldest order's input"
     )
     if any(k in seal_keys() for k in names):
@@ -510,7 +511,7 @@ def _rewrap_export(settings: StackSettings, token: str, path: Path) -> str:
 def rotate_issuer(settings: StackSettings, *, finish: bool, overlap_over: bool) -> list[str]:
     """Start a rotation (both keys trusted) or finish it (only the new one), refusing to
     finish before the longest token lifetime has passed since the rotation."""
-    from orders_ops.stack import StackError, rotate_issuer_key
+    from orders_ops.stack import StackError, issuer_finish_hint, rotate_issuer_key
 
     identify(settings).adapter.close()
     if finish and not overlap_over:
@@ -530,6 +531,7 @@ def rotate_issuer(settings: StackSettings, *, finish: bool, overlap_over: bool) 
     if finish:
         lines.append("verify: a token signed by the previous key is refused at auth/jwt/login")
     else:
+        lines.append(issuer_finish_hint("orders-runbook rotate-issuer-key"))
         lines.append(
             "verify: workers keep logging in (their token files were re-signed); "
             "a token signed by the previous key still logs in until --finish"

@@ -1592,12 +1592,18 @@ def rotate_issuer_key(settings: StackSettings, *, finish: bool = False) -> list[
         codec.write_reader_token()
     prepare_identity_dirs(settings)  # token files written here as root: their group
     lines.append("re-signed every token file with the current key")
-    if not finish:
-        lines.append(
-            f"finish with 'orders-stack rotate-issuer-key --finish' after {issuer.MAX_TTL}s, "
-            "when no token signed by the previous key can still be alive"
-        )
     return lines
+
+
+def issuer_finish_hint(command: str) -> str:
+    """The line after a started rotation, naming the command the operator ran
+    (``orders-stack rotate-issuer-key`` or ``orders-runbook rotate-issuer-key``)."""
+    from orders_ops import issuer
+
+    return (
+        f"finish with '{command} --finish' after {issuer.MAX_TTL}s, "
+        "when no token signed by the previous key can still be alive"
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1733,7 +1739,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.rmtree(stack.settings.state_dir, ignore_errors=True)
             print(f"  removed {stack.settings.state_dir}")
         elif args.cmd == "rotate-issuer-key":
-            for line in rotate_issuer_key(stack.settings, finish=args.finish):
+            lines = rotate_issuer_key(stack.settings, finish=args.finish)
+            if not args.finish:
+                lines.append(issuer_finish_hint("orders-stack rotate-issuer-key"))
+            for line in lines:
                 print(f"  {line}")
         sys.stdout.flush()  # inside _errors: a closed pipe is reported here, handled there
 
