@@ -55,6 +55,11 @@ def readme_queries() -> list[str]:
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
+def readme_pages() -> list[str]:
+    """The paths of the README's links to the local Prometheus (http://127.0.0.1:9090/...)."""
+    return re.findall(r"\(http://127\.0\.0\.1:9090(/[^)\s]*)\)", README.read_text())
+
+
 def example_order(order_id: str, sku: str) -> dict[str, Any]:
     """``examples/order.json`` with the test's own order id and SKU."""
     data: dict[str, Any] = json.loads((README.parent / "examples" / "order.json").read_text())
@@ -91,6 +96,16 @@ def prometheus(workers: Stack) -> Iterator[LocalPrometheus]:
     yield prom
     if not already:
         prom.stop()
+
+
+def test_every_prometheus_page_the_readme_links_exists(prometheus: LocalPrometheus) -> None:
+    """Debian's build has only the classic UI: a link to the newer UI's pages is a 404."""
+    pages = readme_pages()
+    assert len(pages) >= 3, pages  # graph, targets, alerts
+    for page in pages:
+        with urllib.request.urlopen(f"{prometheus.url}{page}", timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200, page
+            assert resp.geturl().endswith(page), (page, resp.geturl())  # not sent elsewhere
 
 
 def test_every_process_is_scraped_and_the_charts_rules_are_loaded(
