@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import hvac.exceptions
 from orders_ops import issuer
 from orders_ops.bootstrap_identity import (
     BOOTSTRAP_POLICY_HCL,
+    EXTERNAL_BOOTSTRAP_POLICY_HCL,
     BootstrapLoginError,
     admin_setup,
     bootstrap_vault_client,
@@ -51,7 +53,13 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
     passwords are kept in Vault (``orders-bootstrap`` KV) and nothing is written to
     disk."""
     report = BootstrapReport()
-    local = settings.mode == "local"
+    local = settings.local_issuer  # the identity issuer's keys and tokens live here
+    if settings.mode == "external" and not settings.pg_password_file.is_file():
+        raise SettingsError(
+            f"ORDERS_BOOTSTRAP_MODE=external: no PostgreSQL superuser password at "
+            f"{settings.pg_password_file}: write the password of the superuser 'postgres' "
+            "there (mode 0600; see docs/bring-your-own.md)"
+        )
 
     report.changes += asyncio.run(bootstrap_database(settings, vault_is_new=vault_is_new))
 
@@ -71,11 +79,36 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
     return report
 
 
+def denied(exc: hvac.exceptions.Forbidden, settings: StackSettings) -> str:
+    """One line for a request Vault refused the bootstrap's token: the method and path
+    (never a value), and the policy that token needs."""
+    path = urllib.parse.urlparse(exc.url or "").path.removeprefix("/v1/") or "?"
+    method = (exc.method or "?").upper()
+    if settings.mode == "external":
+        fix = (
+            "the token in VAULT_TOKEN needs the policy 'orders-bootstrap admin-setup "
+            "--print-policy --external' prints (docs/bring-your-own.md)"
+        )
+    elif settings.mode == "cluster":
+        fix = (
+            "the bootstrap's identity needs the policy 'orders-bootstrap admin-setup "
+            "--print-policy' prints (docs/deployment.md)"
+        )
+    else:
+        fix = f"is {settings.root_token_file} the local stack's root token?"
+    return f"Vault denied {method} {path} to the bootstrap's token (permission denied): {fix}"
+
+
 def _admin_setup(args: argparse.Namespace) -> None:
     """``orders-bootstrap admin-setup``: run once by a Vault administrator."""
     if args.print_policy:
-        print(BOOTSTRAP_POLICY_HCL, end="")
+        print(EXTERNAL_BOOTSTRAP_POLICY_HCL if args.external else BOOTSTRAP_POLICY_HCL, end="")
         return
+    if args.external:
+        raise SystemExit(
+            "orders-bootstrap admin-setup: error: --external goes with --print-policy: write "
+            "that policy and give its token to the bootstrap (docs/bring-your-own.md)"
+        )
     addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
     if not addr or not token:
         raise SystemExit(
@@ -109,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup.add_argument("--mount", default="kubernetes", help="the Kubernetes auth mount")
         setup.add_argument("--audience", default="", help="the token audience to require")
         setup.add_argument("--print-policy", action="store_true", help="print the policy only")
+        setup.add_argument(
+            "--external",
+            action="store_true",
+            help="with --print-policy: the policy a token of ORDERS_BOOTSTRAP_MODE=external "
+            "needs (your own Vault, workers outside a cluster)",
+        )
         _admin_setup(setup.parse_args(argv[1:]))
         return
     parser = argparse.ArgumentParser(
@@ -119,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="list every change")
     args = parser.parse_args(argv)
     try:
-        report = bootstrap(StackSettings.from_env())
+        settings = StackSettings.from_env()
+        report = bootstrap(settings)
+    except hvac.exceptions.Forbidden as exc:
+        print(f"orders-bootstrap: error: {denied(exc, settings)}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (
         BootstrapLoginError,
         VaultBootstrapError,

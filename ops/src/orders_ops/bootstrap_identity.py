@@ -91,6 +91,38 @@ path "orders-bootstrap/metadata/*" { capabilities = ["read", "delete"] }
 """
 
 
+def _external_policy(cluster: str) -> str:
+    """The cluster policy, for ORDERS_BOOTSTRAP_MODE=external: the workers' logins at
+    ``auth/jwt`` (the local identity issuer) instead of ``auth/kubernetes``, and no KV
+    mount (generated passwords stay in the state folder's secrets)."""
+    swaps = {
+        "# orders-bootstrap: what the bootstrap Job manages, and nothing else (written by\n"
+        "# 'orders-bootstrap admin-setup'; no root token in the cluster)": (
+            "# orders-bootstrap (ORDERS_BOOTSTRAP_MODE=external): what the bootstrap manages in\n"
+            "# a Vault of your own, and nothing else; no root token (docs/bring-your-own.md)"
+        ),
+        'path "sys/auth/kubernetes"': 'path "sys/auth/jwt"',
+        'path "auth/kubernetes/config"': 'path "auth/jwt/config"',
+        'path "auth/kubernetes/role/orders-*"': 'path "auth/jwt/role/orders-*"',
+    }
+    text = cluster
+    for old, new in swaps.items():
+        if old not in text:
+            raise AssertionError(f"the bootstrap policy no longer has {old!r}")
+        text = text.replace(old, new)
+    kv = ("orders-bootstrap/", "# generated passwords", "# (delete: the vault_admin")
+    return "".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not line.startswith(kv) and "sys/mounts/orders-bootstrap" not in line
+    )
+
+
+EXTERNAL_BOOTSTRAP_POLICY_HCL = _external_policy(BOOTSTRAP_POLICY_HCL)
+"""What the token given to ``ORDERS_BOOTSTRAP_MODE=external`` needs (``orders-bootstrap
+admin-setup --print-policy --external``); tests/test_bring_your_own.py bootstraps with it."""
+
+
 class BootstrapLoginError(RuntimeError):
     """The bootstrap could not log in to Vault; the message names the cause and the fix."""
 
@@ -131,10 +163,37 @@ def kubernetes_login(settings: StackSettings) -> hvac.Client:
     return client
 
 
+def external_token_client(settings: StackSettings) -> hvac.Client:
+    """ORDERS_BOOTSTRAP_MODE=external: the operator's token from ``VAULT_TOKEN`` (one with
+    :data:`EXTERNAL_BOOTSTRAP_POLICY_HCL`, not root), checked before anything is written."""
+    token = os.environ.get("VAULT_TOKEN", "").strip()
+    fix = (
+        "give it a token with the policy 'orders-bootstrap admin-setup --print-policy "
+        "--external' prints (docs/bring-your-own.md)"
+    )
+    if not token:
+        raise BootstrapLoginError(f"ORDERS_BOOTSTRAP_MODE=external needs VAULT_TOKEN: {fix}")
+    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10)
+    try:
+        authenticated = client.is_authenticated()
+    except requests.exceptions.ConnectionError:
+        raise BootstrapLoginError(
+            f"Vault is not reachable at {settings.vault_addr} (VAULT_ADDR)"
+        ) from None
+    if not authenticated:
+        raise BootstrapLoginError(
+            f"Vault at {settings.vault_addr} does not accept VAULT_TOKEN (expired or "
+            f"revoked?): {fix}"
+        )
+    return client
+
+
 def bootstrap_vault_client(settings: StackSettings) -> hvac.Client:
     """The client the bootstrap configures Vault with: its own Kubernetes identity in a
     cluster, the local stack's root token in process mode (or with
-    ``ORDERS_BOOTSTRAP_VAULT_AUTH=token``)."""
+    ``ORDERS_BOOTSTRAP_VAULT_AUTH=token``), ``VAULT_TOKEN`` with your own servers."""
+    if settings.mode == "external":
+        return external_token_client(settings)
     if uses_kubernetes_login(settings):
         return kubernetes_login(settings)
     from orders_ops.vault_bootstrap import root_client

@@ -6,7 +6,8 @@
 Every address comes from the same settings as the local stack's
 (:class:`orders_ops.settings.StackSettings`): Temporal from ``TEMPORAL_ADDRESS``,
 else ``127.0.0.1:$ORDERS_TEMPORAL_PORT`` [7233]; Vault from ``VAULT_ADDR``,
-else ``http://127.0.0.1:$ORDERS_VAULT_PORT`` [8200]. The CLI runs as the
+else ``http://127.0.0.1:$ORDERS_VAULT_PORT`` [8200]; the Temporal namespace from
+``TEMPORAL_NAMESPACE`` [default], as the workers read it. The CLI runs as the
 ``orders-client`` identity: it logs in to Vault (``VAULT_TOKEN_FILE``, default
 ``<ORDERS_STATE_DIR>/identity/client/token.jwt``), seals the order's sensitive fields
 to their consuming services and encrypts every payload it sends and reads.
@@ -225,15 +226,16 @@ class _Addresses:
     settings: StackSettings
     temporal: str
     vault: str
+    namespace: str = "default"
 
 
 def _addresses() -> _Addresses:
     """Every address from one place: the stack settings, each overridable by its
     standard variable (TEMPORAL_ADDRESS, VAULT_ADDR)."""
     settings = StackSettings.from_env()
-    temporal = TemporalConfig.from_env(default_address=settings.temporal_address).address
+    temporal = TemporalConfig.from_env(default_address=settings.temporal_address)
     vault = (os.environ.get("VAULT_ADDR") or settings.vault_addr).strip().rstrip("/")
-    return _Addresses(settings, temporal, vault)
+    return _Addresses(settings, temporal.address, vault, temporal.namespace)
 
 
 Run = Callable[[Client, VaultTransit, _Addresses, Deadline], Awaitable[int]]
@@ -267,7 +269,12 @@ async def _with_client(run: Run) -> int:
         transit = VaultTransit(session)
         tls = await client_temporal_tls(session)  # ORDERS_TEMPORAL_TLS=1: mTLS
         client = await connect(
-            where.temporal, transit, deadline=deadline, on_retry=_say_retrying, tls=tls
+            where.temporal,
+            transit,
+            namespace=where.namespace,  # TEMPORAL_NAMESPACE, as the workers read it
+            deadline=deadline,
+            on_retry=_say_retrying,
+            tls=tls,
         )
         return await run(client, transit, where, deadline)
     except OrderClientError as exc:

@@ -200,8 +200,8 @@ class Migration:
 
 
 def seed_demo_data_wanted(settings: StackSettings, env: dict[str, str] | None = None) -> bool:
-    """Local stack: always. Cluster: only with ORDERS_SEED_DEMO_DATA=true."""
-    if settings.mode != "cluster":
+    """Local stack: always. Cluster and external: only with ORDERS_SEED_DEMO_DATA=true."""
+    if settings.mode == "local":
         return True
     raw = (os.environ if env is None else env).get(SEED_DEMO_DATA_ENV, "").strip().lower()
     if raw in ("", "false", "0", "no"):

@@ -96,7 +96,9 @@ class StackSettings:
     namespace: str = "orders"
     database: str = "orders"
     # "local": the process stack on loopback. "cluster": the bootstrap Job, which
-    # reaches Vault and Postgres by service name and keeps no state on disk.
+    # reaches Vault and Postgres by service name and keeps no state on disk. "external":
+    # Vault and Postgres of your own (VAULT_ADDR, ORDERS_DB_*), workers as processes
+    # with the local identity issuer (docs/bring-your-own.md).
     mode: str = "local"
     db_host: str = HOST
     vault_url: str | None = None
@@ -137,14 +139,23 @@ class StackSettings:
         mode = os.environ.get("ORDERS_BOOTSTRAP_MODE") or "local"
         if mode == "local":
             return local
-        if mode != "cluster":
-            raise SettingsError(f"ORDERS_BOOTSTRAP_MODE={mode!r}: use local or cluster")
+        if mode not in ("cluster", "external"):
+            raise SettingsError(
+                f"ORDERS_BOOTSTRAP_MODE={mode!r}: use local (this stack), cluster (the "
+                "bootstrap Job) or external (your own servers, docs/bring-your-own.md)"
+            )
         for name in ("VAULT_ADDR", "ORDERS_DB_HOST"):
             if not os.environ.get(name):
-                raise SettingsError(f"{name} is required with ORDERS_BOOTSTRAP_MODE=cluster")
+                raise SettingsError(
+                    f"{name} is required with ORDERS_BOOTSTRAP_MODE={mode} "
+                    f"({'Vault' if name == 'VAULT_ADDR' else 'PostgreSQL'}'s address)"
+                )
+        # external: servers of your own, workers as processes logging in with the local
+        # identity issuer's tokens (auth/jwt); state (issuer keys, generated passwords) in
+        # ORDERS_STATE_DIR. cluster: Kubernetes auth, passwords in Vault KV.
         cluster = dataclasses.replace(
             local,
-            mode="cluster",
+            mode=mode,
             vault_url=os.environ["VAULT_ADDR"].rstrip("/"),
             db_host=os.environ["ORDERS_DB_HOST"],
             postgres_port=_port("ORDERS_DB_PORT", 5432),
@@ -162,6 +173,12 @@ class StackSettings:
         except db_tls.DatabaseTLSError as exc:
             raise SettingsError(str(exc)) from None
         return cluster
+
+    @property
+    def local_issuer(self) -> bool:
+        """Workers log in at auth/jwt with tokens of the local identity issuer, whose keys
+        live in the state folder (local and external modes; not in a cluster)."""
+        return self.mode in ("local", "external")
 
     # -- derived locations -------------------------------------------------
     @property

@@ -516,7 +516,7 @@ def audit_log_file(settings: StackSettings) -> Path:
     """Where Vault writes its audit log: the stack's state folder locally; in cluster
     mode a path in *Vault's* pod (``ORDERS_VAULT_AUDIT_FILE``, default ``stdout``,
     which the cluster's log pipeline collects)."""
-    if settings.mode == "cluster":
+    if settings.mode != "local":  # cluster or external: a path on Vault's own machine
         return Path(os.environ.get("ORDERS_VAULT_AUDIT_FILE") or "stdout")
     return settings.state_dir / "vault" / "audit.log"
 
@@ -588,11 +588,13 @@ def configure_vault(
     changes += ensure_transit(client)
     changes += ensure_pki(client, settings)
     changes += ensure_policies(client)
-    if settings.mode == "local":
-        # process mode: workers present the local issuer's tokens at auth/jwt
+    if settings.local_issuer:
+        # process mode (local or external): workers present the local issuer's tokens at
+        # auth/jwt
         changes += ensure_jwt_auth(client, settings, ttls)
-    changes += ensure_kubernetes_auth(client, settings, ttls, kubernetes, notes=notes)
-    if settings.mode == "local" or os.environ.get("ORDERS_READER_OIDC_DISCOVERY_URL"):
+    if settings.mode != "external":  # no cluster to review tokens with
+        changes += ensure_kubernetes_auth(client, settings, ttls, kubernetes, notes=notes)
+    if settings.local_issuer or os.environ.get("ORDERS_READER_OIDC_DISCOVERY_URL"):
         changes += ensure_reader_auth(client, ReaderAuthConfig.from_env(settings))
     elif notes is not None:
         notes.append(
