@@ -110,12 +110,14 @@ def _external_policy(cluster: str) -> str:
         if old not in text:
             raise AssertionError(f"the bootstrap policy no longer has {old!r}")
         text = text.replace(old, new)
-    kv = ("orders-bootstrap/", "# generated passwords", "# (delete: the vault_admin")
-    return "".join(
+    kv_comments = ("# generated passwords", "# (delete: the vault_admin")
+    kv_paths = ('path "orders-bootstrap/', 'path "sys/mounts/orders-bootstrap"')
+    kept = "".join(
         line
         for line in text.splitlines(keepends=True)
-        if not line.startswith(kv) and "sys/mounts/orders-bootstrap" not in line
+        if not line.startswith(kv_comments) and not line.startswith(kv_paths)
     )
+    return kept.rstrip("\n") + "\n"
 
 
 EXTERNAL_BOOTSTRAP_POLICY_HCL = _external_policy(BOOTSTRAP_POLICY_HCL)
