@@ -446,7 +446,7 @@ def test_the_workers_run_an_order_on_servers_of_ones_own(servers: Servers) -> No
         timeout=120,
         check=False,
     )
-    assert submit.returncode == 0, submit.stdout + submit.stderr
+    assert submit.returncode == 0, submit.stdout + submit.stderr  # in TEMPORAL_NAMESPACE
     result = json.loads(submit.stdout)
     assert result["result"]["status"] == "completed", result
 

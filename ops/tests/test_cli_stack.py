@@ -25,6 +25,7 @@ import pytest
 from cli_support import ORDERS, cli_env, order, run  # ops/tests is on pytest's pythonpath
 from temporalio.client import Client
 
+from orders_ops.namespaces import ensure_namespace
 from orders_ops.stack import Stack
 from orders_ops.testing import free_port
 
@@ -178,6 +179,8 @@ def test_wait_without_workers_says_so_and_how_to_start_them(stack: Stack, tmp_pa
     assert f"no worker polls task queue {queue}: " in line
     assert "orders-stack up --workers" in line
     assert f"orders status {oid}" in line
+    # the namespace it looked in: workers of one's own may poll another one
+    assert "(namespace 'default': the workers' TEMPORAL_NAMESPACE must be the same)" in line
 
     status = run(stack, "status", oid)
     assert status.returncode == 0, status.stderr
@@ -185,6 +188,35 @@ def test_wait_without_workers_says_so_and_how_to_start_them(stack: Stack, tmp_pa
     assert f"orders: warning: no worker polls task queue {queue}: " in status.stderr
     assert "orders-stack up --workers" in status.stderr
     asyncio.run(_terminate(stack, oid))
+
+
+def test_the_cli_submits_in_temporal_namespace_and_says_which_it_looked_in(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """TEMPORAL_NAMESPACE, as the workers read it (it always used 'default'): in a
+    namespace no worker polls, the order is started there and the error names it."""
+    namespace = f"cli-other-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_namespace(stack.settings.temporal_address, namespace))
+    oid = f"cli-ns-{uuid.uuid4().hex[:8]}"
+    proc = run(
+        stack,
+        "submit",
+        write_order(tmp_path, order(oid)),
+        "--wait",
+        TEMPORAL_NAMESPACE=namespace,
+    )
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    line = one_error_line(proc.stderr)
+    assert f"order '{oid}' was started" in line
+    assert f"(namespace '{namespace}': the workers' TEMPORAL_NAMESPACE must be the same)" in line
+
+    async def where() -> None:
+        client = await Client.connect(stack.settings.temporal_address, namespace=namespace)
+        desc = await client.get_workflow_handle(oid).describe()
+        assert desc.status is not None and desc.status.name == "RUNNING"
+        await client.get_workflow_handle(oid).terminate(reason="test cleanup")
+
+    asyncio.run(where())
 
 
 async def _terminate(stack: Stack, order_id: str) -> None:

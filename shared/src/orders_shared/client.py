@@ -132,11 +132,15 @@ class OrderConflictError(OrderClientError):
 class NoWorkersError(OrderClientError):
     """Nobody polls a task queue the order needs, so waiting would hang."""
 
-    def __init__(self, order_id: str, run_id: str | None, queues: list[str]) -> None:
+    def __init__(
+        self, order_id: str, run_id: str | None, queues: list[str], namespace: str = "default"
+    ) -> None:
         names = ", ".join(queues)
         super().__init__(
             f"order {order_id!r} was started (run {run_id}) but no worker polls task queue "
-            f"{names}: {START_HINT}; then follow it with 'orders status {order_id}'"
+            f"{names}: {START_HINT}; then follow it with 'orders status {order_id}' "
+            # workers elsewhere (docs/bring-your-own.md) may poll another namespace
+            f"(namespace {namespace!r}: the workers' TEMPORAL_NAMESPACE must be the same)"
         )
         self.order_id = order_id
         self.run_id = run_id
@@ -592,7 +596,7 @@ async def _wait_for_result(
                 on_retry=on_retry,
             )
             if missing:
-                raise NoWorkersError(handle.id, run_id, missing)
+                raise NoWorkersError(handle.id, run_id, missing, client.namespace)
             checked = True
         try:
             return await asyncio.wait_for(handle.result(), timeout=recheck)
