@@ -77,15 +77,22 @@ class Servers:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def stop(self) -> None:
-        for _name, proc in reversed(self.procs):  # workers first, servers last
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        """Workers (and the issuer, the provider) first, so that they revoke their leases
+        and tokens while Vault still answers; then the servers; PostgreSQL last."""
+        servers = {"openbao", "temporal"}
+        for group in (
+            [p for n, p in self.procs if n not in servers],
+            [p for n, p in self.procs if n in servers],
+        ):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
         if self.pg_port and (self.pg_data / "postmaster.pid").exists():
             subprocess.run(
                 [
@@ -341,6 +348,20 @@ def test_the_workers_run_an_order_on_servers_of_ones_own(servers: Servers) -> No
         ORDERS_K8S_NAMESPACE=IDENTITY_NAMESPACE,
         ORDERS_SEED_DEMO_DATA="true",  # the example order's SKUs
     )
+    # a token without Vault's default policy cannot even look itself up: named, in one line
+    bare = admin.auth.token.create(policies=["orders-bootstrap"], no_default_policy=True)
+    unaccepted = subprocess.run(
+        [str(BIN / "orders-bootstrap")],
+        env=bootstrap_env | {"VAULT_TOKEN": bare["auth"]["client_token"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert unaccepted.returncode == 1, unaccepted.stdout + unaccepted.stderr
+    assert "does not accept VAULT_TOKEN" in unaccepted.stderr, unaccepted.stderr
+    assert "default policy" in unaccepted.stderr and "Traceback" not in unaccepted.stderr
+
     # a token whose policy lacks one path is refused in one line naming the path and the fix
     short = EXTERNAL_BOOTSTRAP_POLICY_HCL.replace('path "auth/jwt/role/orders-*"', 'path "x/*"')
     assert short != EXTERNAL_BOOTSTRAP_POLICY_HCL

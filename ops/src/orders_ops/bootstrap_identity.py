@@ -184,8 +184,8 @@ def external_token_client(settings: StackSettings) -> hvac.Client:
         ) from None
     if not authenticated:
         raise BootstrapLoginError(
-            f"Vault at {settings.vault_addr} does not accept VAULT_TOKEN (expired or "
-            f"revoked?): {fix}"
+            f"Vault at {settings.vault_addr} does not accept VAULT_TOKEN (expired, revoked, "
+            f"or without Vault's default policy, which lets a token look itself up?): {fix}"
         )
     return client
 
