@@ -46,6 +46,7 @@ from orders_ops.vault_bootstrap import (
     root_client,
 )
 from orders_ops.vault_database import configure_database_engine
+from orders_shared.catalog import STEP_QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -157,6 +158,23 @@ def test_the_workspace_locks_with_the_new_member(scaffolded: Copy) -> None:
     assert done.returncode == 0, done.stderr
     assert f"Added orders-{NAME} v0.1.0" in done.stderr
     assert f'name = "orders-{NAME}"' in (scaffolded.root / "uv.lock").read_text()
+
+
+def test_an_order_does_not_wait_for_a_worker_the_workflow_never_calls(scaffolded: Copy) -> None:
+    """The new service is in the catalog (identity, policy, role, worker) but not yet a step
+    of the order workflow, so ``STEP_QUEUES`` (the queues an order needs a worker on) is
+    unchanged: without this, every order of a checkout with a fresh scaffold failed with
+    'no worker polls task queue orders-<name>' (the test stack starts no worker for it)."""
+    code = (
+        "from orders_shared.catalog import SERVICES, STEP_QUEUES; "
+        f"print(repr(SERVICES[{NAME!r}].workflow_step), ' '.join(STEP_QUEUES))"
+    )
+    done = scaffolded.run(sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    step, queues = done.stdout.split(" ", 1)
+    assert step == "False"
+    assert queues.split() == list(STEP_QUEUES)
+    assert f"orders-{NAME}" not in queues.split()
 
 
 # --------------------------------------------------------------------------- the scaffold
@@ -279,6 +297,7 @@ from orders_ops.settings import StackSettings
 from orders_ops.stack import worker_env
 from orders_ops.vault_bootstrap import configure_vault, root_client
 from orders_ops.vault_database import configure_database_engine
+from orders_shared.catalog import STEP_QUEUES
 s = StackSettings.from_env()
 asyncio.run(bootstrap_database(s))
 client = root_client(s)

@@ -48,6 +48,7 @@ from orders_ops.journey_report import render
 from orders_ops.journey_ui import Shot, browser_available, take
 from orders_ops.settings import SettingsError, StackSettings, repo_root
 from orders_ops.stack import Stack
+from orders_shared.catalog import SERVICES
 from orders_shared.client import connect, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts.orchestrator import (
@@ -236,14 +237,14 @@ def _check(j: Journey) -> None:
     envs = [e for e in bad["environment"] if e["running"]]
     j.check(
         "INSECURE: the database password is in every worker's environment",
-        len(envs) == 6 and all(e["secrets_found"] for e in envs),
-        f"{sum(bool(e['secrets_found']) for e in envs)}/6 workers",
+        len(envs) == len(insecure.SERVICE_ORDER) and all(e["secrets_found"] for e in envs),
+        f"{sum(bool(e['secrets_found']) for e in envs)}/{len(insecure.SERVICE_ORDER)} workers",
     )
     envs = [e for e in good["environment"] if e["running"]]
     j.check(
         "secured: no worker's environment holds a password or static secret",
-        len(envs) == 6 and not any(e["secrets_found"] for e in envs),
-        f"{sum(not e['secrets_found'] for e in envs)}/6 workers clean",
+        len(envs) == len(SERVICES) and not any(e["secrets_found"] for e in envs),
+        f"{sum(not e['secrets_found'] for e in envs)}/{len(SERVICES)} workers clean",
     )
     sb, sg = bad["stolen"], good["stolen"]
     j.check(

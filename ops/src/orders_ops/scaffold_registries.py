@@ -92,8 +92,8 @@ def inserts(root: Path, svc: NewService) -> list[Insert]:
     return [
         Insert(
             CATALOG,
-            "    )\n}\n\nDB_ROLES",
-            f'        ServiceSpec("{n}", "orders-{n}", ("{role}",)),\n',
+            "    )\n}\n\nSTEP_QUEUES",
+            f'        ServiceSpec("{n}", "orders-{n}", ("{role}",), workflow_step=False),\n',
         ),
         Insert(
             "ops/src/orders_ops/grants.py",

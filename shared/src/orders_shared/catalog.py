@@ -20,6 +20,10 @@ class ServiceSpec:
     name: str
     task_queue: str
     db_roles: tuple[str, ...]
+    # False for a service the order workflow does not call yet (``orders-ops new-service``
+    # writes False): the client then does not wait for a worker on its task queue. Set it
+    # to True in the same change that makes the orchestrator's workflow call it.
+    workflow_step: bool = True
 
     @property
     def identity(self) -> str:
@@ -42,6 +46,11 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("notify", "orders-notify", ("order-notify",)),
     )
 }
+
+STEP_QUEUES: tuple[str, ...] = tuple(
+    s.task_queue for s in SERVICES.values() if s.db_roles and s.workflow_step
+)
+"""The activity task queues the order workflow schedules on: an order needs a worker on each."""
 
 DB_ROLES: tuple[str, ...] = tuple(r for s in SERVICES.values() for r in s.db_roles)
 

@@ -61,7 +61,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from orders_shared.catalog import SERVICES, temporal_identity
+from orders_shared.catalog import STEP_QUEUES, temporal_identity
 from orders_shared.codec import TransitClient, TransitUnavailable, data_converter
 from orders_shared.config import ConfigError, VaultConfig, client_deadline, vault_request_timeout
 from orders_shared.contracts.common import Order
@@ -452,7 +452,7 @@ async def queues_without_workers(
     worker that just started may not have polled (or been forwarded to) it yet."""
     needed = [(task_queue, "workflow")]
     if activities and task_queue == TASK_QUEUE:
-        needed += [(spec.task_queue, "activity") for spec in SERVICES.values() if spec.db_roles]
+        needed += [(queue, "activity") for queue in STEP_QUEUES]
     until = time.monotonic() + settle
     while True:
         counts = await asyncio.gather(*(live_pollers(client, q, k) for q, k in needed))
