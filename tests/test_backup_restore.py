@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import hvac
 import pytest
 
 from orders_ops.chaos_checks import (
@@ -41,9 +42,18 @@ from orders_ops.chaos_checks import (
 )
 from orders_ops.identities import local_session
 from orders_ops.provider_sim import ProviderAdmin
-from orders_ops.runbook_backup import MANIFEST, BackupError, backup, check_archive, restore
+from orders_ops.runbook_backup import (
+    MANIFEST,
+    BackupError,
+    backup,
+    check_archive,
+    clean_leases,
+    restore,
+)
 from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack, _port_free, child_env, codec_endpoint
+from orders_ops.vault_database import username_prefix
+from orders_shared.catalog import DB_ROLES
 from orders_shared.client import connect, submit_order
 from orders_shared.codec import VaultTransit
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
@@ -186,6 +196,7 @@ class Scenario:
     stock: int
     backup_seconds: float
     restore_seconds: float
+    stack: Stack
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +241,7 @@ def scenario() -> Iterator[Scenario]:
         t0 = time.monotonic()
         lines = restore(b, archive, say=lambda _line: None)
         restore_seconds = time.monotonic() - t0
+        print("\n".join(["", *lines]))
         print(
             f"\nbackup {backup_seconds:.2f}s ({archive.stat().st_size} bytes), "
             f"restore {restore_seconds:.2f}s"
@@ -237,7 +249,17 @@ def scenario() -> Iterator[Scenario]:
         stack_b.up(timeout=90, **QUIET)
         stack_b.workers_up(timeout=120, **QUIET)
         yield Scenario(
-            archive, b, lines, before, after, held, sku, stock, backup_seconds, restore_seconds
+            archive,
+            b,
+            lines,
+            before,
+            after,
+            held,
+            sku,
+            stock,
+            backup_seconds,
+            restore_seconds,
+            stack_b,
         )
     finally:
         stack_a.down(**QUIET)
@@ -374,3 +396,46 @@ def test_a_damaged_archive_is_refused_by_name(
     with pytest.raises(BackupError):
         restore(target, bad, say=lambda _line: None)
     assert not target.state_dir.exists()
+
+
+def test_leases_whose_login_is_gone_are_force_revoked_and_unleased_logins_dropped(
+    scenario: Scenario,
+) -> None:
+    """What restore does with the snapshot's leases, shown on planted ones: a lease whose
+    login the database lacks (issued after the dump), a lease whose login is there (its
+    holder is gone), and a ``v-*`` login no lease names (issued after the snapshot)."""
+    s = scenario.restored
+    scenario.stack.workers_down(**QUIET)  # as at restore time: no worker holds a lease
+    root = hvac.Client(url=s.vault_addr, token=s.root_token())
+    role = sorted(DB_ROLES)[0]
+    gone = root.secrets.database.generate_credentials(role)
+    kept = root.secrets.database.generate_credentials(role)
+    stray = f"{username_prefix(role)}planted{os.getpid()}-1"
+
+    async def plant() -> None:
+        conn = await asyncpg.connect(s.admin_dsn(s.database))
+        try:
+            await conn.execute(f'DROP ROLE "{gone["data"]["username"]}"')
+            await conn.execute(f'CREATE ROLE "{stray}" LOGIN')
+        finally:
+            await conn.close()
+
+    asyncio.run(plant())
+    lines = clean_leases(s)
+    text = "\n".join(lines)
+    assert f"force-revoked {gone['lease_id']}: its login is not in the restored database" in text
+    assert f"dropped login {stray}" in text
+    assert "1 force-revoked" in text, text
+    left = root.list(f"sys/leases/lookup/database/creds/{role}")
+    assert not (left or {}).get("data", {}).get("keys"), left
+    root.adapter.close()
+
+    async def logins() -> set[str]:
+        conn = await asyncpg.connect(s.admin_dsn(s.database))
+        try:
+            rows = await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")
+        finally:
+            await conn.close()
+        return {r["rolname"] for r in rows}
+
+    assert not {kept["data"]["username"], stray} & asyncio.run(logins())
