@@ -197,6 +197,7 @@ class Scenario:
     backup_seconds: float
     restore_seconds: float
     stack: Stack
+    backup_said: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +216,8 @@ def scenario() -> Iterator[Scenario]:
         stack_a.up(timeout=90, **QUIET)
         stack_a.workers_up(timeout=120, **QUIET)
 
+        said: list[str] = []
+
         async def phase_a() -> tuple[Path, float]:
             await _product(a, sku, stock)
             sim = ProviderAdmin(a.provider_url, a.provider_admin_token_file)
@@ -228,7 +231,7 @@ def scenario() -> Iterator[Scenario]:
                 await orders.start(_order(held, sku, 3))
                 await _pending_charge(a, held)
                 t0 = time.monotonic()
-                archive = backup(a, root / "backups", say=lambda _line: None)
+                archive = backup(a, root / "backups", say=said.append)
                 took = time.monotonic() - t0
                 for oid in after:
                     await orders.start(_order(oid, sku, 1))
@@ -239,9 +242,11 @@ def scenario() -> Iterator[Scenario]:
         archive, backup_seconds = asyncio.run(phase_a())
         stack_a.down(**QUIET)  # the bad day: stack A is gone
         t0 = time.monotonic()
-        lines = restore(b, archive, say=lambda _line: None)
+        # kept running: the test goes on with it (a stopped restored stack starting again
+        # is what restore itself does once, and test_stack_hardening's down/up test)
+        lines = restore(b, archive, say=lambda _line: None, keep_running=True)
         restore_seconds = time.monotonic() - t0
-        print("\n".join(["", *lines]))
+        print("\n".join(["", *said, *lines]))
         print(
             f"\nbackup {backup_seconds:.2f}s ({archive.stat().st_size} bytes), "
             f"restore {restore_seconds:.2f}s"
@@ -260,6 +265,7 @@ def scenario() -> Iterator[Scenario]:
             backup_seconds,
             restore_seconds,
             stack_b,
+            said,
         )
     finally:
         stack_a.down(**QUIET)
@@ -319,6 +325,15 @@ def test_restore_reports_what_it_did(scenario: Scenario) -> None:
     assert "leases:" in text and "revoked" in text
     assert "took " in text
     assert scenario.archive.stat().st_mode & 0o777 == 0o600
+    said = "\n".join(scenario.backup_said)
+    assert f"wrote {scenario.archive}" in said and "mode 0600" in said
+    assert "vault.snap" in said and "SECRET" in said and "took temporal" in said
+    with tarfile.open(scenario.archive, "r:gz") as tar:
+        f = tar.extractfile(MANIFEST)
+        assert f is not None
+        manifest = json.load(f)
+    assert {m["name"]: m["secret"] for m in manifest["members"]}["issuer-public-keys.pem"] is False
+    assert set(manifest["versions"]) == {"openbao", "postgresql", "temporal", "orders-ops"}
     # the held order was in flight at backup time: named for an operator
     assert scenario.held in text
     print(f"backup {scenario.backup_seconds:.2f}s, restore {scenario.restore_seconds:.2f}s")
@@ -439,3 +454,19 @@ def test_leases_whose_login_is_gone_are_force_revoked_and_unleased_logins_droppe
         return {r["rolname"] for r in rows}
 
     assert not {kept["data"]["username"], stray} & asyncio.run(logins())
+
+
+def test_the_cli_refuses_a_damaged_archive_in_one_line(
+    scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from orders_ops.runbooks import main
+
+    bad = tmp_path / scenario.archive.name
+    bad.write_bytes(scenario.archive.read_bytes()[:-100])
+    monkeypatch.setenv("ORDERS_STATE_DIR", str(tmp_path / "fresh"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["restore", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1
+    assert err.startswith(f"orders-runbook: error: {bad}: ") and "\n" not in err, err
+    assert not (tmp_path / "fresh").exists()

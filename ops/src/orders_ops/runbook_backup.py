@@ -605,9 +605,14 @@ def _check_target(settings: StackSettings, manifest: dict[str, Any]) -> None:
 
 
 def restore(
-    settings: StackSettings, archive: Path, *, say: Callable[[str], None] = print
+    settings: StackSettings,
+    archive: Path,
+    *,
+    say: Callable[[str], None] = print,
+    keep_running: bool = False,
 ) -> list[str]:
-    """Rebuild a stopped stack from ``archive`` in ``settings.state_dir``."""
+    """Rebuild a stopped stack from ``archive`` in ``settings.state_dir`` (left running,
+    without workers, with ``keep_running``; stopped if anything fails)."""
     from orders_ops.stack import Stack, Temporal, private_dir
 
     t_all = time.monotonic()
@@ -655,7 +660,10 @@ def restore(
             )
             lines += clean_leases(settings)
             held = asyncio.run(_open_orders(settings))
-        finally:
+        except BaseException:
+            stack.down(echo=lambda _line: None)
+            raise
+        if not keep_running:
             stack.down(echo=lambda _line: None)
     if held:
         lines.append(
@@ -670,10 +678,16 @@ def restore(
         + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
         + f"; {time.monotonic() - t_all:.2f}s in all"
     )
-    lines.append(
-        f"the stack in {settings.state_dir} is stopped; start it with 'orders-stack up "
-        "--workers' (same ORDERS_STATE_DIR and ports)"
-    )
+    if keep_running:
+        lines.append(
+            f"the stack in {settings.state_dir} runs (no workers yet): 'orders-stack up "
+            "--workers' starts them (same ORDERS_STATE_DIR and ports)"
+        )
+    else:
+        lines.append(
+            f"the stack in {settings.state_dir} is stopped; start it with 'orders-stack up "
+            "--workers' (same ORDERS_STATE_DIR and ports)"
+        )
     for line in lines:
         say(line)
     return lines

@@ -14,7 +14,8 @@
     orders-runbook backup [--out DIR]   one archive (0600): raft snapshot, order database
                                         with its roles, Temporal's database, issuer public
                                         keys, and a manifest (runbook_backup)
-    orders-runbook restore ARCHIVE      rebuild a stopped stack from it in a fresh
+    orders-runbook restore ARCHIVE [--keep-running]
+                                        rebuild a stopped stack from it in a fresh
                                         ORDERS_STATE_DIR
 
 Each prints what it did and how to verify it. Each first identifies the stack
@@ -613,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     rs = sub.add_parser("restore", help="rebuild a stopped stack from an archive, fresh folder")
     rs.add_argument("archive", type=Path)
+    rs.add_argument(
+        "--keep-running", action="store_true", help="leave the rebuilt stack up (no workers)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = StackSettings.from_env()
@@ -623,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.cmd == "backup":
                     runbook_backup.backup(settings, args.out)
                 else:
-                    runbook_backup.restore(settings, args.archive)
+                    runbook_backup.restore(settings, args.archive, keep_running=args.keep_running)
             except StackError as exc:
                 raise RunbookError(str(exc)) from None
             return
