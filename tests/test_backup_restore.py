@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -339,7 +341,7 @@ def test_restore_reports_what_it_did(scenario: Scenario) -> None:
     print(f"backup {scenario.backup_seconds:.2f}s, restore {scenario.restore_seconds:.2f}s")
 
 
-def _rewrite(src: Path, dest: Path, change: Any) -> Path:
+def _rewrite(src: Path, dest: Path, change: Any, extra: dict[str, bytes] | None = None) -> Path:
     """A copy of the archive with its members passed through ``change(name, data)``
     (returning None drops the member)."""
     with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz") as tout:
@@ -351,8 +353,10 @@ def _rewrite(src: Path, dest: Path, change: Any) -> Path:
                 continue
             info = tarfile.TarInfo(member.name)
             info.size = len(data)
-            import io
-
+            tout.addfile(info, io.BytesIO(data))
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
             tout.addfile(info, io.BytesIO(data))
     return dest
 
@@ -367,6 +371,7 @@ def _rewrite(src: Path, dest: Path, change: Any) -> Path:
         ("missing", "truncated: vault.snap listed but not in the archive"),
         ("extra", "mismatched archive: member 'extra.txt'"),
         ("partial", "a half-written archive"),
+        ("traversal", "bad manifest: it lists unknown member(s) '../escaped'"),
     ],
 )
 def test_a_damaged_archive_is_refused_by_name(
@@ -390,13 +395,22 @@ def test_a_damaged_archive_is_refused_by_name(
         with tarfile.open(bad, "r:gz") as t:
             members = [(m, (t.extractfile(m) or open(os.devnull, "rb")).read()) for m in t]
         with tarfile.open(bad, "w:gz") as t:
-            import io
-
             for m, d in members:
                 t.addfile(m, io.BytesIO(d))
             extra = tarfile.TarInfo("extra.txt")
             extra.size = 2
             t.addfile(extra, io.BytesIO(b"hi"))
+    elif case == "traversal":  # a member (and its manifest entry) named to escape
+
+        def escape(name: str, data: bytes) -> bytes:
+            if name != MANIFEST:
+                return data
+            manifest = json.loads(data)
+            digest = hashlib.sha256(b"hi").hexdigest()
+            manifest["members"].append({"name": "../escaped", "bytes": 2, "sha256": digest})
+            return json.dumps(manifest).encode()
+
+        _rewrite(src, bad, escape, extra={"../escaped": b"hi"})
     else:
         bad = tmp_path / f"{src.name}.partial"
         shutil.copyfile(src, bad)
@@ -411,6 +425,7 @@ def test_a_damaged_archive_is_refused_by_name(
     with pytest.raises(BackupError):
         restore(target, bad, say=lambda _line: None)
     assert not target.state_dir.exists()
+    assert not (tmp_path / "escaped").exists()
 
 
 def test_leases_whose_login_is_gone_are_force_revoked_and_unleased_logins_dropped(

@@ -190,7 +190,7 @@ def _pg_tool(settings: StackSettings, tool: str, *args: str, out: Path | None = 
 
 
 def _versions(client: hvac.Client, settings: StackSettings) -> dict[str, str]:
-    from orders_ops.stack import _find_binary
+    from orders_ops.stack import _find_binary, child_env
 
     seal = client.sys.read_seal_status()
     temporal = subprocess.run(
@@ -199,6 +199,7 @@ def _versions(client: hvac.Client, settings: StackSettings) -> dict[str, str]:
         text=True,
         timeout=30,
         check=False,
+        env=child_env(HOME=tempfile.gettempdir()),
     )
     pg = _pg_tool(settings, "psql", "-XAtc", "SHOW server_version", "postgres").strip()
     return {
@@ -379,6 +380,12 @@ def check_archive(archive: Path, dest: Path) -> dict[str, Any]:
             missing_parts = sorted(set(PARTS) - set(listed))
             if missing_parts:
                 raise _refuse(archive, f"bad manifest: it lists no {', '.join(missing_parts)}")
+            unknown = sorted(set(listed) - set(PARTS))
+            if unknown:  # a name is also a path below: only the known plain names
+                raise _refuse(
+                    archive,
+                    f"bad manifest: it lists unknown member(s) {', '.join(map(repr, unknown))}",
+                )
             seen: set[str] = set()
             for member in tar:
                 if member.offset == first.offset:
