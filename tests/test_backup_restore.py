@@ -485,3 +485,19 @@ def test_the_cli_refuses_a_damaged_archive_in_one_line(
     assert exit_.value.code == 1
     assert err.startswith(f"orders-runbook: error: {bad}: ") and "\n" not in err, err
     assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize("what", ["backup", "restore"])
+def test_tls_and_cluster_mode_are_refused_in_one_line(tmp_path: Path, what: str) -> None:
+    plain = StackSettings(tmp_path / "state", 1, 2, 3, 4, 5, 6)
+    for settings, says in (
+        (dataclasses.replace(plain, tls=True), "not supported with ORDERS_TLS=1"),
+        (dataclasses.replace(plain, mode="cluster"), "works on the local process stack"),
+    ):
+        with pytest.raises(BackupError) as err:
+            if what == "backup":
+                backup(settings, tmp_path / "out", say=lambda _line: None)
+            else:
+                restore(settings, tmp_path / "x.tar.gz", say=lambda _line: None)
+        assert says in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()

@@ -219,6 +219,20 @@ def _ports(settings: StackSettings) -> dict[str, int]:
     }
 
 
+def _supported(settings: StackSettings, what: str) -> None:
+    """The plain local process stack only: said in one line, before anything is done."""
+    if settings.mode != "local":
+        raise BackupError(
+            f"{what} works on the local process stack; in a cluster take Vault's snapshot "
+            "with its own tooling (docs/runbooks.md, 'Backup and restore')"
+        )
+    if settings.tls:
+        raise BackupError(
+            f"{what} is not supported with ORDERS_TLS=1 yet (PostgreSQL there needs its "
+            "certificate from Vault before it starts); unset ORDERS_TLS"
+        )
+
+
 # --------------------------------------------------------------------------- backup
 
 
@@ -253,6 +267,7 @@ def backup(settings: StackSettings, out_dir: Path, *, say: Callable[[str], None]
     """Write the archive into ``out_dir``; return its path."""
     from orders_ops.runbooks import identify
 
+    _supported(settings, "backup")
     t_all = time.monotonic()
     client = identify(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -622,6 +637,7 @@ def restore(
     without workers, with ``keep_running``; stopped if anything fails)."""
     from orders_ops.stack import Stack, Temporal, private_dir
 
+    _supported(settings, "restore")
     t_all = time.monotonic()
     stack = Stack(settings)
     with _scratch(settings) as files:
