@@ -233,6 +233,18 @@ def _supported(settings: StackSettings, what: str) -> None:
         )
 
 
+def _identify(settings: StackSettings) -> hvac.Client:
+    """The stack's root client (as every runbook identifies it), refusals as BackupError
+    (one class whichever way the runbooks module was loaded: ``-m`` runs it as
+    ``__main__``, beside the ``orders_ops.runbooks`` this imports)."""
+    from orders_ops import runbooks
+
+    try:
+        return runbooks.identify(settings)
+    except runbooks.RunbookError as exc:
+        raise BackupError(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- backup
 
 
@@ -265,11 +277,9 @@ def _raft_snapshot(client: hvac.Client, dest: Path) -> None:
 
 def backup(settings: StackSettings, out_dir: Path, *, say: Callable[[str], None] = print) -> Path:
     """Write the archive into ``out_dir``; return its path."""
-    from orders_ops.runbooks import identify
-
     _supported(settings, "backup")
     t_all = time.monotonic()
-    client = identify(settings)
+    client = _identify(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     final = out_dir / f"{ARCHIVE_PREFIX}{stamp}.tar.gz"
@@ -560,9 +570,7 @@ def clean_leases(settings: StackSettings) -> list[str]:
     does not have (issued after the dump was taken) cannot be revoked normally (its SQL
     fails): it is force-revoked and named. A ``v-*`` login no lease names any more (the
     dump was taken before the snapshot) is dropped."""
-    from orders_ops.runbooks import identify
-
-    client = identify(settings)
+    client = _identify(settings)
     lines: list[str] = []
     try:
         before = asyncio.run(_logins(settings))
