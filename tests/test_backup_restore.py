@@ -501,3 +501,44 @@ def test_tls_and_cluster_mode_are_refused_in_one_line(tmp_path: Path, what: str)
                 restore(settings, tmp_path / "x.tar.gz", say=lambda _line: None)
         assert says in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_dump_that_does_not_load_stops_the_restore_half_way_and_says_so(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """A consistent archive (every sha256 right) whose database dump PostgreSQL refuses:
+    the restore stops what it started and names the folder to remove."""
+    from orders_ops.testing import isolated_settings
+
+    root = Path(tempfile.mkdtemp(prefix="orders-backup-test-"))  # searchable by all
+    root.chmod(0o711)
+    target = isolated_settings(root / "c")
+    junk = b"PGDMP this is not a dump"
+
+    def corrupt(name: str, data: bytes) -> bytes:
+        if name == "postgres-orders.dump":
+            return junk
+        if name != MANIFEST:
+            return data
+        manifest = json.loads(data)
+        # from a stack on the target's ports (the restored stack B runs on the archive's)
+        manifest["ports"]["postgres"] = target.postgres_port
+        for m in manifest["members"]:
+            if m["name"] == "postgres-orders.dump":
+                m["bytes"], m["sha256"] = len(junk), hashlib.sha256(junk).hexdigest()
+        return json.dumps(manifest).encode()
+
+    bad = _rewrite(scenario.archive, tmp_path / scenario.archive.name, corrupt)
+    try:
+        with pytest.raises(BackupError) as err:
+            restore(target, bad, say=lambda _line: None)
+        message = str(err.value)
+        assert "pg_restore failed" in message, message
+        assert f"restore stopped half way: what it started is stopped; remove {root / 'c'}" in (
+            message
+        )
+        assert "\n" not in message
+        assert all(server.pid() is None for server in Stack(target).servers)
+    finally:
+        Stack(target).down(**QUIET)
+        shutil.rmtree(root, ignore_errors=True)

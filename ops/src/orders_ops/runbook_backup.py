@@ -691,8 +691,15 @@ def restore(
             )
             lines += clean_leases(settings)
             held = asyncio.run(_open_orders(settings))
-        except BaseException:
+        except BaseException as exc:
             stack.down(echo=lambda _line: None)
+            from orders_ops.stack import StackError
+
+            if isinstance(exc, BackupError | StackError):
+                raise BackupError(
+                    f"{exc}; restore stopped half way: what it started is stopped; remove "
+                    f"{settings.state_dir} before trying again"
+                ) from None
             raise
         if not keep_running:
             stack.down(echo=lambda _line: None)
