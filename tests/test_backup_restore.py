@@ -542,3 +542,20 @@ def test_a_dump_that_does_not_load_stops_the_restore_half_way_and_says_so(
     finally:
         Stack(target).down(**QUIET)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_archives_postgres_port_in_use_is_refused_before_anything_starts(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """Restored on other ports while a PostgreSQL still answers on the archive's (here the
+    restored stack B): the restored Vault would reach it before the bootstrap re-points
+    it, so restore refuses before it makes a state folder."""
+    from orders_ops.testing import isolated_settings
+
+    target = isolated_settings(tmp_path / "d")
+    with pytest.raises(BackupError) as err:
+        restore(target, scenario.archive, say=lambda _line: None)
+    assert f"the archive's PostgreSQL port {scenario.restored.postgres_port} is in use" in str(
+        err.value
+    )
+    assert not target.state_dir.exists()
