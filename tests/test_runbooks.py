@@ -371,7 +371,9 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("args", [["revoke", "notify"], ["rotate-db-root"], ["rotate-transit"]])
+@pytest.mark.parametrize(
+    "args", [["revoke", "notify"], ["rotate-db-root"], ["rotate-transit"], ["backup"]]
+)
 def test_no_state_folder_is_refused_in_one_line(tmp_path: Path, args: list[str]) -> None:
     result = _cli({"ORDERS_STATE_DIR": str(tmp_path / "nothing")}, *args)
     assert result.returncode == 1

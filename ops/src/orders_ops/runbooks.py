@@ -11,6 +11,12 @@
                                         a new intermediate CA with overlap (runbook_pki)
     orders-runbook revoke-certificates <service>
                                         revoke its client certificates by serial, new CRL
+    orders-runbook backup [--out DIR]   one archive (0600): raft snapshot, order database
+                                        with its roles, Temporal's database, issuer public
+                                        keys, and a manifest (runbook_backup)
+    orders-runbook restore ARCHIVE [--keep-running]
+                                        rebuild a stopped stack from it in a fresh
+                                        ORDERS_STATE_DIR
 
 Each prints what it did and how to verify it. Each first identifies the stack
 (its state folder, the root token there, Vault answering to that token) and
@@ -36,7 +42,7 @@ import asyncpg
 import hvac
 import hvac.exceptions
 
-from orders_ops import issuer
+from orders_ops import issuer, runbook_backup
 from orders_ops.policies import TRANSIT_MOUNT, seal_keys, transit_keys
 from orders_ops.runbook_pki import (
     PKIRunbookError,
@@ -604,9 +610,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     ca.add_argument(
         "--overlap-over", action="store_true", help="finish before the 72 h overlap has passed"
     )
+    bk = sub.add_parser("backup", help="write one backup archive of the stack (mode 0600)")
+    bk.add_argument(
+        "--out", type=Path, default=Path("."), help="folder for the archive (default: here)"
+    )
+    rs = sub.add_parser("restore", help="rebuild a stopped stack from an archive, fresh folder")
+    rs.add_argument("archive", type=Path)
+    rs.add_argument(
+        "--keep-running", action="store_true", help="leave the rebuilt stack up (no workers)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = StackSettings.from_env()
+        if args.cmd in ("backup", "restore"):
+            from orders_ops.stack import StackError
+
+            try:
+                if args.cmd == "backup":
+                    runbook_backup.backup(settings, args.out)
+                else:
+                    runbook_backup.restore(settings, args.archive, keep_running=args.keep_running)
+            except StackError as exc:
+                raise RunbookError(str(exc)) from None
+            return
         if args.cmd == "revoke":
             lines = revoke(settings, args.service)
         elif args.cmd == "reenable":
@@ -630,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             lines = rotate_ca(settings, finish=args.finish, overlap_over=args.overlap_over)
         else:
             lines = rotate_issuer(settings, finish=args.finish, overlap_over=args.overlap_over)
-    except (RunbookError, SettingsError, PKIRunbookError) as exc:
+    except (RunbookError, SettingsError, PKIRunbookError, runbook_backup.BackupError) as exc:
         print(f"orders-runbook: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except hvac.exceptions.VaultError as exc:
