@@ -21,6 +21,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
+from orders_ops import pki
 from orders_ops import plan as plan_mod
 from orders_ops.bootstrap import bootstrap
 from orders_ops.plan import (
@@ -30,6 +31,7 @@ from orders_ops.plan import (
     POLICY,
     TRANSIT_KEY,
     Item,
+    _vault_read,
     declared,
     diff,
     plan,
@@ -212,15 +214,24 @@ def test_a_grant_added_by_hand_is_planned_and_revoked(converged: StackSettings) 
 def test_a_membership_granted_by_hand_to_a_bootstrap_login_is_planned_and_revoked(
     converged: StackSettings,
 ) -> None:
-    _sql(converged, "GRANT pg_read_all_data TO vault_admin")
-    entry = _entry(plan(converged), "postgres role", "vault_admin")
-    assert entry.lines == (
-        "memberships:",
-        '  + "pg_read_all_data (ADMIN FALSE, INHERIT TRUE, SET TRUE)" (on the server, '
-        "not declared)",
+    _sql(
+        converged,
+        "GRANT pg_read_all_data TO vault_admin",
+        "GRANT pg_read_all_data TO order_fulfill",
     )
+    result = plan(converged)
+    for kind, name, inherit in (
+        ("postgres role", "vault_admin", "TRUE"),
+        ("postgres group role", "order_fulfill", "FALSE"),  # a NOINHERIT role's default
+    ):
+        assert _entry(result, kind, name).lines == (
+            "memberships:",
+            f'  + "pg_read_all_data (ADMIN FALSE, INHERIT {inherit}, SET TRUE)" (on the server, '
+            "not declared)",
+        )
     report = bootstrap(converged)
     assert "revoked pg_read_all_data from vault_admin (not declared)" in report.changes
+    assert "revoked pg_read_all_data from order_fulfill (not declared)" in report.changes
     assert plan(converged).exit_code() == EXIT_IN_SYNC
 
 
@@ -303,8 +314,13 @@ def test_what_the_code_made_and_no_longer_declares_is_deleted(
         f"auth/jwt/role/{retired}",
         data={**_writable(jwt), "token_policies": [retired], "allowed_redirect_uris": []},
     )
+    client_role = {**pki.roles()["client-validate"], "allowed_domains": [retired]}
+    root.write_data(f"pki-orders/roles/client-{retired.removeprefix('orders-')}", data=client_role)
     try:
         result = plan(converged)
+        assert _entry(result, "vault pki role", "pki-orders/roles/client-retired").action == (
+            "removed"
+        )
         assert _entry(result, POLICY, retired).action == "removed"
         assert _entry(result, "vault auth role", f"auth/jwt/role/{retired}").action == "removed"
         report = bootstrap(converged)
@@ -312,10 +328,17 @@ def test_what_the_code_made_and_no_longer_declares_is_deleted(
             report.changes
         )
         assert f"vault: deleted auth/jwt/role/{retired} (no longer declared)" in report.changes
+        assert "vault: deleted pki-orders/roles/client-retired (no longer declared)" in (
+            report.changes
+        )
         with pytest.raises(hvac.exceptions.InvalidPath):
             root.sys.read_policy(retired)
+        for path in (f"auth/jwt/role/{retired}", "pki-orders/roles/client-retired"):
+            assert _vault_read(root, path) is None, path
+        assert plan(converged).exit_code() == EXIT_IN_SYNC
     finally:
-        root.delete(f"auth/jwt/role/{retired}")
+        for path in (f"auth/jwt/role/{retired}", "pki-orders/roles/client-retired"):
+            root.delete(path)
         root.sys.delete_policy(retired)
 
 

@@ -80,7 +80,7 @@ path "pki-orders/intermediate/set-signed" { capabilities = ["update"] }
 path "pki-orders/issuers" { capabilities = ["list"] }
 path "pki-orders/issuer/*" { capabilities = ["read", "update"] }
 path "pki-orders/config/issuers" { capabilities = ["read", "update"] }
-path "pki-orders/roles/*" { capabilities = ["create", "read", "update"] }
+path "pki-orders/roles/*" { capabilities = ["create", "read", "update", "delete"] }
 
 # the database secrets engine: its connection, its roles, rotating its own password
 path "database/config/*" { capabilities = ["create", "read", "update"] }

@@ -601,6 +601,7 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
         conn, m.group, m.member, admin=m.admin, inherit=m.inherit, set_=m.set_
     )
     changes += await _ensure_role_settings(conn, group)
+    changes += await _ensure_memberships(conn, group)  # a group is a member of nothing
 
     expected = expected_privileges(db_role)
     actual = await read_privileges(conn, group)

@@ -355,6 +355,7 @@ def declared(settings: StackSettings) -> Description:
                 group_role(db_role),
                 {
                     **_role_flags(group_spec(db_role)),
+                    "memberships": [_membership_text(m) for m in declared_memberships(m.group)],
                     "database privileges": ["CONNECT"],
                     "schema privileges": ["USAGE"],
                     "settings": dict(ROLE_SETTINGS),
@@ -528,7 +529,7 @@ def read_vault(
                     PKI_ROLE,
                     path,
                     {"allowed_domains": data.get("allowed_domains")},
-                    owned=False,
+                    owned=pki.owned_client_role(role, data),
                     note=f"issues certificates for: {domains}",
                 )
             )
@@ -557,10 +558,7 @@ async def _role_item(conn: Connection, kind: str, name: str, want: Item) -> Item
         # vault_admin is ADMIN of each login it created for Vault: Vault's, not the code's
         if not str(r["grp"]).startswith(VAULT_ISSUED_PREFIXES)
     ]
-    have: dict[str, Any] = {"attributes": flags}
-    if kind == PG_ROLE:
-        have["memberships"] = memberships
-    return _item(kind, name, have)
+    return _item(kind, name, {"attributes": flags, "memberships": memberships})
 
 
 async def _acl(conn: Connection, sql: str, *args: object) -> list[str]:
