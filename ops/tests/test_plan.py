@@ -347,3 +347,22 @@ def _writable(role: dict[str, Any]) -> dict[str, Any]:
         k: role[k]
         for k in ("role_type", "bound_audiences", "user_claim", "bound_subject", "token_ttl")
     }
+
+
+def test_plan_without_a_stack_says_what_is_missing_and_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "ORDERS_STATE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("orders-bootstrap")), "plan"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    # one line naming what is missing and the fix, no traceback
+    assert done.stderr.startswith("orders-bootstrap plan: error: no identity signing key at "), (
+        done.stderr
+    )
+    assert done.stderr.count("\n") == 1 and "orders-stack up" in done.stderr
