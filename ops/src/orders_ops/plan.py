@@ -305,9 +305,12 @@ def _auth_configs(settings: StackSettings) -> dict[str, dict[str, Any]]:
             "bound_issuer": issuer.ISSUER,
             "jwt_supported_algs": [issuer.ALGORITHM],
         }
+    else:
+        # in a cluster, where Vault sends TokenReviews and which issuer it expects; locally
+        # it is left unset (process mode logs in with jwt), so not planned
+        configs[KUBERNETES_MOUNT] = KubernetesAuthConfig.from_env().as_data()
     if _reader_auth_wanted(settings):
         configs[READER_MOUNT] = ReaderAuthConfig.from_env(settings).as_config()
-    _ = KubernetesAuthConfig  # its config is left unset outside a cluster: not planned
     return configs
 
 
