@@ -112,6 +112,12 @@ def test_policy_hash_header_names_the_version_and_a_hand_edit() -> None:
     assert not any("edited by hand" in line for line in rewritten.entries[0].lines)
 
 
+def test_every_declared_policy_carries_its_hash_header() -> None:
+    for name, text in all_policies().items():
+        header, body = split_hash_header(text)
+        assert header == body_hash(body), name
+
+
 def test_declared_comes_from_the_declarations_apply_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -275,4 +275,8 @@ def all_policies() -> dict[str, str]:
             ]
         )
     )
-    return policies
+    # every policy the bootstrap writes carries its hash header, one added here too
+    return {
+        name: text if split_hash_header(text)[0] else with_hash_header(text)
+        for name, text in policies.items()
+    }
