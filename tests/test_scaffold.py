@@ -33,6 +33,7 @@ import asyncpg
 import hvac.exceptions
 import pytest
 
+from orders_ops.plan import plan
 from orders_ops.scaffold import check_names, new_service
 from orders_ops.scaffold_files import ScaffoldError
 from orders_ops.scaffold_registries import Insert, existing_services
@@ -303,7 +304,10 @@ asyncio.run(bootstrap_database(s))
 client = root_client(s)
 configure_database_engine(client, s)
 configure_vault(client, s)
-print(json.dumps({"env": worker_env(s, sys.argv[1]), "token": issuer.mint(s, sys.argv[1])}))
+from orders_ops.plan import plan
+p = plan(s)  # the copy's declarations against the stack it bootstrapped
+print(json.dumps({"env": worker_env(s, sys.argv[1]), "token": issuer.mint(s, sys.argv[1]),
+                  "plan": p.exit_code(), "plan_text": p.render(verbose=True)}))
 """
 
 
@@ -370,6 +374,29 @@ def bootstrapped(scaffolded: Copy, stack: Stack) -> Iterator[dict[str, Any]]:
         yield json.loads(done.stdout.splitlines()[-1])
     finally:
         _remove_from_stack(stack)
+
+
+@pytest.mark.stack
+def test_it_plans_clean_and_this_checkout_plans_it_as_removed(
+    bootstrapped: dict[str, Any], stack: Stack
+) -> None:
+    """The copy's 'orders-bootstrap plan' after its bootstrap: in sync, the new service's
+    objects among those planned. This checkout, whose catalog lacks it, plans its policy
+    and login role as made by the code and no longer declared (apply would delete them)."""
+    text = bootstrapped["plan_text"]
+    assert bootstrapped["plan"] == 0, text
+    for line in (
+        f"= vault policy orders-{NAME}",
+        f"= vault auth role auth/jwt/role/orders-{NAME}",
+        f"= vault database role database/roles/order-{NAME}",
+        f"= vault transit key transit/keys/orders-payload-{NAME}",
+        f"= postgres group role order_{NAME}",
+    ):
+        assert line in text.splitlines(), text
+    here = plan(stack.settings)
+    removed = {(e.kind, e.name) for e in here.entries if e.action == "removed"}
+    assert ("vault policy", f"orders-{NAME}") in removed, here.render()
+    assert ("vault auth role", f"auth/jwt/role/orders-{NAME}") in removed, here.render()
 
 
 @pytest.mark.stack

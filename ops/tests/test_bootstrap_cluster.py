@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orders_ops.bootstrap import bootstrap
 from orders_ops.bootstrap_identity import BOOTSTRAP_IDENTITY, admin_setup
+from orders_ops.plan import plan
 from orders_ops.secretfiles import VaultKVSecrets
 from orders_ops.settings import StackSettings
 from orders_ops.stack import Stack
@@ -181,6 +182,12 @@ def test_cluster_bootstrap_needs_no_root_token(
         report = bootstrap(settings)
         assert report.changes
         assert bootstrap(settings).changes == []  # idempotent as the Job's own identity
+        # and 'orders-bootstrap plan' as the Job (the chart's CronJob): in sync, and it may
+        # list every place it reports on (admin-setup grants list, nothing more)
+        assert not [n for n in report.notes if "may not list" in n], report.notes
+        planned = plan(settings)
+        assert planned.exit_code(strict=True) == 0, planned.render()
+        assert planned.notes == [], planned.notes
         k8s = admin.read("auth/kubernetes/config")["data"]
         assert (k8s["issuer"], k8s["disable_iss_validation"]) == (k8s_issuer, False)
         creds = admin.secrets.database.generate_credentials("order-validate")

@@ -22,6 +22,7 @@ from orders_ops.policies import (
     payload_reader_policy,
     seal_key,
     service_policy,
+    split_hash_header,
     transit_keys,
 )
 from orders_ops.settings import SettingsError, StackSettings
@@ -159,6 +160,10 @@ def test_second_bootstrap_changes_nothing(stack: Stack, root: hvac.Client) -> No
     assert report.summary() == "no changes (already configured)"
 
 
+def _header(service: str) -> str | None:
+    return split_hash_header(service_policy(SERVICES[service]))[0]
+
+
 @pytest.mark.stack
 def test_drift_is_repaired_and_reported(stack: Stack, root: hvac.Client) -> None:
     s = stack.settings
@@ -170,7 +175,8 @@ def test_drift_is_repaired_and_reported(stack: Stack, root: hvac.Client) -> None
     root.write_data("auth/jwt/role/orders-notify", data={**jwt_role, "token_policies": ["root"]})
     changes = configure_vault(root, s)
     assert changes == [
-        "vault: wrote policy orders-validate",
+        # the audit trail of a write names the version in force (the policy's hash header)
+        f"vault: wrote policy orders-validate (sha256 {_header('validate')})",
         "vault: wrote auth/jwt/role/orders-payment (token_ttl)",
         "vault: wrote auth/jwt/role/orders-notify (token_policies)",
     ]

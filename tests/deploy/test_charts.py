@@ -6,6 +6,7 @@ change that breaks an invariant fails here, whatever the template looks like.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -396,3 +397,44 @@ def test_the_session_watchdog_runs_beside_the_bootstrap_with_postgres_only(
     assert policy["spec"]["ingress"] == []
     egress = policy["spec"]["egress"]
     assert [[p["port"] for p in rule["ports"]] for rule in egress] == [[53, 53], [5432]]
+
+
+def test_the_plan_cronjob_runs_the_jobs_pod_with_plan_strict(
+    rendered: dict[tuple[str, str], Rendered],
+) -> None:
+    """The drift check (orders-bootstrap plan) is the apply Job's pod with another command."""
+    for mode in ("default", "production"):
+        r = rendered[("bootstrap", mode)]
+        cron = r.one("CronJob")
+        assert cron["metadata"]["name"] == "orders-bootstrap-plan"
+        spec = cron["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0  # a failed run is the signal
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["orders-bootstrap", "plan", "--strict"]
+        job_pod = copy.deepcopy(r.one("Job")["spec"]["template"]["spec"])
+        job_pod["containers"][0].update(name="plan", command=container["command"])
+        assert pod == job_pod, mode
+        # the bootstrap's NetworkPolicy (egress to Vault and PostgreSQL only) selects it
+        (policy,) = [
+            p for p in r.of_kind("NetworkPolicy") if p["metadata"]["name"] == "orders-bootstrap"
+        ]
+        labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert r.of_kind("PrometheusRule") == []  # only when enabled
+
+
+def test_the_plan_cronjob_can_be_turned_off_or_made_lenient(chart_dir: Path) -> None:
+    def crons(plan: dict[str, Any]) -> list[Any]:
+        with helm.Chart.load(chart_dir / "bootstrap") as loaded:
+            files = loaded.render(
+                {"bootstrap": {"plan": plan}}, name="bootstrap", namespace="orders"
+            )
+        docs = [d for body in files.values() for d in yaml.safe_load_all(body) if d]
+        return [d for d in docs if d["kind"] == "CronJob"]
+
+    assert crons({"enabled": False}) == []
+    (cron,) = crons({"strict": False})
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["orders-bootstrap", "plan"]

@@ -40,8 +40,9 @@ def test_every_kubernetes_skip_is_one_of_the_reasoned_ones(
     assert _skips(checkov_kubernetes) == Counter(
         {
             # default values only: every worker of the catalog, the codec server, the
-            # bootstrap Job and the session watchdog (a scaffolded service adds its chart)
-            ("CKV_K8S_43", DIGEST_SKIP): len(SERVICES) + 3,
+            # bootstrap Job, its drift-check CronJob and the session watchdog (a scaffolded
+            # service adds its chart)
+            ("CKV_K8S_43", DIGEST_SKIP): len(SERVICES) + 4,
             # dev-deps: temporal, openbao, postgres
             ("CKV_K8S_43", DEV_ONLY_TAG): 3,
             (

@@ -271,3 +271,73 @@ def test_tls_certificate_alert_fires_only_when_renewal_did_not_happen(
         ],
     }  # fmt: skip
     _promtool_test(promtool, tmp_path, tests)
+
+
+# --------------------------------------------------------------------------- the drift check
+
+PLAN_RULE_ON = {"bootstrap": {"plan": {"prometheusRule": {"enabled": True}}}}
+
+
+def _plan_rule_file(chart_dir: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
+    spec = _one(_render(chart_dir, "bootstrap", PLAN_RULE_ON), "PrometheusRule")["spec"]
+    path = folder / "plan.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": spec["groups"]}))
+    (group,) = spec["groups"]
+    (rule,) = group["rules"]
+    return path, rule
+
+
+def test_promtool_accepts_the_drift_rule(chart_dir: Path, promtool: str, tmp_path: Path) -> None:
+    path, _ = _plan_rule_file(chart_dir, tmp_path)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_drift_alert_fires_only_while_the_latest_plan_run_has_not_succeeded(
+    chart_dir: Path, promtool: str, tmp_path: Path
+) -> None:
+    path, rule = _plan_rule_file(chart_dir, tmp_path)
+    assert rule["alert"] == "OrdersConfigDrift"
+    sel = 'namespace="orders",cronjob="orders-bootstrap-plan"'
+    schedule = f"kube_cronjob_status_last_schedule_time{{{sel}}}"
+    success = f"kube_cronjob_status_last_successful_time{{{sel}}}"
+    labels = {"namespace": "orders", "cronjob": "orders-bootstrap-plan", **rule["labels"]}
+    fired = [{"exp_labels": labels, "exp_annotations": rule["annotations"]}]
+    tests = {
+        "rule_files": [path.name],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # runs at 0 s and 3600 s; the second fails (no new success): fires after "for"
+                "interval": "1m",
+                "input_series": [
+                    {"series": schedule, "values": "0x59 3600x60"},
+                    {"series": success, "values": "30x119"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "30m", "alertname": "OrdersConfigDrift", "exp_alerts": []},
+                    {"eval_time": "65m", "alertname": "OrdersConfigDrift", "exp_alerts": []},
+                    {"eval_time": "90m", "alertname": "OrdersConfigDrift", "exp_alerts": fired},
+                ],
+            },
+            {   # every run succeeds a little after it is scheduled: quiet
+                "interval": "1m",
+                "input_series": [
+                    {"series": schedule, "values": "0x59 3600x60"},
+                    {"series": success, "values": "30x59 3630x60"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "90m", "alertname": "OrdersConfigDrift", "exp_alerts": []}
+                ],
+            },
+            {   # no run ever succeeded (drift from the first run on): fires too
+                "interval": "1m",
+                "input_series": [{"series": schedule, "values": "0x59"}],
+                "alert_rule_test": [
+                    {"eval_time": "30m", "alertname": "OrdersConfigDrift", "exp_alerts": fired}
+                ],
+            },
+        ],
+    }  # fmt: skip
+    _promtool_test(promtool, tmp_path, tests)

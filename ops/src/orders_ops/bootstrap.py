@@ -1,4 +1,5 @@
-"""``orders-bootstrap``: configure PostgreSQL and Vault as code, idempotently.
+"""``orders-bootstrap [apply]``: configure PostgreSQL and Vault as code, idempotently.
+``orders-bootstrap plan``: say what apply would change, changing nothing (orders_ops.plan).
 
 Order matters: the database first (group roles must exist before Vault's
 creation statements can grant them), then the local identity issuer's key
@@ -128,8 +129,57 @@ def _admin_setup(args: argparse.Namespace) -> None:
     print("orders-bootstrap admin-setup: done; the bootstrap Job can now log in as itself")
 
 
+_ERRORS = (
+    BootstrapLoginError,
+    VaultBootstrapError,
+    VaultDatabaseError,
+    SettingsError,
+    issuer.IssuerError,
+    DatabaseBootstrapError,
+)
+
+PLAN_EPILOG = """\
+exit codes: 0 the servers hold what the code declares; 2 drift (apply would change
+something: the lines above say what); 3 with --strict only: no drift, but objects the code
+did not make where it manages things (left alone by apply); 1 the servers could not be read.
+Marks: + missing (apply creates it), ~ changed (apply puts the code's settings back; the diff
+is '-' declared, '+' on the server), - removed from the code (apply deletes it, as it made it),
+? not made by the code (never touched: a person should look)."""
+
+
+def _plan(argv: list[str]) -> None:
+    from orders_ops.plan import EXIT_ERROR, plan
+
+    parser = argparse.ArgumentParser(
+        prog="orders-bootstrap plan",
+        description="Compare what the code declares (Vault policies, auth roles and configs, "
+        "database secret roles, Transit keys, PKI roles; PostgreSQL roles, grants and column "
+        "privileges) with what the servers hold now, object by object. Writes nothing.",
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="list objects in sync too")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 3 when objects the code did not make are found"
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = plan(StackSettings.from_env())
+    except (*_ERRORS, hvac.exceptions.VaultError) as exc:
+        message = str(exc) if not isinstance(exc, hvac.exceptions.VaultError) else repr(exc)
+        print(f"orders-bootstrap plan: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
+    print(result.render(verbose=args.verbose), end="")
+    sys.exit(result.exit_code(strict=args.strict))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:
+        _plan(argv[1:])
+        return
+    if argv[:1] == ["apply"]:
+        argv = argv[1:]  # the same as no subcommand
     if argv[:1] == ["admin-setup"]:
         setup = argparse.ArgumentParser(
             prog="orders-bootstrap admin-setup",
@@ -153,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="orders-bootstrap",
         description=__doc__,
-        epilog="'orders-bootstrap admin-setup --help': the one-time setup of the Job's identity",
+        epilog="subcommands: 'plan' (what apply would change; 'orders-bootstrap plan --help'), "
+        "'apply' (the same as none: converge), 'admin-setup' (the one-time setup of the "
+        "Job's identity)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="list every change")
     args = parser.parse_args(argv)
@@ -163,14 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except hvac.exceptions.Forbidden as exc:
         print(f"orders-bootstrap: error: {denied(exc, settings)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except (
-        BootstrapLoginError,
-        VaultBootstrapError,
-        VaultDatabaseError,
-        SettingsError,
-        issuer.IssuerError,
-        DatabaseBootstrapError,
-    ) as exc:
+    except _ERRORS as exc:
         print(f"orders-bootstrap: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"orders-bootstrap: {report.summary()}")

@@ -50,10 +50,19 @@ path "sys/auth/kubernetes" { capabilities = ["create", "read", "update", "sudo"]
 path "sys/auth/oidc-readers" { capabilities = ["create", "read", "update", "sudo"] }
 path "sys/audit" { capabilities = ["read", "sudo"] }
 
-# its policies: the services' and readers' (all named orders-* or payload-*)
-path "sys/policies/acl/orders-*" { capabilities = ["create", "read", "update"] }
+# list what is there ('orders-bootstrap plan' reports what the code did not make)
+path "sys/policies/acl" { capabilities = ["list"] }
+path "sys/policies/acl/" { capabilities = ["list"] }
+path "transit/keys/" { capabilities = ["list"] }
+path "pki-orders/roles/" { capabilities = ["list"] }
+path "auth/kubernetes/role/" { capabilities = ["list"] }
+path "auth/oidc-readers/role/" { capabilities = ["list"] }
+
+# its policies: the services' and readers' (all named orders-* or payload-*); it deletes
+# only one it wrote (hash header) and no longer declares
+path "sys/policies/acl/orders-*" { capabilities = ["create", "read", "update", "delete"] }
 path "sys/policy/orders-*" { capabilities = ["create", "read", "update"] }
-path "sys/policies/acl/payload-*" { capabilities = ["create", "read", "update"] }
+path "sys/policies/acl/payload-*" { capabilities = ["create", "read", "update", "delete"] }
 path "sys/policy/payload-*" { capabilities = ["create", "read", "update"] }
 
 # Transit keys: create and configure; never read plaintext, never export
@@ -71,7 +80,7 @@ path "pki-orders/intermediate/set-signed" { capabilities = ["update"] }
 path "pki-orders/issuers" { capabilities = ["list"] }
 path "pki-orders/issuer/*" { capabilities = ["read", "update"] }
 path "pki-orders/config/issuers" { capabilities = ["read", "update"] }
-path "pki-orders/roles/*" { capabilities = ["create", "read", "update"] }
+path "pki-orders/roles/*" { capabilities = ["create", "read", "update", "delete"] }
 
 # the database secrets engine: its connection, its roles, rotating its own password
 path "database/config/*" { capabilities = ["create", "read", "update"] }
@@ -80,7 +89,7 @@ path "database/rotate-root/*" { capabilities = ["update"] }
 
 # the services' login roles (the auth config too: the Job keeps it as code)
 path "auth/kubernetes/config" { capabilities = ["create", "read", "update"] }
-path "auth/kubernetes/role/orders-*" { capabilities = ["create", "read", "update"] }
+path "auth/kubernetes/role/orders-*" { capabilities = ["create", "read", "update", "delete"] }
 path "auth/oidc-readers/config" { capabilities = ["create", "read", "update"] }
 path "auth/oidc-readers/role/*" { capabilities = ["create", "read", "update"] }
 

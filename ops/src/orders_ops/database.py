@@ -317,6 +317,18 @@ class _RoleSpec:
     login: bool
     createrole: bool = False
 
+    def flags(self) -> dict[str, bool]:
+        """The ``pg_authid`` columns this spec fixes, and their values."""
+        return {
+            "rolcanlogin": self.login,
+            "rolcreaterole": self.createrole,
+            "rolsuper": False,
+            "rolcreatedb": False,
+            "rolreplication": False,
+            "rolbypassrls": False,
+            "rolinherit": self.login,
+        }
+
     def attributes(self) -> str:
         return " ".join(
             (
@@ -326,6 +338,50 @@ class _RoleSpec:
                 "INHERIT" if self.login else "NOINHERIT",
             )
         )
+
+
+OWNER_SPEC = _RoleSpec(OWNER_ROLE, login=True)
+VAULT_ADMIN_SPEC = _RoleSpec(VAULT_ADMIN_ROLE, login=True, createrole=True)
+
+
+def group_spec(db_role: str) -> _RoleSpec:
+    return _RoleSpec(group_role(db_role), login=False)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """``GRANT <group> TO <member> WITH ADMIN .., INHERIT .., SET ..`` as the bootstrap makes it."""
+
+    group: str
+    member: str
+    admin: bool
+    inherit: bool
+    set_: bool
+
+    def options(self) -> str:
+        return ", ".join(
+            f"{name} {'TRUE' if on else 'FALSE'}"
+            for name, on in (("ADMIN", self.admin), ("INHERIT", self.inherit), ("SET", self.set_))
+        )
+
+
+def login_memberships() -> tuple[Membership, ...]:
+    """The built-in roles the bootstrap's own logins are members of."""
+    from orders_ops.session_watchdog import WATCHDOG_GRANTS, WATCHDOG_ROLE
+
+    # pg_signal_backend: revocation must end the sessions of the roles it drops
+    return (
+        Membership("pg_signal_backend", VAULT_ADMIN_ROLE, admin=False, inherit=True, set_=True),
+        *(
+            Membership(b, WATCHDOG_ROLE, admin=False, inherit=True, set_=False)
+            for b in WATCHDOG_GRANTS
+        ),
+    )
+
+
+def group_membership(db_role: str) -> Membership:
+    """vault_admin hands the group out (ADMIN) but cannot use it (no INHERIT, no SET)."""
+    return Membership(group_role(db_role), VAULT_ADMIN_ROLE, admin=True, inherit=False, set_=False)
 
 
 async def _ensure_role(
@@ -345,16 +401,7 @@ async def _ensure_role(
         await conn.execute(f"CREATE ROLE {ident} {spec.attributes()}{pw_clause}")
         return [f"created role {spec.name}"]
     changes: list[str] = []
-    wanted = {
-        "rolcanlogin": spec.login,
-        "rolcreaterole": spec.createrole,
-        "rolsuper": False,
-        "rolcreatedb": False,
-        "rolreplication": False,
-        "rolbypassrls": False,
-        "rolinherit": spec.login,
-    }
-    if any(row[k] != v for k, v in wanted.items()):
+    if any(row[k] != v for k, v in spec.flags().items()):
         await conn.execute(f"ALTER ROLE {ident} {spec.attributes()}")
         changes.append(f"reset attributes of role {spec.name} to {spec.attributes()}")
     if password is not None and (password_new or not scram_matches(row["rolpassword"], password)):
@@ -522,7 +569,7 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
     """One group role: exists, NOLOGIN, may connect and use the schema, holds exactly its rows."""
     group = group_role(db_role)
     ident = quote_ident(group)
-    changes = await _ensure_role(conn, _RoleSpec(group, login=False), None, False)
+    changes = await _ensure_role(conn, group_spec(db_role), None, False)
 
     db_acl = await _acl_of(
         conn,
@@ -549,10 +596,12 @@ async def _converge_group(conn: Connection, database: str, db_role: str) -> list
         await conn.execute(f"GRANT USAGE ON SCHEMA {quote_ident(SCHEMA)} TO {ident}")
         changes.append(f"granted USAGE on schema {SCHEMA} to {group}")
 
+    m = group_membership(db_role)
     changes += await _ensure_membership(
-        conn, group, VAULT_ADMIN_ROLE, admin=True, inherit=False, set_=False
+        conn, m.group, m.member, admin=m.admin, inherit=m.inherit, set_=m.set_
     )
     changes += await _ensure_role_settings(conn, group)
+    changes += await _ensure_memberships(conn, group)  # a group is a member of nothing
 
     expected = expected_privileges(db_role)
     actual = await read_privileges(conn, group)
@@ -696,14 +745,56 @@ def _watchdog_password(store: SecretStore) -> tuple[str, bool]:
 async def _ensure_watchdog_login(su: Connection, store: SecretStore) -> list[str]:
     """The session watchdog's own login (:mod:`orders_ops.session_watchdog`): it may read
     every session's activity and end a non-superuser session, and nothing else."""
-    from orders_ops.session_watchdog import WATCHDOG_GRANTS, WATCHDOG_ROLE
+    from orders_ops.session_watchdog import WATCHDOG_ROLE
 
     password, new = _watchdog_password(store)
-    changes = await _ensure_role(su, _RoleSpec(WATCHDOG_ROLE, login=True), password, new)
-    for builtin in WATCHDOG_GRANTS:
-        changes += await _ensure_membership(
-            su, builtin, WATCHDOG_ROLE, admin=False, inherit=True, set_=False
+    changes = await _ensure_role(su, watchdog_spec(), password, new)
+    changes += await _ensure_memberships(su, WATCHDOG_ROLE)
+    return changes
+
+
+def watchdog_spec() -> _RoleSpec:
+    from orders_ops.session_watchdog import WATCHDOG_ROLE
+
+    return _RoleSpec(WATCHDOG_ROLE, login=True)
+
+
+VAULT_ISSUED_PREFIXES: tuple[str, ...] = tuple(f"v-{r}-" for r in DB_ROLES)
+"""How the logins Vault issues are named (``orders_ops.vault_database.username_prefix``)."""
+
+
+def declared_memberships(member: str) -> tuple[Membership, ...]:
+    """Every role the bootstrap's login ``member`` is a member of, and nothing else."""
+    groups = tuple(group_membership(r) for r in DB_ROLES) if member == VAULT_ADMIN_ROLE else ()
+    return (*(m for m in login_memberships() if m.member == member), *groups)
+
+
+async def _ensure_memberships(su: Connection, member: str) -> list[str]:
+    """The login's built-in memberships (its group ones: :func:`_converge_group`); a
+    membership nobody declared (granted by hand) is revoked: the login is the bootstrap's."""
+    changes: list[str] = []
+    for m in login_memberships():
+        if m.member == member:
+            changes += await _ensure_membership(
+                su, m.group, m.member, admin=m.admin, inherit=m.inherit, set_=m.set_
+            )
+    wanted = {m.group for m in declared_memberships(member)}
+    rows = await su.fetch(
+        """SELECT g.rolname AS grp, pg_get_userbyid(m.grantor) AS grantor
+           FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+           WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1)""",
+        member,
+    )
+    for r in rows:
+        # PostgreSQL makes vault_admin ADMIN of every login it creates (Vault's v-<role>-…):
+        # it needs that to end them, so those are never revoked
+        if r["grp"] in wanted or str(r["grp"]).startswith(VAULT_ISSUED_PREFIXES):
+            continue
+        await su.execute(
+            f"REVOKE {quote_ident(r['grp'])} FROM {quote_ident(member)} "
+            f"GRANTED BY {quote_ident(r['grantor'])}"
         )
+        changes.append(f"revoked {r['grp']} from {member} (not declared)")
     return changes
 
 
@@ -738,7 +829,7 @@ async def bootstrap_database(
     su = await _connect(settings, "postgres", settings.pg_superuser_password(), "postgres")
     try:
         await su.execute("SELECT pg_advisory_lock($1)", _BOOTSTRAP_LOCK_KEY)
-        changes += await _ensure_role(su, _RoleSpec(OWNER_ROLE, login=True), owner_pw, owner_new)
+        changes += await _ensure_role(su, OWNER_SPEC, owner_pw, owner_new)
         admin_exists = await su.fetchval(
             "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", VAULT_ADMIN_ROLE
         )
@@ -748,13 +839,8 @@ async def bootstrap_database(
             if admin_pw is None:  # else: a one-time password not yet handed over, reuse it
                 admin_pw, admin_new = store.read_or_create(handover)
         # admin_pw None: Vault has rotated the password; it is Vault's, leave it alone
-        changes += await _ensure_role(
-            su, _RoleSpec(VAULT_ADMIN_ROLE, login=True, createrole=True), admin_pw, admin_new
-        )
-        # pg_signal_backend: revocation must end the sessions of the roles it drops
-        changes += await _ensure_membership(
-            su, "pg_signal_backend", VAULT_ADMIN_ROLE, admin=False, inherit=True, set_=True
-        )
+        changes += await _ensure_role(su, VAULT_ADMIN_SPEC, admin_pw, admin_new)
+        changes += await _ensure_memberships(su, VAULT_ADMIN_ROLE)
         changes += await _ensure_watchdog_login(su, store)
         changes += await _converge_database(su, database)
 

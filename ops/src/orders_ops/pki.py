@@ -217,15 +217,41 @@ def _ensure_intermediate(client: hvac.Client) -> list[str]:
     return [f"vault: intermediate CA '{INTERMEDIATE_CN}' in {PKI_MOUNT}/ signed by the root"]
 
 
+def owned_client_role(name: str, role: dict[str, Any]) -> bool:
+    """Whether a role on ``pki-orders`` has the shape :func:`roles` gives an identity's
+    client role (``client-<x>`` issuing only ``orders-<x>``): one this code made. Any
+    other role is never deleted, only reported by ``orders-bootstrap plan``."""
+    identity = name.removeprefix("client-")
+    return (
+        name.startswith("client-")
+        and list(role.get("allowed_domains") or []) == [f"orders-{identity}"]
+        and role.get("client_flag") is True
+        and role.get("server_flag") is False
+    )
+
+
 def _ensure_roles(client: hvac.Client) -> list[str]:
     changes = []
-    for name, desired in roles().items():
+    declared = roles()
+    for name, desired in declared.items():
         path = f"{PKI_MOUNT}/roles/{name}"
         have = _read(client, path)
         diff = [k for k, v in desired.items() if have is None or _norm(have.get(k)) != _norm(v)]
         if diff:
             client.write_data(path, data=desired)
             changes.append(f"vault: wrote {path} ({', '.join(sorted(diff))})")
+    # the client role of an identity the code no longer declares (a removed service)
+    try:
+        listed = client.list(f"{PKI_MOUNT}/roles") or {}
+    except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden):
+        listed = {}
+    for name in sorted((listed.get("data") or {}).get("keys") or []):
+        if name in declared:
+            continue
+        have = _read(client, f"{PKI_MOUNT}/roles/{name}") or {}
+        if owned_client_role(name, have):
+            client.delete(f"{PKI_MOUNT}/roles/{name}")
+            changes.append(f"vault: deleted {PKI_MOUNT}/roles/{name} (no longer declared)")
     return changes
 
 

@@ -29,6 +29,7 @@ from orders_ops.policies import (
     TRANSIT_MOUNT,
     all_policies,
     seal_keys,
+    split_hash_header,
     transit_keys,
 )
 from orders_ops.settings import SettingsError, StackSettings
@@ -259,15 +260,32 @@ def auto_rotate_period() -> int:
     return period
 
 
-def ensure_transit(client: hvac.Client) -> list[str]:
+IRREVERSIBLE_KEY_SETTINGS = ("exportable", "allow_plaintext_backup")
+"""Transit settings Vault never turns off again once on: the bootstrap never turns them on."""
+
+
+def transit_key_settings(name: str, period: int | None = None) -> dict[str, Any]:
+    """What the code declares for Transit key ``name``: its type and derivation (fixed at
+    creation), its rotation period, deletion protection on (``deletion_allowed`` false)
+    and never exportable (key material never leaves Vault)."""
+    return {
+        "type": TRANSIT_KEY_TYPE,
+        # seal keys are derived: a sealed field is bound to its order and field (a context)
+        "derived": name in set(seal_keys()),
+        "auto_rotate_period": auto_rotate_period() if period is None else period,
+        "deletion_allowed": False,
+        **dict.fromkeys(IRREVERSIBLE_KEY_SETTINGS, False),
+    }
+
+
+def ensure_transit(client: hvac.Client, *, notes: list[str] | None = None) -> list[str]:
     """The Transit engine and its keys: the per-service payload keys (and the old single
-    one, for old history), one seal key per sealed consumer; each rotating itself."""
+    one, for old history), one seal key per sealed consumer; each rotating itself, each
+    protected from deletion."""
     changes = _ensure_secrets_engine(client, TRANSIT_MOUNT, "transit")
     period = auto_rotate_period()
-    derived_keys = set(seal_keys())
     for name in transit_keys():
-        # seal keys are derived: a sealed field is bound to its order and field (a context)
-        derived = name in derived_keys
+        derived = bool(transit_key_settings(name, period)["derived"])
         try:
             key = client.secrets.transit.read_key(name, mount_point=TRANSIT_MOUNT)["data"]
         except hvac.exceptions.InvalidPath:
@@ -299,20 +317,66 @@ def ensure_transit(client: hvac.Client) -> list[str]:
                 name, auto_rotate_period=f"{period}s", mount_point=TRANSIT_MOUNT
             )
             changes.append(f"vault: transit key {name} now rotates every {period}s")
+        if key.get("deletion_allowed") is not False:
+            client.secrets.transit.update_key_configuration(
+                name, deletion_allowed=False, mount_point=TRANSIT_MOUNT
+            )
+            changes.append(f"vault: transit key {name} protected from deletion again")
+        for setting in IRREVERSIBLE_KEY_SETTINGS:
+            if key.get(setting) and notes is not None:
+                notes.append(
+                    f"vault: transit key {name} has {setting}=true, which Vault never turns "
+                    "off: its key material may have left Vault; rotate it and raise its "
+                    "min_decryption_version once old data is re-encrypted (or delete and "
+                    "recreate it, losing what it encrypted)"
+                )
     return changes
 
 
 # --------------------------------------------------------------------------- policies
 
 
-def ensure_policies(client: hvac.Client) -> list[str]:
+POLICY_PREFIXES = ("orders-", "payload-")
+"""The policy names the bootstrap may manage (its cluster identity may touch no other)."""
+
+
+def list_names(client: hvac.Client, path: str) -> list[str]:
+    """The keys a LIST of ``path`` returns ([] when there is nothing there)."""
+    try:
+        listed = client.list(path)
+    except hvac.exceptions.InvalidPath:
+        return []
+    return sorted(((listed or {}).get("data") or {}).get("keys") or [])
+
+
+def ensure_policies(client: hvac.Client, *, notes: list[str] | None = None) -> list[str]:
+    """Every policy of :func:`all_policies`, as written; a policy this code once wrote (it
+    carries the hash header) and no longer declares is deleted. Others are never touched."""
     changes = []
-    for name, text in all_policies().items():
+    declared = all_policies()
+    for name, text in declared.items():
         current = _read(client, f"sys/policies/acl/{name}")
         if current is not None and current.get("policy") == text:
             continue
         client.sys.create_or_update_policy(name, policy=text)
-        changes.append(f"vault: wrote policy {name}")
+        changes.append(f"vault: wrote policy {name} (sha256 {split_hash_header(text)[0]})")
+    try:
+        names = list_names(client, "sys/policies/acl")
+    except hvac.exceptions.Forbidden:
+        if notes is not None:
+            notes.append(
+                "vault: may not list sys/policies/acl, so policies this code no longer "
+                "declares are not deleted: re-run 'orders-bootstrap admin-setup'"
+            )
+        return changes
+    for name in names:
+        if name in declared or not name.startswith(POLICY_PREFIXES):
+            continue
+        current = _read(client, f"sys/policies/acl/{name}") or {}
+        if split_hash_header(str(current.get("policy") or ""))[0] is None:
+            continue  # not written by this code: reported by 'plan', left alone
+        client.sys.delete_policy(name)
+        changes.append(f"vault: deleted policy {name} (written by this code, no longer declared)")
     return changes
 
 
@@ -324,6 +388,38 @@ PROBE_METADATA = "probe"
 
 CLIENT_SPEC = ServiceSpec(issuer.CLIENT, task_queue="", db_roles=())
 """The client identity (``orders-client``): auth roles like a service's, but no worker."""
+
+
+def login_specs() -> tuple[ServiceSpec, ...]:
+    """Every identity with a login role on the jwt and kubernetes auth mounts."""
+    return (*SERVICES.values(), CLIENT_SPEC)
+
+
+def owned_login_role(name: str, role: Mapping[str, Any]) -> bool:
+    """Whether an auth role has the shape this code gives its login roles: named after an
+    identity (``orders-<name>``) and granting exactly that identity's policy. Another role
+    (a person's, another team's, a test's) is never deleted, only reported."""
+    from orders_ops.bootstrap_identity import BOOTSTRAP_IDENTITY
+
+    return (
+        name.startswith("orders-")
+        and name != BOOTSTRAP_IDENTITY
+        and list(role.get("token_policies") or []) == [name]
+    )
+
+
+def delete_stale_roles(client: hvac.Client, mount: str, declared: set[str]) -> list[str]:
+    """Delete the login roles on ``mount`` this code made (:func:`owned_login_role`) and
+    no longer declares (a service removed from the catalog)."""
+    changes = []
+    for name in list_names(client, f"auth/{mount}/role"):
+        if name in declared:
+            continue
+        role = _read(client, f"auth/{mount}/role/{name}") or {}
+        if owned_login_role(name, role):
+            client.delete(f"auth/{mount}/role/{name}")
+            changes.append(f"vault: deleted auth/{mount}/role/{name} (no longer declared)")
+    return changes
 
 
 def _token_params(spec: ServiceSpec, ttls: TokenTTLs) -> dict[str, Any]:
@@ -384,7 +480,7 @@ def ensure_jwt_auth(
             "jwt_supported_algs": [issuer.ALGORITHM],
         },
     )
-    for spec in (*SERVICES.values(), CLIENT_SPEC):
+    for spec in login_specs():
         changes += _write_if_changed(
             client,
             f"auth/{mount}/role/{spec.identity}",
@@ -392,6 +488,7 @@ def ensure_jwt_auth(
             # a jwt role needs it set (to nothing); it is meaningless without OIDC
             extra={"allowed_redirect_uris": []},
         )
+    changes += delete_stale_roles(client, mount, {s.identity for s in login_specs()})
     return changes
 
 
@@ -421,10 +518,18 @@ def ensure_kubernetes_auth(
                 "ORDERS_KUBERNETES_CA_FILE is not set (process mode logs in with jwt auth; "
                 "set ORDERS_KUBERNETES_CA_FILE and ORDERS_KUBERNETES_HOST to use it)"
             )
-    for spec in (*SERVICES.values(), CLIENT_SPEC):
+    for spec in login_specs():
         changes += _write_if_changed(
             client, f"auth/{mount}/role/{spec.identity}", kubernetes_role(settings, spec, ttls)
         )
+    try:
+        changes += delete_stale_roles(client, mount, {s.identity for s in login_specs()})
+    except hvac.exceptions.Forbidden:
+        if notes is not None:
+            notes.append(
+                f"vault: may not list auth/{mount}/role, so login roles this code no longer "
+                "declares are not deleted: re-run 'orders-bootstrap admin-setup'"
+            )
     return changes
 
 
@@ -585,9 +690,9 @@ def configure_vault(
     ttls = TokenTTLs.from_env()
     kubernetes = KubernetesAuthConfig.from_env()
     changes = ensure_audit_device(client, settings, notes=notes)
-    changes += ensure_transit(client)
+    changes += ensure_transit(client, notes=notes)
     changes += ensure_pki(client, settings)
-    changes += ensure_policies(client)
+    changes += ensure_policies(client, notes=notes)
     if settings.local_issuer:
         # process mode (local or external): workers present the local issuer's tokens at
         # auth/jwt
