@@ -119,13 +119,13 @@ def test_every_declared_policy_carries_its_hash_header() -> None:
 
 
 def test_declared_comes_from_the_declarations_apply_writes(
-    monkeypatch: pytest.MonkeyPatch,
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = StackSettings.from_env()
+    settings = stack.settings  # the local issuer's public key is declared: needs the stack
     want = declared(settings)
     assert {n for k, n in want if k == POLICY} == set(all_policies())
     assert {n.rsplit("/", 1)[1] for k, n in want if k == TRANSIT_KEY} == set(transit_keys())
-    # a key added to the declarations is planned too (another helper adds keys)
+    # a key added to the declarations is planned too, with no change to plan
     monkeypatch.setattr(
         "orders_ops.policies.transit_keys", lambda: (*transit_keys(), "orders-new-key")
     )

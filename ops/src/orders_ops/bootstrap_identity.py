@@ -113,6 +113,7 @@ def _external_policy(cluster: str) -> str:
         'path "sys/auth/kubernetes"': 'path "sys/auth/jwt"',
         'path "auth/kubernetes/config"': 'path "auth/jwt/config"',
         'path "auth/kubernetes/role/orders-*"': 'path "auth/jwt/role/orders-*"',
+        'path "auth/kubernetes/role/"': 'path "auth/jwt/role/"',  # plan lists the roles
     }
     text = cluster
     for old, new in swaps.items():
