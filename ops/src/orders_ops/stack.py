@@ -793,6 +793,9 @@ class Vault(Server):
         )
 
     def start(self, timeout: float) -> bool:
+        # "initialised by this start": a restart later in the same process (a chaos
+        # fault) must not make the bootstrap treat the live logins as a lost Vault's
+        self.initialized_now = False
         started = super().start(timeout)
         if not started and not self.healthy():  # running but sealed: unseal it
             self.wait_ready(timeout)

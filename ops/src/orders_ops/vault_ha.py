@@ -15,20 +15,20 @@ the bootstrap already use (``VAULT_ADDR`` is unchanged, so every process keeps i
 own identity and nothing in the services knows about HA). It checks each node's
 ``/v1/sys/health`` every 0.5 s and sends connections only to the node that answers
 200, the active one (a standby answers 429), as HashiCorp's load-balancer guidance
-for Vault does. Not to standbys as well: an OpenBao standby does forward a request
-it cannot serve, but it serves reads from its own replica, which can lag. Seen here:
-the bootstrap enabled a mount through the front and its next call, sent to a standby,
-got "no handler for route" for it. A node that is killed, sealed or paused (a
-SIGSTOPped process still completes TCP handshakes, so only an HTTP check sees it)
-is out within about a second and its open connections are cut
-(``on-marked-down shutdown-sessions``), so clients retry on the new leader. That is
-why a front and not client-side failover: hvac takes one URL, and a list of URLs in
-every service would still not notice a node that accepts connections but never
-answers. In production the same role is played by the cluster's load balancer
+for Vault does. Not to standbys as well: a standby forwards to the active node, but
+its answer can lag a write just made. Seen here: the bootstrap enabled a mount through
+the front and its next call, sent to a standby, got "no handler for route" for it.
+A node that is killed, sealed or paused (a SIGSTOPped process still completes TCP
+handshakes, so only an HTTP check sees it) is out within about a second and its open
+connections are cut (``on-marked-down shutdown-sessions``), so clients retry on the
+new leader. That is why a front and not client-side failover: hvac takes one URL,
+and a list of URLs in every service would still not notice a node that accepts
+connections but never answers. In production the same role is played by the cluster's load balancer
 (docs/deployment.md).
 
-A state folder holds one kind of Vault: a single-node folder is refused in HA mode
-(and the other way round), since the root token and unseal key files are shared.
+A state folder holds one kind of Vault, since the root token and unseal key files are
+shared: a single-node folder is refused in HA mode, and a folder holding a cluster is
+run as one even without ``ORDERS_VAULT_HA`` (so ``down`` and ``status`` find it).
 """
 
 from __future__ import annotations
@@ -346,6 +346,7 @@ class VaultCluster(Server):
         (joined when new), all unsealed, then the front. True when anything started."""
         self._check_state_folder()
         private_dir(ha_dir(self.settings))
+        self.initialized_now = False  # by this start (see Vault.start)
         started = False
         for node in self.nodes:
             if node.start(timeout):
@@ -354,7 +355,7 @@ class VaultCluster(Server):
                 node.wait_ready(timeout)
             if node.index == 0 and node.initialized_now:  # before the others join
                 self._tune_autopilot()
-        self.initialized_now = self.initialized_now or self.nodes[0].initialized_now
+        self.initialized_now = self.nodes[0].initialized_now
         started = self.front.start(timeout) or started
         self.wait_ready(timeout)
         self._wait_voters(timeout)
