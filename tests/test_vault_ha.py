@@ -77,6 +77,17 @@ def test_three_raft_voters_and_one_leader(stack: Stack) -> None:
     for node in cluster.nodes:
         assert node.name in out
 
+    logs = subprocess.run(
+        [sys.executable, "-m", "orders_ops.stack", "logs", "vault", "-n", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=dict(os.environ),
+    ).stdout
+    for name in ("vault-1", "vault-2", "vault-3", "vault-front"):
+        assert f"{name}.log (current run)" in logs, logs
+
 
 def test_a_standby_forwards_a_write_to_the_active_node(stack: Stack) -> None:
     cluster = _cluster(stack)

@@ -1573,8 +1573,12 @@ class Stack:
         replaced by ``[redacted]`` (none should be there; this is the second belt)."""
         hidden = known_secrets(self.settings)
         out: list[str] = []
-        for srv in self.servers:
-            if server in (None, srv.name):
+        # the HA Vault: each node's log and the front's ("vault" names them all)
+        members = [
+            (m, srv.name) for srv in self.servers for m in getattr(srv, "members", None) or [srv]
+        ]
+        for srv, group in members:
+            if server in (None, srv.name, group):
                 out.append(f"==> {srv.log_file} (current run) <==")
                 out.append(redact(_tail(srv.log_file, lines), hidden))
                 own = self.settings.log_dir / srv.name / f"{srv.name}.log"
@@ -1714,7 +1718,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "exits 1 when the stack is down",
     )
     logs = sub.add_parser("logs", help="the end of each server's log of the current run")
-    logs.add_argument("server", nargs="?", choices=[s.name for s in _server_names()])
+    logs.add_argument(
+        "server",
+        nargs="?",
+        choices=[
+            *(s.name for s in _server_names()),
+            *(f"vault-{i}" for i in range(1, 4)),  # the HA Vault's nodes
+            "vault-front",
+        ],
+    )
     logs.add_argument("-n", type=int, default=40, help="lines per log")
     sub.add_parser(
         "reset",
