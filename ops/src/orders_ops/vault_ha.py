@@ -19,7 +19,7 @@ for Vault does. Not to standbys as well: a standby forwards to the active node, 
 its answer can lag a write just made. Seen here: the bootstrap enabled a mount through
 the front and its next call, sent to a standby, got "no handler for route" for it.
 A node that is killed, sealed or paused (a SIGSTOPped process still completes TCP
-handshakes, so only an HTTP check sees it) is out within about a second and its open
+handshakes, so only an HTTP check sees it) is out after two missed checks (1-2 s) and its open
 connections are cut (``on-marked-down shutdown-sessions``), so clients retry on the
 new leader. That is why a front and not client-side failover: hvac takes one URL,
 and a list of URLs in every service would still not notice a node that accepts
