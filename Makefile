@@ -114,7 +114,7 @@ test: install browser ## lint, type-check and run every test against a real loca
 	$(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-tls ORDERS_TLS=1 $(BIN)/pytest tests/test_tls_postgres.py tests/test_tls_codec.py \
 		tests/test_demo_tls.py
 # the HA Vault (ORDERS_VAULT_HA=1: three OpenBao raft nodes behind HAProxy), in a state folder of its
-# own: three peers, the active node SIGKILLed under orders, a new leader, nothing lost (about 50 s)
+# own: three peers, the active node SIGKILLed under orders, a new leader, nothing lost (35-60 s)
 	$(TEST_STACK) ORDERS_STATE_DIR=$(CURDIR)/.local-test-ha ORDERS_VAULT_HA=1 $(BIN)/pytest tests/test_vault_ha.py
 
 lint: install ## ruff lint and format check
