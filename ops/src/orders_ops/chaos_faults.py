@@ -30,7 +30,7 @@ from typing import Any
 import hvac
 
 from orders_ops.settings import HOST
-from orders_ops.stack import Stack, StackError, WorkerProcess
+from orders_ops.stack import Stack, StackError, WorkerProcess, wait_gone
 from orders_shared.catalog import SERVICES
 
 
@@ -123,10 +123,19 @@ class VaultPause(Fault):
         self._watchdog: asyncio.subprocess.Process | None = None
 
     def unavailable(self, stack: Stack) -> str | None:
+        if getattr(stack.vault, "ha", False):
+            return (
+                "single-node Vault only: in HA mode the process behind VAULT_ADDR is the "
+                "front (HAProxy); 'Vault active node paused' pauses the leader instead"
+            )
         return None if stack.vault.pid() is not None else "Vault is not running"
 
+    def _target(self, stack: Stack) -> int | None:
+        """The PID to stop: the single Vault server."""
+        return stack.vault.pid()
+
     async def inject(self, ctx: FaultContext) -> None:
-        self._pid = self._stopped_pid = ctx.stack.vault.pid()
+        self._pid = self._stopped_pid = self._target(ctx.stack)
         if self._pid is None:
             raise StackError("Vault is not running: nothing to pause")
         # should this harness itself be killed, Vault still wakes up: a detached
@@ -163,6 +172,264 @@ class VaultPause(Fault):
                 os.killpg(self._watchdog.pid, signal.SIGKILL)
             await self._watchdog.wait()
             self._watchdog = None
+
+
+def _leader_name(stack: Stack) -> str | None:
+    node = stack.vault.active_node()
+    return None if node is None else node.name
+
+
+def _raft_leader(stack: Stack) -> str | None:
+    """The node the raft configuration names as leader (``vault-<n>``), HA only."""
+    from orders_ops.vault_ha import VaultCluster
+
+    if not isinstance(stack.vault, VaultCluster):
+        return None
+    leader = next((p for p in stack.vault.peers() if p.leader), None)
+    return None if leader is None else "vault-" + leader.node_id.rsplit("-", 1)[-1]
+
+
+async def _wait_new_leader(stack: Stack, old: str, bound: float) -> tuple[str | None, float]:
+    """Until a node other than ``old`` leads and the front answers through it: (its
+    name, seconds waited), or (None, bound)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < bound:
+        leader = await asyncio.to_thread(_leader_name, stack)
+        if leader is not None and leader != old and await asyncio.to_thread(stack.vault.healthy):
+            return leader, time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    return None, bound
+
+
+@dataclass
+class _Before:
+    """A token and a database lease made before the fault, to use again after it."""
+
+    token: str = ""
+    accessor: str = ""
+    lease_id: str = ""
+    username: str = ""
+    password: str = ""
+
+
+async def _issue_before(ctx: FaultContext) -> _Before:
+    from orders_shared.catalog import DB_ROLES
+
+    vault = ctx.root_vault()
+
+    def issue() -> _Before:
+        tok = vault.auth.token.create(policies=["default"], ttl="1h", renewable=True)["auth"]
+        cred = vault.secrets.database.generate_credentials(DB_ROLES[0])
+        return _Before(
+            tok["client_token"],
+            tok["accessor"],
+            cred["lease_id"],
+            cred["data"]["username"],
+            cred["data"]["password"],
+        )
+
+    return await asyncio.to_thread(issue)
+
+
+async def _still_valid(ctx: FaultContext, before: _Before) -> list[str]:
+    """The token looks itself up, the lease renews, the login logs in; then both go."""
+    import asyncpg
+
+    s = ctx.stack.settings
+    problems: list[str] = []
+    vault = ctx.root_vault()
+
+    def token_and_lease() -> list[str]:
+        found: list[str] = []
+        own = hvac.Client(url=s.vault_addr, token=before.token, timeout=10)
+        try:
+            own.auth.token.lookup_self()
+        except hvac.exceptions.VaultError as exc:
+            found.append(f"a token made before the fault no longer works: {exc}")
+        try:
+            vault.sys.renew_lease(before.lease_id, increment=300)
+        except hvac.exceptions.VaultError as exc:
+            found.append(f"a database lease made before the fault does not renew: {exc}")
+        return found
+
+    problems += await asyncio.to_thread(token_and_lease)
+    try:
+        conn = await asyncpg.connect(
+            host=HOST,
+            port=s.postgres_port,
+            user=before.username,
+            password=before.password,
+            database=s.database,
+        )
+        await conn.close()
+    except (OSError, asyncpg.PostgresError) as exc:
+        problems.append(f"the login of a lease made before the fault fails: {exc}")
+
+    def clean_up() -> None:
+        with contextlib.suppress(hvac.exceptions.VaultError):
+            vault.sys.revoke_lease(before.lease_id)
+        with contextlib.suppress(hvac.exceptions.VaultError):
+            vault.auth.token.revoke_accessor(before.accessor)
+
+    await asyncio.to_thread(clean_up)
+    if problems:  # a returned problem is only printed: this must fail the phase
+        raise StackError("; ".join(problems))
+    ctx.notes.append(
+        "a token and a database lease (and its login) made before the fault still work"
+    )
+    return problems
+
+
+class VaultActiveKill(Fault):
+    """SIGKILL the node that leads (the only one, without HA), while orders run.
+
+    HA: another node must take over behind the front (named, with the time it took);
+    the killed node is started again in ``restore`` and rejoins. Single node: the
+    outage lasts until the restart (the stack starts and unseals it again)."""
+
+    def __init__(self, hold: float = 10.0) -> None:
+        self.hold = hold
+        self.name = "Vault active node SIGKILLed under load"
+        self._pid: int | None = None
+        self._node: str | None = None
+        self._gone = False
+        self._new_leader: str | None = None
+        self._took = 0.0
+        self._before = _Before()
+        self._led: str | None = None  # the raft leader just before the kill
+
+    def unavailable(self, stack: Stack) -> str | None:
+        if not getattr(stack.vault, "persistent", False):
+            return "needs a persistent Vault: a killed dev-mode Vault loses its Transit keys"
+        return None if stack.vault.active_node() is not None else "Vault has no active node"
+
+    async def inject(self, ctx: FaultContext) -> None:
+        stack = ctx.stack
+        self._before = await _issue_before(ctx)
+        node = stack.vault.active_node()
+        if node is None or node.pid() is None:
+            raise StackError("Vault has no active node: nothing to kill")
+        self._node, self._pid = node.name, node.pid()
+        self._new_leader, self._took = None, 0.0
+        self._led = await asyncio.to_thread(_raft_leader, stack)
+        assert self._pid is not None
+        os.kill(self._pid, signal.SIGKILL)
+        self._gone = await asyncio.to_thread(wait_gone, self._pid, 5)
+        if getattr(stack.vault, "ha", False):
+            self._new_leader, self._took = await _wait_new_leader(stack, node.name, self.hold)
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        if not self._gone:
+            return f"{self._node} (pid {self._pid}) was not seen gone after SIGKILL"
+        if getattr(ctx.stack.vault, "ha", False):
+            if self._led != self._node:
+                return f"the killed {self._node} was not the raft leader ({self._led} was)"
+            if self._new_leader is None:
+                return f"no other node led within {self.hold:g}s of killing {self._node}"
+            ctx.notes.append(
+                f"{self._node} (pid {self._pid}) SIGKILLed; {self._new_leader} led behind the "
+                f"front {self._took:.1f}s later"
+            )
+        else:
+            ctx.notes.append(
+                f"{self._node} (pid {self._pid}) SIGKILLed; single node: no standby, Vault was "
+                "away until the restart"
+            )
+        return None
+
+    async def restore(self, ctx: FaultContext) -> None:
+        stack = ctx.stack
+        if getattr(stack.vault, "ha", False):
+            await asyncio.to_thread(stack.vault.start, 90)  # the killed node rejoins
+        elif stack.vault.pid() is None:
+            await asyncio.to_thread(stack.up, 90, True, _quiet)
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        problems = await _still_valid(ctx, self._before)
+        if getattr(ctx.stack.vault, "ha", False):
+            problems += await _rejoined(ctx, self._node)
+        if problems:
+            raise StackError("; ".join(problems))
+        return problems
+
+
+async def _rejoined(ctx: FaultContext, node: str | None) -> list[str]:
+    """After restore: three raft voters again, ``node`` among them, following."""
+    from orders_ops.vault_ha import VaultCluster
+
+    cluster = ctx.stack.vault
+    if not isinstance(cluster, VaultCluster):
+        return []  # one node: no raft cluster to rejoin
+    peers = await asyncio.to_thread(cluster.peers)
+    number = (node or "").rsplit("-", 1)[-1]
+    back = [p for p in peers if p.node_id.endswith(f"-{number}")]
+    if len(peers) != 3 or not all(p.voter for p in peers) or not back:
+        return [f"the raft cluster is not whole again after restore: {peers}"]
+    leader = next((p.node_id for p in peers if p.leader), "none")
+    ctx.notes.append(f"{node} rejoined; 3 raft voters, {leader} leads")
+    return []
+
+
+class VaultActivePause(VaultPause):
+    """HA only: SIGSTOP the node that leads for ``hold`` seconds, then SIGCONT. It
+    keeps its sockets (connections hang, they are not refused): the front's health
+    check must take it out and a standby must take over; on waking it must follow."""
+
+    def __init__(self, hold: float = 30.0) -> None:
+        super().__init__(hold)
+        self.name = f"Vault active node paused {hold:.0f}s"
+        self._node: str | None = None
+        self._led: str | None = None  # the raft leader just before the pause
+        self._new_leader: str | None = None
+        self._took = 0.0
+        self._before = _Before()
+
+    def unavailable(self, stack: Stack) -> str | None:
+        if not getattr(stack.vault, "ha", False):
+            return "needs the HA Vault (make chaos HA=1, or ORDERS_VAULT_HA=1): no standby here"
+        return None if stack.vault.active_node() is not None else "Vault has no active node"
+
+    def _target(self, stack: Stack) -> int | None:
+        node = stack.vault.active_node()
+        self._node = None if node is None else node.name
+        return None if node is None else node.pid()
+
+    async def inject(self, ctx: FaultContext) -> None:
+        self._before = await _issue_before(ctx)
+        self._led = await asyncio.to_thread(_raft_leader, ctx.stack)
+        await super().inject(ctx)
+        self._new_leader, self._took = await _wait_new_leader(
+            ctx.stack, self._node or "", self.hold
+        )
+
+    async def proof(self, ctx: FaultContext, phase: list[str]) -> str | None:
+        unproven = await super().proof(ctx, phase)
+        if unproven is not None:
+            return unproven
+        if self._led != self._node:
+            return f"the paused {self._node} was not the raft leader ({self._led} was)"
+        if self._new_leader is None:
+            return f"no other node led within {self.hold:g}s of pausing {self._node}"
+        ctx.notes.append(
+            f"{self._node} paused; {self._new_leader} led behind the front {self._took:.1f}s later"
+        )
+        return None
+
+    async def restore(self, ctx: FaultContext) -> None:
+        await super().restore(ctx)
+        # the woken node steps down to follower once it hears the new term
+        await asyncio.to_thread(ctx.stack.vault.wait_ready, 60)
+
+    async def verify(self, ctx: FaultContext, before: list[str], phase: list[str]) -> list[str]:
+        deadline = time.monotonic() + 30
+        while True:  # the woken node needs a moment to catch up and count as a voter
+            problems = await _rejoined(ctx, self._node)
+            if not problems or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+        if problems:
+            raise StackError("; ".join(problems))
+        return await _still_valid(ctx, self._before)
 
 
 class ServerRestart(Fault):
@@ -603,6 +870,8 @@ def full_set() -> list[Fault]:
     return [
         Baseline(),
         VaultPause(30),
+        VaultActiveKill(10),
+        VaultActivePause(30),  # HA only (skipped, saying so, on a single node)
         VaultRestart(5),
         PostgresRestart(10),
         RevokeAllLeases(10),

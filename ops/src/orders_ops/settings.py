@@ -30,6 +30,9 @@ PORT_VARIABLES: dict[str, int] = {
     "ORDERS_WORKER_METRICS_PORT": 9464,
     "ORDERS_PROMETHEUS_PORT": 9090,  # only with `orders-stack up --metrics`
     "ORDERS_TEMPORAL_TLS_PORT": 7235,  # ORDERS_TLS=1 only: Temporal behind mTLS
+    # ORDERS_VAULT_HA=1 only: the first of six (three OpenBao nodes, API and cluster
+    # port each); default ORDERS_VAULT_PORT + 2
+    "ORDERS_VAULT_HA_PORT": 8202,
 }
 """Every port variable of the local stack and its default (``orders-stack --help`` lists them)."""
 
@@ -93,6 +96,8 @@ class StackSettings:
     vault_cluster_port: int = 8201  # OpenBao's raft storage listens here too
     provider_port: int = 8090  # the local card-payment provider simulator
     prometheus_port: int = 9090  # the local Prometheus (`orders-stack up --metrics`)
+    # the HA Vault's nodes (ORDERS_VAULT_HA=1): six ports from here; 0: vault_port + 2
+    vault_ha_first_port: int = 0
     namespace: str = "orders"
     database: str = "orders"
     # "local": the process stack on loopback. "cluster": the bootstrap Job, which
@@ -126,6 +131,7 @@ class StackSettings:
             vault_cluster_port=_port("ORDERS_VAULT_CLUSTER_PORT", 8201),
             provider_port=_port("ORDERS_PROVIDER_PORT", 8090),
             prometheus_port=_port("ORDERS_PROMETHEUS_PORT", 9090),
+            vault_ha_first_port=_port("ORDERS_VAULT_HA_PORT", 0),
             namespace=os.environ.get("ORDERS_K8S_NAMESPACE") or "orders",
             tls=_switch("ORDERS_TLS"),
         )
@@ -204,6 +210,11 @@ class StackSettings:
     def issuer_dir(self) -> Path:
         """The local identity issuer's signing keys: reachable by the issuer alone."""
         return self.state_dir / "issuer"
+
+    @property
+    def vault_ha_port(self) -> int:
+        """The HA Vault's first node port (API; its cluster port is the next one)."""
+        return self.vault_ha_first_port or self.vault_port + 2
 
     @property
     def vault_addr(self) -> str:

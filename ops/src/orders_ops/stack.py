@@ -650,6 +650,9 @@ class Vault(Server):
     persistent = True
     """Its Transit keys and leases survive a restart (fault tests rely on it)."""
 
+    ha = False
+    health_path = "sys/health"  # 200 ready, 501 not initialised, 503 sealed
+
     def __init__(self, settings: StackSettings) -> None:
         super().__init__(
             "vault",
@@ -667,6 +670,15 @@ class Vault(Server):
     @property
     def data_dir(self) -> Path:
         return self.vault_dir / "data"
+
+    @property
+    def api_url(self) -> str:
+        """Where this server's own API answers (an HA node: its own port)."""
+        return self.settings.vault_addr
+
+    def active_node(self) -> Vault | None:
+        """The server that leads (here: this one, when it runs)."""
+        return self if self.pid() is not None else None
 
     def config_hcl(self) -> str:
         from orders_ops.vault_bootstrap import audit_config_hcl
@@ -704,7 +716,7 @@ class Vault(Server):
     def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
         """One API call without a token; the answer's JSON (or the HTTP status on error)."""
         request = urllib.request.Request(  # noqa: S310 (loopback URL we built)
-            f"{self.settings.vault_addr}/v1/{path}",
+            f"{self.api_url}/v1/{path}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Content-Type": "application/json"},
@@ -716,7 +728,7 @@ class Vault(Server):
         """200 ready, 501 not initialised, 503 sealed; None when it does not answer."""
         try:
             with urllib.request.urlopen(  # noqa: S310 (fixed http://127.0.0.1 URL)
-                f"{self.settings.vault_addr}/v1/sys/health", timeout=1
+                f"{self.api_url}/v1/{self.health_path}", timeout=1
             ) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
@@ -781,6 +793,9 @@ class Vault(Server):
         )
 
     def start(self, timeout: float) -> bool:
+        # "initialised by this start": a restart later in the same process (a chaos
+        # fault) must not make the bootstrap treat the live logins as a lost Vault's
+        self.initialized_now = False
         started = super().start(timeout)
         if not started and not self.healthy():  # running but sealed: unseal it
             self.wait_ready(timeout)
@@ -1341,7 +1356,12 @@ class Stack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.postgres = Postgres(settings)
-        self.vault = Vault(settings)
+        from orders_ops.vault_ha import VaultCluster, ha_enabled  # it builds on this module
+
+        # ORDERS_VAULT_HA=1 (or a state folder holding a cluster): three raft nodes
+        self.vault: Vault | VaultCluster = (
+            VaultCluster(settings) if ha_enabled(settings) else Vault(settings)
+        )
         self.temporal = Temporal(settings)
         self.identity = IdentityIssuer(settings)
         self.codec = LocalCodecServer(settings)
@@ -1486,19 +1506,33 @@ class Stack:
     def status(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for server in self.servers:
-            pid = server.pid()
-            rows.append(
-                {
-                    "server": server.name,
-                    "pid": pid,
-                    "address": server.address or "-",
-                    "health": "up"
-                    if pid and server.healthy()
-                    else ("unhealthy" if pid else "down"),
-                    "log": str(server.log_file),
-                }
-            )
+            # the HA Vault: one row per node (its raft role as health) and the front
+            members = getattr(server, "members", None) or [server]
+            for member in members:
+                pid = member.pid()
+                role = getattr(member, "role", None)
+                rows.append(
+                    {
+                        "server": member.name,
+                        "pid": pid,
+                        "address": member.address or "-",
+                        "health": role()
+                        if role is not None and pid
+                        else (
+                            "up" if pid and member.healthy() else ("unhealthy" if pid else "down")
+                        ),
+                        "log": str(member.log_file),
+                    }
+                )
         return rows
+
+    def status_notes(self) -> list[str]:
+        """Lines under the status table: the HA Vault's raft peers and who leads."""
+        lines = getattr(self.vault, "status_lines", None)
+        if lines is None or self.vault.pid() is None:
+            return []
+        result: list[str] = lines()
+        return result
 
     def env(self) -> dict[str, str]:
         """Exports for people and tests. Refused when the stack is down: a token of a
@@ -1539,8 +1573,12 @@ class Stack:
         replaced by ``[redacted]`` (none should be there; this is the second belt)."""
         hidden = known_secrets(self.settings)
         out: list[str] = []
-        for srv in self.servers:
-            if server in (None, srv.name):
+        # the HA Vault: each node's log and the front's ("vault" names them all)
+        members = [
+            (m, srv.name) for srv in self.servers for m in getattr(srv, "members", None) or [srv]
+        ]
+        for srv, group in members:
+            if server in (None, srv.name, group):
                 out.append(f"==> {srv.log_file} (current run) <==")
                 out.append(redact(_tail(srv.log_file, lines), hidden))
                 own = self.settings.log_dir / srv.name / f"{srv.name}.log"
@@ -1686,7 +1724,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "exits 1 when the stack is down",
     )
     logs = sub.add_parser("logs", help="the end of each server's log of the current run")
-    logs.add_argument("server", nargs="?", choices=[s.name for s in _server_names()])
+    logs.add_argument(
+        "server",
+        nargs="?",
+        choices=[
+            *(s.name for s in _server_names()),
+            *(f"vault-{i}" for i in range(1, 4)),  # the HA Vault's nodes
+            "vault-front",
+        ],
+    )
     logs.add_argument("-n", type=int, default=40, help="lines per log")
     sub.add_parser(
         "reset",
@@ -1729,6 +1775,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(json.dumps(rows, indent=2))
             else:
                 _print_status(rows)
+                for line in stack.status_notes():
+                    print(line)
         elif args.cmd == "env":
             for k, v in stack.env().items():
                 print(f"export {k}={shlex.quote(v)}")
