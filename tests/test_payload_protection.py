@@ -54,6 +54,7 @@ from temporalio.converter import (
     PayloadCodec,
     WorkflowSerializationContext,
 )
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from orders_codec_server.app import RunningServer, ServerConfig, start
@@ -75,6 +76,7 @@ from orders_ops.vault_bootstrap import (
     root_client,
 )
 from orders_orchestrator import worker as orchestrator_worker
+from orders_orchestrator.workflows import REFUSED_ANSWER_LIMIT
 from orders_payment import worker as payment_worker
 from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
@@ -281,12 +283,13 @@ async def deployment(
     namespace: str,
     mode: CodecMode,
     codec_transits: dict[str, Any] | None = None,
-    overrides: dict[str, tuple[Client, list[Any]]] | None = None,
+    overrides: dict[str, tuple[Client, list[Any]] | None] | None = None,
 ) -> AsyncIterator[Deployment]:
     """``codec_transits``: the Transit client each identity's *codec* uses (default: its
     own Vault session); sealed fields are always opened with the service's own session.
     ``overrides``: service -> (client, activities) of a worker polling that service's
-    task queue instead of the genuine one (a rogue)."""
+    task queue instead of the genuine one (a rogue); ``None``: no worker polls it (the
+    test polls it itself)."""
     address = stack.settings.temporal_address
     await ensure_namespace(address, namespace)
     base = await Client.connect(address, namespace=namespace)
@@ -295,7 +298,9 @@ async def deployment(
         codec_transits = {**transits, "client": await identities.transit("client")}
 
     def converter(name: str) -> Any:
-        return data_converter(codec_transits[name], mode=mode)
+        # the orchestrator's, as runtime.serve builds it: a refused activity answer
+        # reaches the workflow as a failed attempt
+        return data_converter(codec_transits[name], mode=mode, workflow_side=name == "orchestrator")
 
     clients = {
         name: Client(**{**base.config(), "data_converter": converter(name)}) for name in transits
@@ -313,7 +318,10 @@ async def deployment(
     async with AsyncExitStack() as exits:
         for name, queue in SERVICES_WITH_QUEUES:
             if overrides and name in overrides:
-                rogue_client, rogue_activities = overrides[name]
+                override = overrides[name]
+                if override is None:
+                    continue
+                rogue_client, rogue_activities = override
                 worker = Worker(rogue_client, task_queue=queue, activities=rogue_activities)
             elif name == "orchestrator":
                 worker = Worker(
@@ -1110,6 +1118,22 @@ def _scheduled(events: list[HistoryEvent], activity_type: str) -> list[HistoryEv
     ]
 
 
+async def _terminate_if_running(client: Client, workflow_id: str, reason: str) -> None:
+    with contextlib.suppress(RPCError):  # it ended by itself: as it should
+        await client.get_workflow_handle(workflow_id).terminate(reason)
+
+
+def _completed(events: list[HistoryEvent], activity_type: str) -> list[HistoryEvent]:
+    """The completions of ``activity_type``'s tasks (matched by their scheduled event)."""
+    ids = {e.event_id for e in _scheduled(events, activity_type)}
+    return [
+        e
+        for e in events
+        if e.HasField("activity_task_completed_event_attributes")
+        and e.activity_task_completed_event_attributes.scheduled_event_id in ids
+    ]
+
+
 async def _workflow_task_failure(d: Deployment, namespace: str, workflow_id: str) -> str:
     """The orchestrator's first failed workflow task for ``workflow_id``, decoded as the
     orchestrator (the failure message is encrypted too)."""
@@ -1157,6 +1181,38 @@ async def forged_process_payment(_: Any = None) -> payment.ProcessPaymentOutput:
     )
 
 
+@activity.defn(name=payment.REFUND_PAYMENT)
+async def forged_refund_payment(_: Any = None) -> payment.RefundPaymentOutput:
+    return payment.RefundPaymentOutput(
+        order_id=activity.info().workflow_id or "",
+        refunded=True,
+        amount_cents=0,
+        provider_ref="forged-refunded",
+    )
+
+
+async def _ended_compensated_without_shipping(
+    d: Deployment, order: Order, cause: str
+) -> tuple[OrderWorkflowResult, list[HistoryEvent]]:
+    """The order of a rogue payment poller ends (no wedged workflow task): failed as an
+    infrastructure failure of process_payment after REFUSED_ANSWER_LIMIT answers, each
+    refused with ``cause``, the reservation released, nothing fulfilled."""
+    result = await asyncio.wait_for(
+        d.client.get_workflow_handle(order.order_id, result_type=OrderWorkflowResult).result(),
+        timeout=60,
+    )
+    assert result.status == "failed", result
+    assert result.reason_code == "StepFailed", result
+    assert result.reason is not None and cause in result.reason, result.reason
+    assert inventory.RELEASE_INVENTORY in result.path, result.path
+    events = await _events(d.client, order.order_id)
+    assert not any(e.HasField("workflow_task_failed_event_attributes") for e in events)
+    assert len(_scheduled(events, payment.PROCESS_PAYMENT)) == REFUSED_ANSWER_LIMIT
+    assert not _scheduled(events, fulfill.FULFILL_ORDER)  # it never acted on one
+    assert _scheduled(events, inventory.RELEASE_INVENTORY)
+    return result, events
+
+
 async def test_notify_can_neither_open_nor_forge_payment_payloads(
     stack: Stack, identities: Any, source: Any
 ) -> None:
@@ -1181,24 +1237,22 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
         source,
         ROGUE_NAMESPACE,
         "secured",
-        overrides={"payment": (rogue, [forged_process_payment])},
+        overrides={"payment": (rogue, [forged_process_payment, forged_refund_payment])},
     ) as d:
         await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
         try:
-            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
+            result, events = await _ended_compensated_without_shipping(d, order, "wrong-key")
             # the orchestrator refused the forged result: wrong key for a payment activity
-            assert "wrong-key" in message, message
+            message = result.reason or ""
             assert "orders-payload-payment" in message and "orders-payload-notify" in message
-            events = await _events(d.client, order.order_id)
-            completed = [
-                e for e in events if e.HasField("activity_task_completed_event_attributes")
-            ]
+            completed = _completed(events, payment.PROCESS_PAYMENT)
+            assert len(completed) == REFUSED_ANSWER_LIMIT
             forged = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
             assert forged.metadata[META_KEY_ID] == b"orders-payload-notify"
             assert not _scheduled(events, fulfill.FULFILL_ORDER)  # it never acted on it
 
             # notify's real identity cannot open the payment task's input (OpenBao: 403)...
-            (scheduled,) = _scheduled(events, payment.PROCESS_PAYMENT)
+            scheduled = _scheduled(events, payment.PROCESS_PAYMENT)[0]
             task_input = scheduled.activity_task_scheduled_event_attributes.input.payloads[0]
             assert task_input.metadata[META_KEY_ID] == b"orders-payload-payment"
             assert task_input.metadata[META_WORKFLOW_ID] == order.order_id.encode()
@@ -1223,7 +1277,7 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
                 )
                 assert order.order_id.encode() in opened[0].data
         finally:
-            await d.client.get_workflow_handle(order.order_id).terminate("test: rogue payment")
+            await _terminate_if_running(d.client, order.order_id, "test: rogue payment")
 
 
 class KeylessLegacyReplay(PayloadCodec):
@@ -1266,21 +1320,19 @@ async def test_a_keyless_poller_replaying_an_old_payment_result_ships_nothing(
         source,
         ROGUE_NAMESPACE,
         "secured",
-        overrides={"payment": (keyless, [forged_process_payment])},
+        overrides={"payment": (keyless, [forged_process_payment, forged_refund_payment])},
     ) as d:
         await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
         try:
-            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
-            assert "legacy-refused" in message and LEGACY_RUNBOOK in message, message
-            events = await _events(d.client, order.order_id)
-            completed = [
-                e for e in events if e.HasField("activity_task_completed_event_attributes")
-            ]
+            result, events = await _ended_compensated_without_shipping(d, order, "legacy-refused")
+            assert LEGACY_RUNBOOK in (result.reason or ""), result.reason
+            completed = _completed(events, payment.PROCESS_PAYMENT)
+            assert len(completed) == REFUSED_ANSWER_LIMIT
             replayed = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
             assert replayed.metadata[META_FORMAT] == b"orders-envelope/1"
             assert not _scheduled(events, fulfill.FULFILL_ORDER)  # nothing ships
         finally:
-            await d.client.get_workflow_handle(order.order_id).terminate("test: legacy replay")
+            await _terminate_if_running(d.client, order.order_id, "test: legacy replay")
 
 
 async def test_a_payload_moved_to_another_workflow_fails_clearly(
@@ -1432,3 +1484,95 @@ async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(
     assert "update on transit/rewrap/orders-payload-" in message, message
     assert "payload-reader" not in message
     assert len(message.strip().splitlines()) == 1
+
+
+class RawPoller:
+    """A poller with no identity and no SDK worker: it polls ``orders-payment`` over
+    gRPC and answers every task with ``RespondActivityTaskCompleted`` carrying what
+    ``answer(activity_type, attempt_of_that_type)`` gives (``None``: no result field)."""
+
+    def __init__(self, client: Client, namespace: str, answer: Any) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.answer = answer
+        self.seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from temporalio.api.workflowservice.v1 import (
+            PollActivityTaskQueueRequest,
+            RespondActivityTaskCompletedRequest,
+        )
+
+        service = self.client.workflow_service
+        while True:
+            task = await service.poll_activity_task_queue(
+                PollActivityTaskQueueRequest(
+                    namespace=self.namespace,
+                    task_queue=TaskQueue(name=payment.TASK_QUEUE),
+                    identity="keyless-attacker",
+                )
+            )
+            if not task.task_token:
+                continue
+            kind = task.activity_type.name
+            self.seen[kind] = self.seen.get(kind, 0) + 1
+            result = self.answer(kind, self.seen[kind])
+            request = RespondActivityTaskCompletedRequest(
+                namespace=self.namespace, task_token=task.task_token, identity="keyless-attacker"
+            )
+            if result is not None:
+                request.result.CopyFrom(result)
+            await service.respond_activity_task_completed(request)
+
+    def __enter__(self) -> RawPoller:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+GARBAGE = Payload(metadata={"encoding": b"binary/encrypted"}, data=b"\x00" * 40)
+
+
+async def test_an_empty_or_garbage_payment_result_ends_compensated_not_wedged(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """Issue 20 item 3: a keyless poller answers process_payment with no result at all
+    (no result field), then a garbage payload, then a plain one; refund_payment with no
+    result. The order does not wedge: each answer is a refused attempt, the step fails
+    as an infrastructure failure after REFUSED_ANSWER_LIMIT, the reservation is released
+    and nothing is fulfilled."""
+    plain_result = DataConverter.default.payload_converter.to_payloads(
+        [payment.ProcessPaymentOutput("x", 0, "EUR", "forged")]
+    )[0]
+    answers = {1: None, 2: GARBAGE, 3: plain_result}
+
+    def answer(kind: str, n: int) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT and answers.get(n) is not None:
+            return Payloads(payloads=[answers[n]])
+        return None
+
+    order = sample_order("empty-result")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer) as poller:
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                result, events = await _ended_compensated_without_shipping(
+                    d, order, "not-encrypted"
+                )
+                assert result.compensation_problem == "RefundUnfinished", result
+                assert poller.seen[payment.PROCESS_PAYMENT] == REFUSED_ANSWER_LIMIT
+                results = [
+                    e.activity_task_completed_event_attributes
+                    for e in _completed(events, payment.PROCESS_PAYMENT)
+                ]
+                assert [a.HasField("result") for a in results] == [False, True, True]
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: empty result")

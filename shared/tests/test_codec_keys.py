@@ -33,6 +33,8 @@ from orders_shared.codec import (
     PayloadTooLarge,
     TransitEnvelopeCodec,
     bounded_inflate,
+    codec_stats,
+    data_converter,
     legacy_reading_enabled,
     payload_key,
     rewrap_history_json,
@@ -348,3 +350,49 @@ async def test_rewrap_denied_names_the_rewrap_path() -> None:
         await rewrap_history_json(_history([p]), transit)
     assert "transit/rewrap/orders-payload-notify" in str(info.value)
     assert "payload-reader" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- workflow side
+
+
+async def test_workflow_side_turns_a_refused_activity_answer_into_a_refused_result() -> None:
+    """On the orchestrator's converter an activity payload that is not its service's
+    becomes a RefusedResult (the workflow runs the step again) instead of an error that
+    fails the workflow task forever; workers and workflow payloads still raise."""
+    from dataclasses import dataclass
+
+    from orders_shared.refused import UNCONVERTIBLE, RefusedResult
+
+    @dataclass
+    class Out:
+        order_id: str
+
+    transit = InMemoryTransit()
+    side = data_converter(transit, workflow_side=True)
+    worker = data_converter(transit)
+    ctx = activity("orders-payment", "wf-1", "process_payment")
+    wrong = activity("orders-notify", "wf-1", "notify_customer")
+    for bad in (
+        Payload(metadata={"encoding": b"json/plain"}, data=b'{"order_id": "x"}'),  # plain
+        (await worker.with_context(wrong).encode([Out("x")]))[0],  # another service's key
+        Payload(),  # nothing at all
+    ):
+        (value,) = await side.with_context(ctx).decode([bad], [Out])
+        assert isinstance(value, RefusedResult), value
+        assert value.cause in ("not-encrypted", "wrong-key", UNCONVERTIBLE), value
+        with pytest.raises(PayloadDecodeError):  # an activity worker keeps raising
+            await worker.with_context(ctx).decode([bad], [Out])
+    # the service's own result of the right type decodes as itself
+    (good,) = await worker.with_context(ctx).encode([Out("x")])
+    assert await side.with_context(ctx).decode([good], [Out]) == [Out("x")]
+    # a payload of the right key but not the result type is refused too
+    (other,) = await worker.with_context(ctx).encode([{"unexpected": 1}])
+    (value,) = await side.with_context(ctx).decode([other], [Out])
+    assert isinstance(value, RefusedResult) and value.cause == UNCONVERTIBLE
+    # the workflow's own payloads are not softened: its input must decode or fail loudly
+    with pytest.raises(PayloadDecodeError):
+        await side.with_context(workflow("wf-1")).decode(
+            [Payload(metadata={"encoding": b"json/plain"}, data=b"{}")]
+        )
+    stats = codec_stats(side)
+    assert stats is not None and stats.refused == 3

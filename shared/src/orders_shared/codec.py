@@ -139,6 +139,7 @@ from temporalio.converter import (
 from orders_shared.catalog import SERVICES
 from orders_shared.identity import VaultSession
 from orders_shared.metrics import CODEC_BYTES, CODEC_SECONDS
+from orders_shared.refused import WorkflowSidePayloadConverter, refused_payload
 
 T = TypeVar("T")
 
@@ -397,6 +398,7 @@ class CodecStats:
     passed_through: int = 0
     compressed: int = 0
     legacy: int = 0  # orders-envelope/1 payloads decoded
+    refused: int = 0  # activity payloads the workflow side refused (refuse_softly)
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
@@ -610,6 +612,7 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         compress_over: int | None = None,
         max_decompressed: int | None = None,
         allow_plaintext: bool = False,
+        refuse_softly: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_key_uses < 1 or max_key_age <= 0 or cache_size < 1:
@@ -637,6 +640,7 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         if self.max_decompressed < 1:
             raise ValueError("max_decompressed must be positive")
         self.allow_plaintext = allow_plaintext
+        self.refuse_softly = refuse_softly
         self.context: SerializationContext | None = None
         self._clock = clock
         self._state = _KeyState(CodecStats(), {}, OrderedDict(), {}, {})
@@ -801,8 +805,21 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         with CODEC_SECONDS.labels("decode").time():
             scope = self.scope()
+            if self.refuse_softly and isinstance(self.context, ActivitySerializationContext):
+                return [await self._decode_or_refuse(p, scope) for p in payloads]
             decoded = [await self._decode_one(p, scope) for p in payloads]
             return decoded
+
+    async def _decode_or_refuse(self, payload: Payload, scope: PayloadScope | None) -> Payload:
+        """The workflow side's decode of an activity's payload: a refusal becomes a marker
+        payload (:mod:`orders_shared.refused`) the workflow treats as a failed attempt, so
+        an answer that is not the service's cannot wedge the workflow task. Vault being
+        away (:class:`TransitUnavailable`) still raises: the task is retried, as it should."""
+        try:
+            return await self._decode_one(payload, scope)
+        except PayloadDecodeError as exc:
+            self.stats.refused += 1
+            return refused_payload(exc.cause, str(exc))
 
     def _check_key(self, fmt: bytes, key_name: bytes, scope: PayloadScope | None) -> None:
         name = key_name.decode(errors="replace")
@@ -1011,7 +1028,11 @@ def make_codec(
 
 
 def data_converter(
-    transit: TransitClient, *, mode: CodecMode = "secured", **options: Any
+    transit: TransitClient,
+    *,
+    mode: CodecMode = "secured",
+    workflow_side: bool = False,
+    **options: Any,
 ) -> DataConverter:
     """The data converter for clients and workers: payloads *and* failures encrypted.
 
@@ -1025,12 +1046,23 @@ def data_converter(
     (:meth:`TransitEnvelopeCodec.with_context`); failures are encoded through
     the same contextual codec (``DataConverter.encode_failure``), so an
     activity's failure is under its service's key like its result.
+
+    ``workflow_side`` (the orchestrator, which runs the workflow): an activity payload
+    that is refused (not its service's, legacy, plain, corrupt, not the result type)
+    reaches the workflow as a :class:`orders_shared.refused.RefusedResult` instead of
+    failing the workflow task forever (see :mod:`orders_shared.refused`).
     """
+    if workflow_side and mode == "secured":
+        options.setdefault("refuse_softly", True)
     codec = make_codec(transit, mode, **options)
+    converter_class = WorkflowSidePayloadConverter if workflow_side else None
     if codec is None:
-        return DataConverter.default
+        if converter_class is None:
+            return DataConverter.default
+        return DataConverter(payload_converter_class=converter_class)
     return DataConverter(
         payload_codec=codec,
+        payload_converter_class=converter_class or DataConverter.default.payload_converter_class,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
 

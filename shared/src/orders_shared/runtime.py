@@ -269,7 +269,9 @@ async def serve(
                 namespace=config.temporal.namespace,
                 identity=identity,
                 runtime=runtime,
-                data_converter=data_converter(transit),
+                # the workflow's side turns an activity answer that is not its service's
+                # into a failed attempt instead of an endless workflow-task failure
+                data_converter=data_converter(transit, workflow_side=bool(workflows)),
                 tls=certs.temporal_tls(tls.server_name) if certs is not None else False,
             )
 
