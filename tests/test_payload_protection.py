@@ -46,7 +46,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
     StartWorkflowExecutionRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.converter import (
     ActivitySerializationContext,
     DataConverter,
@@ -54,6 +54,7 @@ from temporalio.converter import (
     PayloadCodec,
     WorkflowSerializationContext,
 )
+from temporalio.exceptions import TerminatedError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
@@ -75,6 +76,7 @@ from orders_ops.vault_bootstrap import (
     ensure_reader_auth,
     root_client,
 )
+from orders_orchestrator import guard
 from orders_orchestrator import worker as orchestrator_worker
 from orders_orchestrator.workflows import REFUSED_ANSWER_LIMIT
 from orders_payment import worker as payment_worker
@@ -330,7 +332,14 @@ async def deployment(
             else:
                 worker = Worker(clients[name], task_queue=queue, activities=activities[name])
             await exits.enter_async_context(worker)
-        yield Deployment(client, clients)
+        # the orchestrator's guard, as orders-orchestrator-worker runs it
+        stop = asyncio.Event()
+        guard_task = asyncio.create_task(guard.run(lambda: clients["orchestrator"], stop, 0.5))
+        try:
+            yield Deployment(client, clients)
+        finally:
+            stop.set()
+            await guard_task
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -1576,3 +1585,59 @@ async def test_an_empty_or_garbage_payment_result_ends_compensated_not_wedged(
                 assert [a.HasField("result") for a in results] == [False, True, True]
             finally:
                 await _terminate_if_running(d.client, order.order_id, "test: empty result")
+
+
+async def _final_result(client: Client, workflow_id: str) -> OrderWorkflowResult:
+    """The order's result, following the guard's resets (each terminates the run it
+    replaces: a wait on that run ends there, the new run is the one to wait on)."""
+    for _ in range(20):
+        handle = client.get_workflow_handle(workflow_id, result_type=OrderWorkflowResult)
+        try:
+            return await asyncio.wait_for(handle.result(), timeout=60)
+        except WorkflowFailureError as exc:
+            if not isinstance(exc.cause, TerminatedError):
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id} was reset over and over")
+
+
+async def test_zero_or_two_payloads_as_a_payment_result_end_compensated(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """A keyless poller answers process_payment with a Payloads of zero payloads, then of
+    two (and refund_payment with no result): the SDK's core fails the workflow task on
+    each ("Not exactly one payload in activity result") before any Python code runs.
+    The orchestrator's guard (orders_orchestrator.guard) resets the run to before the
+    bad answer and tells the workflow (a signal under the orchestrator's key); the step
+    runs again, and after REFUSED_ANSWER_LIMIT such answers fails and is compensated:
+    the reservation is released, nothing is fulfilled."""
+
+    def answer(kind: str, n: int) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT:
+            return Payloads(payloads=[] if n % 2 else [GARBAGE, GARBAGE])
+        return None
+
+    order = sample_order("zero-payloads")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer) as poller:
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                result = await _final_result(d.client, order.order_id)
+                assert result.status == "failed", result
+                assert result.reason_code == "StepFailed", result
+                assert "zero or several payloads" in (result.reason or ""), result.reason
+                assert inventory.RELEASE_INVENTORY in result.path, result.path
+                assert poller.seen[payment.PROCESS_PAYMENT] == REFUSED_ANSWER_LIMIT
+                runs = [
+                    wf async for wf in d.client.list_workflows(f'WorkflowId="{order.order_id}"')
+                ]
+                assert len(runs) == REFUSED_ANSWER_LIMIT + 1, runs  # one reset per answer
+                events = await _events(d.client, order.order_id)
+                assert not _scheduled(events, fulfill.FULFILL_ORDER)
+                assert _scheduled(events, inventory.RELEASE_INVENTORY)
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: zero payloads")

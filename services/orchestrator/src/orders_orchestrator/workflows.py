@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from orders_shared.contracts import fulfill, inventory, notify, payment, validate
     from orders_shared.contracts.common import OrderOutcome
     from orders_shared.contracts.orchestrator import (
+        ANSWER_REFUSED_SIGNAL,
         CURRENT_STEP_QUERY,
         ORDER_WORKFLOW,
         CurrentStep,
@@ -159,10 +160,18 @@ class OrderWorkflow:
     def __init__(self) -> None:
         self._step = "starting"
         self._path: list[str] = []
+        # answers refused outside the workflow (the guard's signal), per activity type
+        self._refused_elsewhere: dict[str, int] = {}
 
     @workflow.query(name=CURRENT_STEP_QUERY)
     def current_step(self) -> CurrentStep:
         return CurrentStep(step=self._step, path=list(self._path))
+
+    @workflow.signal(name=ANSWER_REFUSED_SIGNAL)
+    def answer_refused(self, activity_type: str) -> None:
+        """The guard reset this run past an answer of zero or several payloads to
+        ``activity_type`` (orders_orchestrator.guard): one more refused answer."""
+        self._refused_elsewhere[activity_type] = self._refused_elsewhere.get(activity_type, 0) + 1
 
     @workflow.run
     async def run(self, inp: OrderWorkflowInput) -> OrderWorkflowResult:
@@ -287,6 +296,14 @@ class OrderWorkflow:
         refused = 0
         try:
             while True:
+                elsewhere = self._refused_elsewhere.get(name, 0)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT:
+                    raise _StepFailed(
+                        name,
+                        STEP_FAILED,
+                        f"{name} was answered {refused + elsewhere} times with no result of "
+                        f"its service ({elsewhere} of them with zero or several payloads)",
+                    )
                 result = await workflow.execute_activity(
                     name,
                     arg,
@@ -301,7 +318,7 @@ class OrderWorkflow:
                     return cast(T, result)
                 refused += 1
                 self._log_refusal(name, refusal, refused)
-                if refused >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
                     raise _StepFailed(
                         name,
                         STEP_FAILED,
@@ -360,6 +377,13 @@ class OrderWorkflow:
         refused = 0
         try:
             while True:
+                elsewhere = self._refused_elsewhere.get(payment.REFUND_PAYMENT, 0)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT:
+                    workflow.logger.error(
+                        "refund could not finish; the order needs a person",
+                        extra={"cause": REFUND_UNFINISHED},
+                    )
+                    return REFUND_UNFINISHED
                 result = await workflow.execute_activity(
                     payment.REFUND_PAYMENT,
                     payment.RefundPaymentInput(order_id=order_id),
@@ -374,7 +398,7 @@ class OrderWorkflow:
                     return None
                 refused += 1
                 self._log_refusal(payment.REFUND_PAYMENT, refusal, refused)
-                if refused >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
                     workflow.logger.error(
                         "refund could not finish; the order needs a person",
                         extra={"cause": REFUND_UNFINISHED},
