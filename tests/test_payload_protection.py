@@ -1498,7 +1498,8 @@ async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(
 class RawPoller:
     """A poller with no identity and no SDK worker: it polls ``orders-payment`` over
     gRPC and answers every task with ``RespondActivityTaskCompleted`` carrying what
-    ``answer(activity_type, attempt_of_that_type)`` gives (``None``: no result field)."""
+    ``answer(activity_type, attempt_of_that_type, task)`` gives (``None``: no result
+    field); ``task`` is the poll's answer (its ``input`` is the task's encrypted input)."""
 
     def __init__(self, client: Client, namespace: str, answer: Any) -> None:
         self.client = client
@@ -1526,7 +1527,7 @@ class RawPoller:
                 continue
             kind = task.activity_type.name
             self.seen[kind] = self.seen.get(kind, 0) + 1
-            result = self.answer(kind, self.seen[kind])
+            result = self.answer(kind, self.seen[kind], task)
             request = RespondActivityTaskCompletedRequest(
                 namespace=self.namespace, task_token=task.task_token, identity="keyless-attacker"
             )
@@ -1559,7 +1560,7 @@ async def test_an_empty_or_garbage_payment_result_ends_compensated_not_wedged(
     )[0]
     answers = {1: None, 2: GARBAGE, 3: plain_result}
 
-    def answer(kind: str, n: int) -> Payloads | None:
+    def answer(kind: str, n: int, _task: Any) -> Payloads | None:
         if kind == payment.PROCESS_PAYMENT and answers.get(n) is not None:
             return Payloads(payloads=[answers[n]])
         return None
@@ -1612,7 +1613,7 @@ async def test_zero_or_two_payloads_as_a_payment_result_end_compensated(
     runs again, and after REFUSED_ANSWER_LIMIT such answers fails and is compensated:
     the reservation is released, nothing is fulfilled."""
 
-    def answer(kind: str, n: int) -> Payloads | None:
+    def answer(kind: str, n: int, _task: Any) -> Payloads | None:
         if kind == payment.PROCESS_PAYMENT:
             return Payloads(payloads=[] if n % 2 else [GARBAGE, GARBAGE])
         return None
@@ -1641,3 +1642,37 @@ async def test_zero_or_two_payloads_as_a_payment_result_end_compensated(
                 assert _scheduled(events, inventory.RELEASE_INVENTORY)
             finally:
                 await _terminate_if_running(d.client, order.order_id, "test: zero payloads")
+
+
+async def test_a_task_input_echoed_as_its_result_is_refused(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """orders-envelope/3 binds the direction: a keyless poller answers process_payment
+    with the task's own input (a genuine payload under the payment key, for this
+    workflow and this activity type, but an input): refused as wrong-direction, the
+    order ends compensated, nothing fulfilled. Under /2 it decoded (same key and
+    workflow) and only the type conversion stopped it."""
+
+    def answer(kind: str, _n: int, task: Any) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT:
+            return Payloads(payloads=list(task.input.payloads))
+        return None
+
+    order = sample_order("echo")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer):
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                _, events = await _ended_compensated_without_shipping(d, order, "wrong-direction")
+                (echoed, *_) = _completed(events, payment.PROCESS_PAYMENT)
+                meta = echoed.activity_task_completed_event_attributes.result.payloads[0].metadata
+                assert meta[META_KEY_ID] == b"orders-payload-payment"
+                assert meta[META_WORKFLOW_ID] == order.order_id.encode()
+                assert meta["encryption-activity-type"] == payment.PROCESS_PAYMENT.encode()
+                assert meta["encryption-direction"] == b"input"
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: echoed input")

@@ -22,6 +22,7 @@ from temporalio.converter import (
 
 from orders_shared.codec import (
     LEGACY_RUNBOOK,
+    META_FORMAT,
     META_KEY_ID,
     META_WORKFLOW_ID,
     META_WRAPPED_KEY,
@@ -131,9 +132,13 @@ async def test_a_result_under_another_service_key_is_refused_before_vault() -> N
 
 
 async def test_a_payload_moved_to_another_workflow_is_refused() -> None:
-    codec = TransitEnvelopeCodec(InMemoryTransit())
+    transit = InMemoryTransit()
+    codec = TransitEnvelopeCodec(transit)
     (result,) = await codec.with_context(activity("orders-payment", "ord-1")).encode([plain()])
-    other = codec.with_context(activity("orders-payment", "ord-2"))
+    # read where a result is read: by the workflow's side
+    other = TransitEnvelopeCodec(transit, workflow_side=True).with_context(
+        activity("orders-payment", "ord-2")
+    )
     with pytest.raises(PayloadContextError) as info:
         await other.decode([result])
     assert info.value.cause == "wrong-workflow"
@@ -146,6 +151,51 @@ async def test_a_payload_moved_to_another_workflow_is_refused() -> None:
     (wf_input,) = await codec.with_context(workflow("ord-1")).encode([plain()])
     with pytest.raises(PayloadContextError, match="wrong-workflow"):
         await codec.with_context(workflow("ord-3")).decode([wf_input])
+
+
+async def test_an_activity_payload_is_bound_to_its_activity_type_and_direction() -> None:
+    """orders-envelope/3: one activity's payload is not another's (same key, same
+    workflow), and an input is not a result; relabelling either fails the tag. /2
+    payloads (written before the upgrade) still decode where they did."""
+    transit = InMemoryTransit()
+    orchestrator = TransitEnvelopeCodec(transit, workflow_side=True)
+    payment = TransitEnvelopeCodec(transit)
+    pay = activity("orders-payment", "ord-1", "process_payment")
+    refund = activity("orders-payment", "ord-1", "refund_payment")
+    (refund_result,) = await payment.with_context(refund).encode([plain()])
+    assert refund_result.metadata[META_FORMAT] == b"orders-envelope/3"
+    assert refund_result.metadata["encryption-activity-type"] == b"refund_payment"
+    assert refund_result.metadata["encryption-direction"] == b"result"
+    assert await orchestrator.with_context(refund).decode([refund_result]) == [plain()]
+    with pytest.raises(PayloadContextError) as info:
+        await orchestrator.with_context(pay).decode([refund_result])
+    assert info.value.cause == "wrong-activity"
+    assert "'refund_payment'" in str(info.value) and "'process_payment'" in str(info.value)
+    refund_result.metadata["encryption-activity-type"] = b"process_payment"
+    with pytest.raises(PayloadDecodeError) as tag:
+        await orchestrator.with_context(pay).decode([refund_result])
+    assert tag.value.cause == "authentication-failed"
+    # the orchestrator's own input to process_payment offered back as its result
+    (pay_input,) = await orchestrator.with_context(pay).encode([plain()])
+    assert pay_input.metadata["encryption-direction"] == b"input"
+    assert await payment.with_context(pay).decode([pay_input]) == [plain()]
+    with pytest.raises(PayloadContextError) as info:
+        await orchestrator.with_context(pay).decode([pay_input])
+    assert info.value.cause == "wrong-direction"
+    pay_input.metadata["encryption-direction"] = b"result"
+    with pytest.raises(PayloadDecodeError) as tag:
+        await orchestrator.with_context(pay).decode([pay_input])
+    assert tag.value.cause == "authentication-failed"
+    # a /2 payload of this workflow (in flight across the upgrade) still decodes
+    (inner,) = [plain().SerializeToString()]
+    v2 = await hand_made_envelope(
+        transit,
+        inner,
+        fmt=b"orders-envelope/2",
+        key=payload_key("payment"),
+        workflow_id=b"ord-1",
+    )
+    assert await orchestrator.with_context(pay).decode([v2]) == [plain()]
 
 
 async def test_unbound_payloads_are_refused_inside_a_workflow() -> None:
@@ -163,7 +213,7 @@ async def test_unknown_task_queue_fails_closed() -> None:
 
 async def test_data_key_cache_is_per_key_and_shared_by_context_views() -> None:
     transit = InMemoryTransit()
-    orchestrator = TransitEnvelopeCodec(transit)
+    orchestrator = TransitEnvelopeCodec(transit, workflow_side=True)
     payment = TransitEnvelopeCodec(transit)
     queues = ("orders-validate", "orders-payment", "orders-notify")
 
