@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -1676,3 +1677,172 @@ async def test_a_task_input_echoed_as_its_result_is_refused(
                 assert meta["encryption-direction"] == b"input"
             finally:
                 await _terminate_if_running(d.client, order.order_id, "test: echoed input")
+
+
+class ScriptedAttacker:
+    """A keyless gRPC poller on orders-payment with a script per (order, activity type):
+    each entry is ``("fail", type)`` (a non-retryable application failure of that type,
+    in the clear, as anyone can write one), ``("none",)`` (completed, no result),
+    ``("echo",)`` (the task's own input as its result) or ``("replay", name)`` (a task
+    input captured earlier under ``name``). A task it has no script for is handed back:
+    failed *retryable*, so Temporal retries it, maybe on the genuine worker; the workflow
+    never sees that. ``delivered`` counts the scripted answers sent."""
+
+    def __init__(self, client: Client, namespace: str, script: dict[tuple[str, str], list[Any]]):
+        self.client = client
+        self.namespace = namespace
+        self.script = {k: list(v) for k, v in script.items()}
+        self.captured: dict[str, Payloads] = {}
+        self.delivered = 0
+        self.total = sum(len(v) for v in script.values())
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from temporalio.api.failure.v1 import ApplicationFailureInfo, Failure
+        from temporalio.api.workflowservice.v1 import (
+            PollActivityTaskQueueRequest,
+            RespondActivityTaskCompletedRequest,
+            RespondActivityTaskFailedRequest,
+        )
+
+        service = self.client.workflow_service
+        ident = "keyless-attacker"
+        while self.delivered < self.total:
+            task = await service.poll_activity_task_queue(
+                PollActivityTaskQueueRequest(
+                    namespace=self.namespace,
+                    task_queue=TaskQueue(name=payment.TASK_QUEUE),
+                    identity=ident,
+                )
+            )
+            if not task.task_token:
+                continue
+            key = (task.workflow_execution.workflow_id, task.activity_type.name)
+            self.captured[f"{key[0]}/{key[1]}"] = task.input
+            todo = self.script.get(key) or []
+            if not todo:  # hand it back
+                await service.respond_activity_task_failed(
+                    RespondActivityTaskFailedRequest(
+                        namespace=self.namespace,
+                        task_token=task.task_token,
+                        identity=ident,
+                        failure=Failure(
+                            message="handed back",
+                            application_failure_info=ApplicationFailureInfo(type="HandedBack"),
+                        ),
+                    )
+                )
+                continue
+            step = todo.pop(0)
+            self.delivered += 1
+            if step[0] == "fail":
+                await service.respond_activity_task_failed(
+                    RespondActivityTaskFailedRequest(
+                        namespace=self.namespace,
+                        task_token=task.task_token,
+                        identity=ident,
+                        failure=Failure(
+                            message=f"{step[1]} (forged)",
+                            application_failure_info=ApplicationFailureInfo(
+                                type=step[1], non_retryable=True
+                            ),
+                        ),
+                    )
+                )
+                continue
+            request = RespondActivityTaskCompletedRequest(
+                namespace=self.namespace, task_token=task.task_token, identity=ident
+            )
+            if step[0] == "echo":
+                request.result.CopyFrom(task.input)
+            elif step[0] == "replay":
+                request.result.CopyFrom(self.captured[step[1]])
+            await service.respond_activity_task_completed(request)
+
+    async def __aenter__(self) -> ScriptedAttacker:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def finished(self, within: float = 90) -> None:
+        assert self._task is not None
+        await asyncio.wait_for(self._task, within)
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_a_keyless_attacker_changes_no_order_outcome(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """Issue 20, Must show: a keyless poller on orders-payment forges non-retryable
+    PaymentDeclined and PaymentRefundRefused failures, answers with no result, echoes an
+    input, replays another order's payload. Then the genuine payment worker runs. Every
+    order ends as it would without the attacker, within the retry policy: a good card
+    completes (charged, shipped), an undeliverable order is refunded (no refund left to
+    a person), and an order the attacker answered past REFUSED_ANSWER_LIMIT fails as
+    StepFailed (never PaymentDeclined), its refund not believed refused; nothing ships
+    without an approved charge."""
+    good = sample_order("atk-good")
+    lost = dataclasses.replace(
+        sample_order("atk-lost"), shipping_address="1 UNDELIVERABLE Road, Nowhere"
+    )
+    flooded = sample_order("atk-flood")
+    pay, refund = payment.PROCESS_PAYMENT, payment.REFUND_PAYMENT
+    script = {
+        (good.order_id, pay): [("fail", "PaymentDeclined"), ("none",)],
+        (lost.order_id, pay): [("fail", "PaymentDeclined"), ("echo",)],
+        (flooded.order_id, pay): [
+            ("fail", "PaymentDeclined"),
+            ("replay", f"{good.order_id}/{pay}"),  # another order's payload
+            ("fail", "PaymentDeclined"),
+        ],
+        (flooded.order_id, refund): [("fail", payment.REFUND_REFUSED), ("echo",)],
+    }
+    transit = await identities.transit("client")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        async with ScriptedAttacker(d.client, ROGUE_NAMESPACE, script) as attacker:
+            for order in (good, lost, flooded):
+                await submit_order(d.client, order, wait=False, transit=transit)
+            await attacker.finished()
+        # the attacker is gone; the genuine payment worker polls now
+        activities = payment_worker.build_activities(
+            source,
+            await identities.transit("payment"),
+            HttpCardProvider(stack.settings.provider_url),
+        )
+        worker = Worker(d.clients["payment"], task_queue=payment.TASK_QUEUE, activities=activities)
+        try:
+            async with worker:
+                results = {
+                    o.order_id: await asyncio.wait_for(
+                        d.client.get_workflow_handle(
+                            o.order_id, result_type=OrderWorkflowResult
+                        ).result(),
+                        timeout=90,
+                    )
+                    for o in (good, lost, flooded)
+                }
+        finally:
+            for o in (good, lost, flooded):
+                await _terminate_if_running(d.client, o.order_id, "test: attacker")
+    assert attacker.delivered == attacker.total == 9
+    ok = results[good.order_id]
+    assert ok.status == "completed" and ok.tracking_id, ok
+    assert fulfill.FULFILL_ORDER in ok.path
+    bad_address = results[lost.order_id]
+    assert bad_address.status == "failed" and bad_address.reason_code == "FulfillmentFailed"
+    assert bad_address.compensation_problem is None, bad_address  # refunded for real
+    assert payment.REFUND_PAYMENT in bad_address.path
+    swamped = results[flooded.order_id]
+    assert swamped.status == "failed" and swamped.reason_code == "StepFailed", swamped
+    assert "failure without proof of its service" in (swamped.reason or ""), swamped.reason
+    assert swamped.compensation_problem is None, swamped  # the forged refusal not believed
+    assert fulfill.FULFILL_ORDER not in swamped.path
+    assert inventory.RELEASE_INVENTORY in swamped.path
+    for result in results.values():
+        assert result.reason_code != "PaymentDeclined", result

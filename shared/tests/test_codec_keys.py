@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -446,3 +447,69 @@ async def test_workflow_side_turns_a_refused_activity_answer_into_a_refused_resu
         )
     stats = codec_stats(side)
     assert stats is not None and stats.refused == 3
+
+
+async def test_only_a_failure_whose_type_its_service_encrypted_is_acted_on() -> None:
+    """The workers' failure converter writes type and non_retryable into the encrypted
+    attributes; the workflow side acts on an activity failure only when they match the
+    clear fields. A keyless forger (clear PaymentDeclined, no or plain attributes) or a
+    relabelled genuine failure becomes a retryable UnauthenticatedOutcome."""
+    from temporalio.api.failure.v1 import Failure
+    from temporalio.exceptions import ApplicationError
+
+    from orders_shared.outcomes import UNAUTHENTICATED_OUTCOME
+
+    transit = InMemoryTransit()
+
+    async def encode(converter: Any, ctx: Any, exc: BaseException) -> Failure:
+        failure = Failure()
+        await converter.with_context(ctx).encode_failure(exc, failure)
+        return failure
+
+    worker = data_converter(transit)
+    side = data_converter(transit, workflow_side=True)
+    pay = activity("orders-payment", "ord-1", "process_payment")
+    declined = ApplicationError("card declined", type="PaymentDeclined", non_retryable=True)
+    genuine = await encode(worker, pay, declined)
+    assert genuine.application_failure_info.type == "PaymentDeclined"
+    assert genuine.message == "Encoded failure"  # the message is in the encrypted attributes
+    seen = await side.with_context(pay).decode_failure(genuine)
+    assert isinstance(seen, ApplicationError)
+    assert (seen.type, seen.non_retryable, seen.message) == (
+        "PaymentDeclined",
+        True,
+        "card declined",
+    )
+
+    def forged(**fields: object) -> Failure:
+        failure = Failure(message="card declined (forged)")
+        failure.application_failure_info.type = "PaymentDeclined"
+        failure.application_failure_info.non_retryable = True
+        for name, value in fields.items():
+            getattr(failure, name).CopyFrom(value)
+        return failure
+
+    relabelled = Failure()
+    relabelled.CopyFrom(
+        await encode(worker, pay, ApplicationError("provider down", type="ProviderUnavailable"))
+    )
+    relabelled.application_failure_info.type = "PaymentDeclined"
+    relabelled.application_failure_info.non_retryable = True
+    other_activity = await encode(
+        worker, activity("orders-payment", "ord-1", "refund_payment"), declined
+    )
+    for failure in (
+        forged(),  # no encoded attributes at all
+        forged(encoded_attributes=plain(b'{"type": "PaymentDeclined", "non_retryable": true}')),
+        relabelled,  # a genuine failure of another type, clear type rewritten
+        other_activity,  # refund_payment's failure offered to process_payment
+    ):
+        seen = await side.with_context(pay).decode_failure(failure)
+        assert isinstance(seen, ApplicationError), seen
+        assert seen.type == UNAUTHENTICATED_OUTCOME, seen
+        assert seen.non_retryable is False
+        assert "PaymentDeclined" in seen.message
+    # an activity worker and the workflow's own failures are not checked this way
+    assert (await worker.with_context(pay).decode_failure(forged())).type == "PaymentDeclined"  # type: ignore[attr-defined]
+    wf = await side.with_context(workflow("ord-1")).decode_failure(forged())
+    assert isinstance(wf, ApplicationError) and wf.type == "PaymentDeclined"

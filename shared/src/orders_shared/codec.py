@@ -140,7 +140,6 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ActivitySerializationContext,
     DataConverter,
-    DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
     SerializationContext,
     WithSerializationContext,
@@ -150,6 +149,7 @@ from temporalio.converter import (
 from orders_shared.catalog import SERVICES
 from orders_shared.identity import VaultSession
 from orders_shared.metrics import CODEC_BYTES, CODEC_SECONDS
+from orders_shared.outcomes import OutcomeFailureConverter, WorkflowSideFailureConverter
 from orders_shared.refused import WorkflowSidePayloadConverter, refused_payload
 
 T = TypeVar("T")
@@ -1108,8 +1108,11 @@ def data_converter(
     """The data converter for clients and workers: payloads *and* failures encrypted.
 
     ``Client.connect(address, namespace=ns, data_converter=data_converter(VaultTransit(session)))``.
-    Failure messages and stack traces are moved into an encrypted payload
-    (``encode_common_attributes``). ``options`` go to the codec
+    Failure messages and stack traces, and the failure's type and ``non_retryable``,
+    are moved into an encrypted payload (``encode_common_attributes``,
+    :class:`orders_shared.outcomes.OutcomeFailureConverter`); on the workflow side an
+    activity failure whose clear type is not what that payload says is
+    ``UnauthenticatedOutcome``. ``options`` go to the codec
     (:class:`TransitEnvelopeCodec` or :class:`TransitPerCallCodec`).
 
     The SDK calls ``DataConverter.with_context`` for every workflow activation
@@ -1135,7 +1138,11 @@ def data_converter(
     return DataConverter(
         payload_codec=codec,
         payload_converter_class=converter_class or DataConverter.default.payload_converter_class,
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        # type and non_retryable inside the encrypted attributes; the workflow side acts
+        # on an activity failure only when they match (orders_shared.outcomes)
+        failure_converter_class=(
+            WorkflowSideFailureConverter if workflow_side else OutcomeFailureConverter
+        ),
     )
 
 

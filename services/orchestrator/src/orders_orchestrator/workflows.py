@@ -32,7 +32,9 @@ Retries and timeouts, per kind of step:
   run again (a new activity, the rest of its deadline), at most
   :data:`REFUSED_ANSWER_LIMIT` times, then it is an infrastructure failure
   (``StepFailed``) and is compensated; a compensation runs again until it has a
-  valid result.
+  valid result. A failure whose type is not proven by its service's encrypted
+  attributes (``UnauthenticatedOutcome``, :mod:`orders_shared.outcomes`) counts the
+  same: a forged ``PaymentDeclined`` is a refused answer, never a decline.
 
 Binding: a workflow runs exactly one order, the one its id names. A workflow
 whose id is not ``order.order_id`` is refused before any step runs, so the
@@ -72,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         OutOfStock,
         PaymentDeclined,
     )
+    from orders_shared.outcomes import UNAUTHENTICATED_OUTCOME
     from orders_shared.refused import NO_RESULT, UNCONVERTIBLE, RefusedResult
 
 T = TypeVar("T")
@@ -304,7 +307,7 @@ class OrderWorkflow:
                         f"{name} was answered {refused + elsewhere} times with no result of "
                         f"its service ({elsewhere} of them with zero or several payloads)",
                     )
-                result = await workflow.execute_activity(
+                result = await self._attempt(
                     name,
                     arg,
                     task_queue=queue,
@@ -347,7 +350,7 @@ class OrderWorkflow:
         self._enter(name)
         refused = 0
         while True:
-            result = await workflow.execute_activity(
+            result = await self._attempt(
                 name,
                 arg,
                 task_queue=queue,
@@ -361,6 +364,18 @@ class OrderWorkflow:
             refused += 1
             self._log_refusal(name, refusal, refused)
             await workflow.sleep(_backoff(refused))
+
+    async def _attempt(self, name: str, arg: Any, **options: Any) -> Any:
+        """One run of an activity: its result, or a :class:`RefusedResult` for a failure
+        without proof of its service (``UnauthenticatedOutcome``: a type anyone who reaches
+        Temporal could have written, never acted on); any other failure is raised."""
+        try:
+            return await workflow.execute_activity(name, arg, **options)
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == UNAUTHENTICATED_OUTCOME:
+                return RefusedResult(UNAUTHENTICATED_OUTCOME, cause.message)
+            raise
 
     def _log_refusal(self, step: str, refusal: RefusedResult, count: int) -> None:
         workflow.logger.warning(
@@ -384,7 +399,7 @@ class OrderWorkflow:
                         extra={"cause": REFUND_UNFINISHED},
                     )
                     return REFUND_UNFINISHED
-                result = await workflow.execute_activity(
+                result = await self._attempt(
                     payment.REFUND_PAYMENT,
                     payment.RefundPaymentInput(order_id=order_id),
                     task_queue=payment.TASK_QUEUE,
