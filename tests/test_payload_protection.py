@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
     StartWorkflowExecutionRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.converter import (
     ActivitySerializationContext,
     DataConverter,
@@ -54,6 +55,8 @@ from temporalio.converter import (
     PayloadCodec,
     WorkflowSerializationContext,
 )
+from temporalio.exceptions import TerminatedError
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from orders_codec_server.app import RunningServer, ServerConfig, start
@@ -74,7 +77,9 @@ from orders_ops.vault_bootstrap import (
     ensure_reader_auth,
     root_client,
 )
+from orders_orchestrator import guard
 from orders_orchestrator import worker as orchestrator_worker
+from orders_orchestrator.workflows import REFUSED_ANSWER_LIMIT
 from orders_payment import worker as payment_worker
 from orders_payment.provider import HttpCardProvider
 from orders_shared.client import submit_order
@@ -281,12 +286,13 @@ async def deployment(
     namespace: str,
     mode: CodecMode,
     codec_transits: dict[str, Any] | None = None,
-    overrides: dict[str, tuple[Client, list[Any]]] | None = None,
+    overrides: dict[str, tuple[Client, list[Any]] | None] | None = None,
 ) -> AsyncIterator[Deployment]:
     """``codec_transits``: the Transit client each identity's *codec* uses (default: its
     own Vault session); sealed fields are always opened with the service's own session.
     ``overrides``: service -> (client, activities) of a worker polling that service's
-    task queue instead of the genuine one (a rogue)."""
+    task queue instead of the genuine one (a rogue); ``None``: no worker polls it (the
+    test polls it itself)."""
     address = stack.settings.temporal_address
     await ensure_namespace(address, namespace)
     base = await Client.connect(address, namespace=namespace)
@@ -295,7 +301,9 @@ async def deployment(
         codec_transits = {**transits, "client": await identities.transit("client")}
 
     def converter(name: str) -> Any:
-        return data_converter(codec_transits[name], mode=mode)
+        # the orchestrator's, as runtime.serve builds it: a refused activity answer
+        # reaches the workflow as a failed attempt
+        return data_converter(codec_transits[name], mode=mode, workflow_side=name == "orchestrator")
 
     clients = {
         name: Client(**{**base.config(), "data_converter": converter(name)}) for name in transits
@@ -313,7 +321,10 @@ async def deployment(
     async with AsyncExitStack() as exits:
         for name, queue in SERVICES_WITH_QUEUES:
             if overrides and name in overrides:
-                rogue_client, rogue_activities = overrides[name]
+                override = overrides[name]
+                if override is None:
+                    continue
+                rogue_client, rogue_activities = override
                 worker = Worker(rogue_client, task_queue=queue, activities=rogue_activities)
             elif name == "orchestrator":
                 worker = Worker(
@@ -322,7 +333,14 @@ async def deployment(
             else:
                 worker = Worker(clients[name], task_queue=queue, activities=activities[name])
             await exits.enter_async_context(worker)
-        yield Deployment(client, clients)
+        # the orchestrator's guard, as orders-orchestrator-worker runs it
+        stop = asyncio.Event()
+        guard_task = asyncio.create_task(guard.run(lambda: clients["orchestrator"], stop, 0.5))
+        try:
+            yield Deployment(client, clients)
+        finally:
+            stop.set()
+            await guard_task
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -1110,6 +1128,22 @@ def _scheduled(events: list[HistoryEvent], activity_type: str) -> list[HistoryEv
     ]
 
 
+async def _terminate_if_running(client: Client, workflow_id: str, reason: str) -> None:
+    with contextlib.suppress(RPCError):  # it ended by itself: as it should
+        await client.get_workflow_handle(workflow_id).terminate(reason)
+
+
+def _completed(events: list[HistoryEvent], activity_type: str) -> list[HistoryEvent]:
+    """The completions of ``activity_type``'s tasks (matched by their scheduled event)."""
+    ids = {e.event_id for e in _scheduled(events, activity_type)}
+    return [
+        e
+        for e in events
+        if e.HasField("activity_task_completed_event_attributes")
+        and e.activity_task_completed_event_attributes.scheduled_event_id in ids
+    ]
+
+
 async def _workflow_task_failure(d: Deployment, namespace: str, workflow_id: str) -> str:
     """The orchestrator's first failed workflow task for ``workflow_id``, decoded as the
     orchestrator (the failure message is encrypted too)."""
@@ -1157,6 +1191,38 @@ async def forged_process_payment(_: Any = None) -> payment.ProcessPaymentOutput:
     )
 
 
+@activity.defn(name=payment.REFUND_PAYMENT)
+async def forged_refund_payment(_: Any = None) -> payment.RefundPaymentOutput:
+    return payment.RefundPaymentOutput(
+        order_id=activity.info().workflow_id or "",
+        refunded=True,
+        amount_cents=0,
+        provider_ref="forged-refunded",
+    )
+
+
+async def _ended_compensated_without_shipping(
+    d: Deployment, order: Order, cause: str
+) -> tuple[OrderWorkflowResult, list[HistoryEvent]]:
+    """The order of a rogue payment poller ends (no wedged workflow task): failed as an
+    infrastructure failure of process_payment after REFUSED_ANSWER_LIMIT answers, each
+    refused with ``cause``, the reservation released, nothing fulfilled."""
+    result = await asyncio.wait_for(
+        d.client.get_workflow_handle(order.order_id, result_type=OrderWorkflowResult).result(),
+        timeout=60,
+    )
+    assert result.status == "failed", result
+    assert result.reason_code == "StepFailed", result
+    assert result.reason is not None and cause in result.reason, result.reason
+    assert inventory.RELEASE_INVENTORY in result.path, result.path
+    events = await _events(d.client, order.order_id)
+    assert not any(e.HasField("workflow_task_failed_event_attributes") for e in events)
+    assert len(_scheduled(events, payment.PROCESS_PAYMENT)) == REFUSED_ANSWER_LIMIT
+    assert not _scheduled(events, fulfill.FULFILL_ORDER)  # it never acted on one
+    assert _scheduled(events, inventory.RELEASE_INVENTORY)
+    return result, events
+
+
 async def test_notify_can_neither_open_nor_forge_payment_payloads(
     stack: Stack, identities: Any, source: Any
 ) -> None:
@@ -1181,24 +1247,22 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
         source,
         ROGUE_NAMESPACE,
         "secured",
-        overrides={"payment": (rogue, [forged_process_payment])},
+        overrides={"payment": (rogue, [forged_process_payment, forged_refund_payment])},
     ) as d:
         await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
         try:
-            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
+            result, events = await _ended_compensated_without_shipping(d, order, "wrong-key")
             # the orchestrator refused the forged result: wrong key for a payment activity
-            assert "wrong-key" in message, message
+            message = result.reason or ""
             assert "orders-payload-payment" in message and "orders-payload-notify" in message
-            events = await _events(d.client, order.order_id)
-            completed = [
-                e for e in events if e.HasField("activity_task_completed_event_attributes")
-            ]
+            completed = _completed(events, payment.PROCESS_PAYMENT)
+            assert len(completed) == REFUSED_ANSWER_LIMIT
             forged = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
             assert forged.metadata[META_KEY_ID] == b"orders-payload-notify"
             assert not _scheduled(events, fulfill.FULFILL_ORDER)  # it never acted on it
 
             # notify's real identity cannot open the payment task's input (OpenBao: 403)...
-            (scheduled,) = _scheduled(events, payment.PROCESS_PAYMENT)
+            scheduled = _scheduled(events, payment.PROCESS_PAYMENT)[0]
             task_input = scheduled.activity_task_scheduled_event_attributes.input.payloads[0]
             assert task_input.metadata[META_KEY_ID] == b"orders-payload-payment"
             assert task_input.metadata[META_WORKFLOW_ID] == order.order_id.encode()
@@ -1223,7 +1287,7 @@ async def test_notify_can_neither_open_nor_forge_payment_payloads(
                 )
                 assert order.order_id.encode() in opened[0].data
         finally:
-            await d.client.get_workflow_handle(order.order_id).terminate("test: rogue payment")
+            await _terminate_if_running(d.client, order.order_id, "test: rogue payment")
 
 
 class KeylessLegacyReplay(PayloadCodec):
@@ -1266,21 +1330,19 @@ async def test_a_keyless_poller_replaying_an_old_payment_result_ships_nothing(
         source,
         ROGUE_NAMESPACE,
         "secured",
-        overrides={"payment": (keyless, [forged_process_payment])},
+        overrides={"payment": (keyless, [forged_process_payment, forged_refund_payment])},
     ) as d:
         await submit_order(d.client, order, wait=False, transit=await identities.transit("client"))
         try:
-            message = await _workflow_task_failure(d, ROGUE_NAMESPACE, order.order_id)
-            assert "legacy-refused" in message and LEGACY_RUNBOOK in message, message
-            events = await _events(d.client, order.order_id)
-            completed = [
-                e for e in events if e.HasField("activity_task_completed_event_attributes")
-            ]
+            result, events = await _ended_compensated_without_shipping(d, order, "legacy-refused")
+            assert LEGACY_RUNBOOK in (result.reason or ""), result.reason
+            completed = _completed(events, payment.PROCESS_PAYMENT)
+            assert len(completed) == REFUSED_ANSWER_LIMIT
             replayed = completed[-1].activity_task_completed_event_attributes.result.payloads[0]
             assert replayed.metadata[META_FORMAT] == b"orders-envelope/1"
             assert not _scheduled(events, fulfill.FULFILL_ORDER)  # nothing ships
         finally:
-            await d.client.get_workflow_handle(order.order_id).terminate("test: legacy replay")
+            await _terminate_if_running(d.client, order.order_id, "test: legacy replay")
 
 
 async def test_a_payload_moved_to_another_workflow_fails_clearly(
@@ -1432,3 +1494,355 @@ async def test_rewrap_with_a_reader_token_names_the_rewrap_grant(
     assert "update on transit/rewrap/orders-payload-" in message, message
     assert "payload-reader" not in message
     assert len(message.strip().splitlines()) == 1
+
+
+class RawPoller:
+    """A poller with no identity and no SDK worker: it polls ``orders-payment`` over
+    gRPC and answers every task with ``RespondActivityTaskCompleted`` carrying what
+    ``answer(activity_type, attempt_of_that_type, task)`` gives (``None``: no result
+    field); ``task`` is the poll's answer (its ``input`` is the task's encrypted input)."""
+
+    def __init__(self, client: Client, namespace: str, answer: Any) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.answer = answer
+        self.seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from temporalio.api.workflowservice.v1 import (
+            PollActivityTaskQueueRequest,
+            RespondActivityTaskCompletedRequest,
+        )
+
+        service = self.client.workflow_service
+        while True:
+            task = await service.poll_activity_task_queue(
+                PollActivityTaskQueueRequest(
+                    namespace=self.namespace,
+                    task_queue=TaskQueue(name=payment.TASK_QUEUE),
+                    identity="keyless-attacker",
+                )
+            )
+            if not task.task_token:
+                continue
+            kind = task.activity_type.name
+            self.seen[kind] = self.seen.get(kind, 0) + 1
+            result = self.answer(kind, self.seen[kind], task)
+            request = RespondActivityTaskCompletedRequest(
+                namespace=self.namespace, task_token=task.task_token, identity="keyless-attacker"
+            )
+            if result is not None:
+                request.result.CopyFrom(result)
+            await service.respond_activity_task_completed(request)
+
+    def __enter__(self) -> RawPoller:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+GARBAGE = Payload(metadata={"encoding": b"binary/encrypted"}, data=b"\x00" * 40)
+
+
+async def test_an_empty_or_garbage_payment_result_ends_compensated_not_wedged(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """Issue 20 item 3: a keyless poller answers process_payment with no result at all
+    (no result field), then a garbage payload, then a plain one; refund_payment with no
+    result. The order does not wedge: each answer is a refused attempt, the step fails
+    as an infrastructure failure after REFUSED_ANSWER_LIMIT, the reservation is released
+    and nothing is fulfilled."""
+    plain_result = DataConverter.default.payload_converter.to_payloads(
+        [payment.ProcessPaymentOutput("x", 0, "EUR", "forged")]
+    )[0]
+    answers = {1: None, 2: GARBAGE, 3: plain_result}
+
+    def answer(kind: str, n: int, _task: Any) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT and answers.get(n) is not None:
+            return Payloads(payloads=[answers[n]])
+        return None
+
+    order = sample_order("empty-result")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer) as poller:
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                result, events = await _ended_compensated_without_shipping(
+                    d, order, "not-encrypted"
+                )
+                assert result.compensation_problem == "RefundUnfinished", result
+                assert poller.seen[payment.PROCESS_PAYMENT] == REFUSED_ANSWER_LIMIT
+                results = [
+                    e.activity_task_completed_event_attributes
+                    for e in _completed(events, payment.PROCESS_PAYMENT)
+                ]
+                assert [a.HasField("result") for a in results] == [False, True, True]
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: empty result")
+
+
+async def _final_result(client: Client, workflow_id: str) -> OrderWorkflowResult:
+    """The order's result, following the guard's resets (each terminates the run it
+    replaces: a wait on that run ends there, the new run is the one to wait on)."""
+    for _ in range(20):
+        handle = client.get_workflow_handle(workflow_id, result_type=OrderWorkflowResult)
+        try:
+            return await asyncio.wait_for(handle.result(), timeout=60)
+        except WorkflowFailureError as exc:
+            if not isinstance(exc.cause, TerminatedError):
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id} was reset over and over")
+
+
+async def test_zero_or_two_payloads_as_a_payment_result_end_compensated(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """A keyless poller answers process_payment with a Payloads of zero payloads, then of
+    two (and refund_payment with no result): the SDK's core fails the workflow task on
+    each ("Not exactly one payload in activity result") before any Python code runs.
+    The orchestrator's guard (orders_orchestrator.guard) resets the run to before the
+    bad answer and tells the workflow (a signal under the orchestrator's key); the step
+    runs again, and after REFUSED_ANSWER_LIMIT such answers fails and is compensated:
+    the reservation is released, nothing is fulfilled."""
+
+    def answer(kind: str, n: int, _task: Any) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT:
+            return Payloads(payloads=[] if n % 2 else [GARBAGE, GARBAGE])
+        return None
+
+    order = sample_order("zero-payloads")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer) as poller:
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                result = await _final_result(d.client, order.order_id)
+                assert result.status == "failed", result
+                assert result.reason_code == "StepFailed", result
+                assert "zero or several payloads" in (result.reason or ""), result.reason
+                assert inventory.RELEASE_INVENTORY in result.path, result.path
+                assert poller.seen[payment.PROCESS_PAYMENT] == REFUSED_ANSWER_LIMIT
+                runs = [
+                    wf async for wf in d.client.list_workflows(f'WorkflowId="{order.order_id}"')
+                ]
+                assert len(runs) == REFUSED_ANSWER_LIMIT + 1, runs  # one reset per answer
+                events = await _events(d.client, order.order_id)
+                assert not _scheduled(events, fulfill.FULFILL_ORDER)
+                assert _scheduled(events, inventory.RELEASE_INVENTORY)
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: zero payloads")
+
+
+async def test_a_task_input_echoed_as_its_result_is_refused(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """orders-envelope/3 binds the direction: a keyless poller answers process_payment
+    with the task's own input (a genuine payload under the payment key, for this
+    workflow and this activity type, but an input): refused as wrong-direction, the
+    order ends compensated, nothing fulfilled. Under /2 it decoded (same key and
+    workflow) and only the type conversion stopped it."""
+
+    def answer(kind: str, _n: int, task: Any) -> Payloads | None:
+        if kind == payment.PROCESS_PAYMENT:
+            return Payloads(payloads=list(task.input.payloads))
+        return None
+
+    order = sample_order("echo")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        with RawPoller(d.client, ROGUE_NAMESPACE, answer):
+            await submit_order(
+                d.client, order, wait=False, transit=await identities.transit("client")
+            )
+            try:
+                _, events = await _ended_compensated_without_shipping(d, order, "wrong-direction")
+                (echoed, *_) = _completed(events, payment.PROCESS_PAYMENT)
+                meta = echoed.activity_task_completed_event_attributes.result.payloads[0].metadata
+                assert meta[META_KEY_ID] == b"orders-payload-payment"
+                assert meta[META_WORKFLOW_ID] == order.order_id.encode()
+                assert meta["encryption-activity-type"] == payment.PROCESS_PAYMENT.encode()
+                assert meta["encryption-direction"] == b"input"
+            finally:
+                await _terminate_if_running(d.client, order.order_id, "test: echoed input")
+
+
+class ScriptedAttacker:
+    """A keyless gRPC poller on orders-payment with a script per (order, activity type):
+    each entry is ``("fail", type)`` (a non-retryable application failure of that type,
+    in the clear, as anyone can write one), ``("none",)`` (completed, no result),
+    ``("echo",)`` (the task's own input as its result) or ``("replay", name)`` (a task
+    input captured earlier under ``name``). A task it has no script for is handed back:
+    failed *retryable*, so Temporal retries it, maybe on the genuine worker; the workflow
+    never sees that. ``delivered`` counts the scripted answers sent."""
+
+    def __init__(self, client: Client, namespace: str, script: dict[tuple[str, str], list[Any]]):
+        self.client = client
+        self.namespace = namespace
+        self.script = {k: list(v) for k, v in script.items()}
+        self.captured: dict[str, Payloads] = {}
+        self.delivered = 0
+        self.total = sum(len(v) for v in script.values())
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from temporalio.api.failure.v1 import ApplicationFailureInfo, Failure
+        from temporalio.api.workflowservice.v1 import (
+            PollActivityTaskQueueRequest,
+            RespondActivityTaskCompletedRequest,
+            RespondActivityTaskFailedRequest,
+        )
+
+        service = self.client.workflow_service
+        ident = "keyless-attacker"
+        while self.delivered < self.total:
+            task = await service.poll_activity_task_queue(
+                PollActivityTaskQueueRequest(
+                    namespace=self.namespace,
+                    task_queue=TaskQueue(name=payment.TASK_QUEUE),
+                    identity=ident,
+                )
+            )
+            if not task.task_token:
+                continue
+            key = (task.workflow_execution.workflow_id, task.activity_type.name)
+            self.captured[f"{key[0]}/{key[1]}"] = task.input
+            todo = self.script.get(key) or []
+            if not todo:  # hand it back
+                await service.respond_activity_task_failed(
+                    RespondActivityTaskFailedRequest(
+                        namespace=self.namespace,
+                        task_token=task.task_token,
+                        identity=ident,
+                        failure=Failure(
+                            message="handed back",
+                            application_failure_info=ApplicationFailureInfo(type="HandedBack"),
+                        ),
+                    )
+                )
+                continue
+            step = todo.pop(0)
+            self.delivered += 1
+            if step[0] == "fail":
+                await service.respond_activity_task_failed(
+                    RespondActivityTaskFailedRequest(
+                        namespace=self.namespace,
+                        task_token=task.task_token,
+                        identity=ident,
+                        failure=Failure(
+                            message=f"{step[1]} (forged)",
+                            application_failure_info=ApplicationFailureInfo(
+                                type=step[1], non_retryable=True
+                            ),
+                        ),
+                    )
+                )
+                continue
+            request = RespondActivityTaskCompletedRequest(
+                namespace=self.namespace, task_token=task.task_token, identity=ident
+            )
+            if step[0] == "echo":
+                request.result.CopyFrom(task.input)
+            elif step[0] == "replay":
+                request.result.CopyFrom(self.captured[step[1]])
+            await service.respond_activity_task_completed(request)
+
+    async def __aenter__(self) -> ScriptedAttacker:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def finished(self, within: float = 90) -> None:
+        assert self._task is not None
+        await asyncio.wait_for(self._task, within)
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_a_keyless_attacker_changes_no_order_outcome(
+    stack: Stack, identities: Any, source: Any
+) -> None:
+    """Issue 20, Must show: a keyless poller on orders-payment forges non-retryable
+    PaymentDeclined and PaymentRefundRefused failures, answers with no result, echoes an
+    input, replays another order's payload. Then the genuine payment worker runs. Every
+    order ends as it would without the attacker, within the retry policy: a good card
+    completes (charged, shipped), an undeliverable order is refunded (no refund left to
+    a person), and an order the attacker answered past REFUSED_ANSWER_LIMIT fails as
+    StepFailed (never PaymentDeclined), its refund not believed refused; nothing ships
+    without an approved charge."""
+    good = sample_order("atk-good")
+    lost = dataclasses.replace(
+        sample_order("atk-lost"), shipping_address="1 UNDELIVERABLE Road, Nowhere"
+    )
+    flooded = sample_order("atk-flood")
+    pay, refund = payment.PROCESS_PAYMENT, payment.REFUND_PAYMENT
+    script = {
+        (good.order_id, pay): [("fail", "PaymentDeclined"), ("none",)],
+        (lost.order_id, pay): [("fail", "PaymentDeclined"), ("echo",)],
+        (flooded.order_id, pay): [
+            ("fail", "PaymentDeclined"),
+            ("replay", f"{good.order_id}/{pay}"),  # another order's payload
+            ("fail", "PaymentDeclined"),
+        ],
+        (flooded.order_id, refund): [("fail", payment.REFUND_REFUSED), ("echo",)],
+    }
+    transit = await identities.transit("client")
+    async with deployment(
+        stack, identities, source, ROGUE_NAMESPACE, "secured", overrides={"payment": None}
+    ) as d:
+        async with ScriptedAttacker(d.client, ROGUE_NAMESPACE, script) as attacker:
+            for order in (good, lost, flooded):
+                await submit_order(d.client, order, wait=False, transit=transit)
+            await attacker.finished()
+        # the attacker is gone; the genuine payment worker polls now
+        activities = payment_worker.build_activities(
+            source,
+            await identities.transit("payment"),
+            HttpCardProvider(stack.settings.provider_url),
+        )
+        worker = Worker(d.clients["payment"], task_queue=payment.TASK_QUEUE, activities=activities)
+        try:
+            async with worker:
+                results = {
+                    o.order_id: await asyncio.wait_for(
+                        d.client.get_workflow_handle(
+                            o.order_id, result_type=OrderWorkflowResult
+                        ).result(),
+                        timeout=90,
+                    )
+                    for o in (good, lost, flooded)
+                }
+        finally:
+            for o in (good, lost, flooded):
+                await _terminate_if_running(d.client, o.order_id, "test: attacker")
+    assert attacker.delivered == attacker.total == 9
+    ok = results[good.order_id]
+    assert ok.status == "completed" and ok.tracking_id, ok
+    assert fulfill.FULFILL_ORDER in ok.path
+    bad_address = results[lost.order_id]
+    assert bad_address.status == "failed" and bad_address.reason_code == "FulfillmentFailed"
+    assert bad_address.compensation_problem is None, bad_address  # refunded for real
+    assert payment.REFUND_PAYMENT in bad_address.path
+    swamped = results[flooded.order_id]
+    assert swamped.status == "failed" and swamped.reason_code == "StepFailed", swamped
+    assert "failure without proof of its service" in (swamped.reason or ""), swamped.reason
+    assert swamped.compensation_problem is None, swamped  # the forged refusal not believed
+    assert fulfill.FULFILL_ORDER not in swamped.path
+    assert inventory.RELEASE_INVENTORY in swamped.path
+    for result in results.values():
+        assert result.reason_code != "PaymentDeclined", result

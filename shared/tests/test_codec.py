@@ -59,9 +59,10 @@ async def test_envelope_format_and_roundtrip() -> None:
     meta = encoded.metadata
     assert meta[META_ENCODING] == ENCODING == b"binary/encrypted"
     assert meta[META_KEY_ID] == WORKFLOW_PAYLOAD_KEY.encode() == b"orders-payload-orchestrator"
-    assert meta[META_FORMAT] == b"orders-envelope/2"
+    assert meta[META_FORMAT] == b"orders-envelope/3"
     assert meta[META_COMPRESSION] == b"none"
     assert meta[META_WORKFLOW_ID] == b""  # no serialization context: bound to no workflow
+    assert meta["encryption-activity-type"] == meta["encryption-direction"] == b""
     assert parse_wrapped_key(meta[META_WRAPPED_KEY])[0] == 1
     assert b"ada@example.com" not in encoded.SerializeToString()
     assert b"json/plain" not in encoded.SerializeToString()  # the inner encoding is hidden

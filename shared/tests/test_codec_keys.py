@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,6 +23,7 @@ from temporalio.converter import (
 
 from orders_shared.codec import (
     LEGACY_RUNBOOK,
+    META_FORMAT,
     META_KEY_ID,
     META_WORKFLOW_ID,
     META_WRAPPED_KEY,
@@ -33,6 +35,8 @@ from orders_shared.codec import (
     PayloadTooLarge,
     TransitEnvelopeCodec,
     bounded_inflate,
+    codec_stats,
+    data_converter,
     legacy_reading_enabled,
     payload_key,
     rewrap_history_json,
@@ -129,9 +133,13 @@ async def test_a_result_under_another_service_key_is_refused_before_vault() -> N
 
 
 async def test_a_payload_moved_to_another_workflow_is_refused() -> None:
-    codec = TransitEnvelopeCodec(InMemoryTransit())
+    transit = InMemoryTransit()
+    codec = TransitEnvelopeCodec(transit)
     (result,) = await codec.with_context(activity("orders-payment", "ord-1")).encode([plain()])
-    other = codec.with_context(activity("orders-payment", "ord-2"))
+    # read where a result is read: by the workflow's side
+    other = TransitEnvelopeCodec(transit, workflow_side=True).with_context(
+        activity("orders-payment", "ord-2")
+    )
     with pytest.raises(PayloadContextError) as info:
         await other.decode([result])
     assert info.value.cause == "wrong-workflow"
@@ -144,6 +152,51 @@ async def test_a_payload_moved_to_another_workflow_is_refused() -> None:
     (wf_input,) = await codec.with_context(workflow("ord-1")).encode([plain()])
     with pytest.raises(PayloadContextError, match="wrong-workflow"):
         await codec.with_context(workflow("ord-3")).decode([wf_input])
+
+
+async def test_an_activity_payload_is_bound_to_its_activity_type_and_direction() -> None:
+    """orders-envelope/3: one activity's payload is not another's (same key, same
+    workflow), and an input is not a result; relabelling either fails the tag. /2
+    payloads (written before the upgrade) still decode where they did."""
+    transit = InMemoryTransit()
+    orchestrator = TransitEnvelopeCodec(transit, workflow_side=True)
+    payment = TransitEnvelopeCodec(transit)
+    pay = activity("orders-payment", "ord-1", "process_payment")
+    refund = activity("orders-payment", "ord-1", "refund_payment")
+    (refund_result,) = await payment.with_context(refund).encode([plain()])
+    assert refund_result.metadata[META_FORMAT] == b"orders-envelope/3"
+    assert refund_result.metadata["encryption-activity-type"] == b"refund_payment"
+    assert refund_result.metadata["encryption-direction"] == b"result"
+    assert await orchestrator.with_context(refund).decode([refund_result]) == [plain()]
+    with pytest.raises(PayloadContextError) as info:
+        await orchestrator.with_context(pay).decode([refund_result])
+    assert info.value.cause == "wrong-activity"
+    assert "'refund_payment'" in str(info.value) and "'process_payment'" in str(info.value)
+    refund_result.metadata["encryption-activity-type"] = b"process_payment"
+    with pytest.raises(PayloadDecodeError) as tag:
+        await orchestrator.with_context(pay).decode([refund_result])
+    assert tag.value.cause == "authentication-failed"
+    # the orchestrator's own input to process_payment offered back as its result
+    (pay_input,) = await orchestrator.with_context(pay).encode([plain()])
+    assert pay_input.metadata["encryption-direction"] == b"input"
+    assert await payment.with_context(pay).decode([pay_input]) == [plain()]
+    with pytest.raises(PayloadContextError) as info:
+        await orchestrator.with_context(pay).decode([pay_input])
+    assert info.value.cause == "wrong-direction"
+    pay_input.metadata["encryption-direction"] = b"result"
+    with pytest.raises(PayloadDecodeError) as tag:
+        await orchestrator.with_context(pay).decode([pay_input])
+    assert tag.value.cause == "authentication-failed"
+    # a /2 payload of this workflow (in flight across the upgrade) still decodes
+    (inner,) = [plain().SerializeToString()]
+    v2 = await hand_made_envelope(
+        transit,
+        inner,
+        fmt=b"orders-envelope/2",
+        key=payload_key("payment"),
+        workflow_id=b"ord-1",
+    )
+    assert await orchestrator.with_context(pay).decode([v2]) == [plain()]
 
 
 async def test_unbound_payloads_are_refused_inside_a_workflow() -> None:
@@ -161,7 +214,7 @@ async def test_unknown_task_queue_fails_closed() -> None:
 
 async def test_data_key_cache_is_per_key_and_shared_by_context_views() -> None:
     transit = InMemoryTransit()
-    orchestrator = TransitEnvelopeCodec(transit)
+    orchestrator = TransitEnvelopeCodec(transit, workflow_side=True)
     payment = TransitEnvelopeCodec(transit)
     queues = ("orders-validate", "orders-payment", "orders-notify")
 
@@ -348,3 +401,115 @@ async def test_rewrap_denied_names_the_rewrap_path() -> None:
         await rewrap_history_json(_history([p]), transit)
     assert "transit/rewrap/orders-payload-notify" in str(info.value)
     assert "payload-reader" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- workflow side
+
+
+async def test_workflow_side_turns_a_refused_activity_answer_into_a_refused_result() -> None:
+    """On the orchestrator's converter an activity payload that is not its service's
+    becomes a RefusedResult (the workflow runs the step again) instead of an error that
+    fails the workflow task forever; workers and workflow payloads still raise."""
+    from dataclasses import dataclass
+
+    from orders_shared.refused import UNCONVERTIBLE, RefusedResult
+
+    @dataclass
+    class Out:
+        order_id: str
+
+    transit = InMemoryTransit()
+    side = data_converter(transit, workflow_side=True)
+    worker = data_converter(transit)
+    ctx = activity("orders-payment", "wf-1", "process_payment")
+    wrong = activity("orders-notify", "wf-1", "notify_customer")
+    for bad in (
+        Payload(metadata={"encoding": b"json/plain"}, data=b'{"order_id": "x"}'),  # plain
+        (await worker.with_context(wrong).encode([Out("x")]))[0],  # another service's key
+        Payload(),  # nothing at all
+    ):
+        (value,) = await side.with_context(ctx).decode([bad], [Out])
+        assert isinstance(value, RefusedResult), value
+        assert value.cause in ("not-encrypted", "wrong-key", UNCONVERTIBLE), value
+        with pytest.raises(PayloadDecodeError):  # an activity worker keeps raising
+            await worker.with_context(ctx).decode([bad], [Out])
+    # the service's own result of the right type decodes as itself
+    (good,) = await worker.with_context(ctx).encode([Out("x")])
+    assert await side.with_context(ctx).decode([good], [Out]) == [Out("x")]
+    # a payload of the right key but not the result type is refused too
+    (other,) = await worker.with_context(ctx).encode([{"unexpected": 1}])
+    (value,) = await side.with_context(ctx).decode([other], [Out])
+    assert isinstance(value, RefusedResult) and value.cause == UNCONVERTIBLE
+    # the workflow's own payloads are not softened: its input must decode or fail loudly
+    with pytest.raises(PayloadDecodeError):
+        await side.with_context(workflow("wf-1")).decode(
+            [Payload(metadata={"encoding": b"json/plain"}, data=b"{}")]
+        )
+    stats = codec_stats(side)
+    assert stats is not None and stats.refused == 3
+
+
+async def test_only_a_failure_whose_type_its_service_encrypted_is_acted_on() -> None:
+    """The workers' failure converter writes type and non_retryable into the encrypted
+    attributes; the workflow side acts on an activity failure only when they match the
+    clear fields. A keyless forger (clear PaymentDeclined, no or plain attributes) or a
+    relabelled genuine failure becomes a retryable UnauthenticatedOutcome."""
+    from temporalio.api.failure.v1 import Failure
+    from temporalio.exceptions import ApplicationError
+
+    from orders_shared.outcomes import UNAUTHENTICATED_OUTCOME
+
+    transit = InMemoryTransit()
+
+    async def encode(converter: Any, ctx: Any, exc: BaseException) -> Failure:
+        failure = Failure()
+        await converter.with_context(ctx).encode_failure(exc, failure)
+        return failure
+
+    worker = data_converter(transit)
+    side = data_converter(transit, workflow_side=True)
+    pay = activity("orders-payment", "ord-1", "process_payment")
+    declined = ApplicationError("card declined", type="PaymentDeclined", non_retryable=True)
+    genuine = await encode(worker, pay, declined)
+    assert genuine.application_failure_info.type == "PaymentDeclined"
+    assert genuine.message == "Encoded failure"  # the message is in the encrypted attributes
+    seen = await side.with_context(pay).decode_failure(genuine)
+    assert isinstance(seen, ApplicationError)
+    assert (seen.type, seen.non_retryable, seen.message) == (
+        "PaymentDeclined",
+        True,
+        "card declined",
+    )
+
+    def forged(**fields: object) -> Failure:
+        failure = Failure(message="card declined (forged)")
+        failure.application_failure_info.type = "PaymentDeclined"
+        failure.application_failure_info.non_retryable = True
+        for name, value in fields.items():
+            getattr(failure, name).CopyFrom(value)
+        return failure
+
+    relabelled = Failure()
+    relabelled.CopyFrom(
+        await encode(worker, pay, ApplicationError("provider down", type="ProviderUnavailable"))
+    )
+    relabelled.application_failure_info.type = "PaymentDeclined"
+    relabelled.application_failure_info.non_retryable = True
+    other_activity = await encode(
+        worker, activity("orders-payment", "ord-1", "refund_payment"), declined
+    )
+    for failure in (
+        forged(),  # no encoded attributes at all
+        forged(encoded_attributes=plain(b'{"type": "PaymentDeclined", "non_retryable": true}')),
+        relabelled,  # a genuine failure of another type, clear type rewritten
+        other_activity,  # refund_payment's failure offered to process_payment
+    ):
+        seen = await side.with_context(pay).decode_failure(failure)
+        assert isinstance(seen, ApplicationError), seen
+        assert seen.type == UNAUTHENTICATED_OUTCOME, seen
+        assert seen.non_retryable is False
+        assert "PaymentDeclined" in seen.message
+    # an activity worker and the workflow's own failures are not checked this way
+    assert (await worker.with_context(pay).decode_failure(forged())).type == "PaymentDeclined"  # type: ignore[attr-defined]
+    wf = await side.with_context(workflow("ord-1")).decode_failure(forged())
+    assert isinstance(wf, ApplicationError) and wf.type == "PaymentDeclined"

@@ -249,7 +249,7 @@ async def configuration(
                 session.start()
                 exits.push_async_callback(session.close)
                 transit = VaultTransit(session)
-                converters[svc] = data_converter(transit)
+                converters[svc] = data_converter(transit, workflow_side=svc == "orchestrator")
                 openers[svc] = transit
                 if svc in SERVICES and SERVICES[svc].db_roles:
                     pools = LeasedPools(session, db, SERVICES[svc].db_roles)

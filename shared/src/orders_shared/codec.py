@@ -34,19 +34,30 @@ context the payload's key must be the key of that context (cause
 ``wrong-workflow``), so a payload copied into another workflow does not decode.
 Decode *without* a context (the codec server) needs nothing but the metadata.
 
-Envelope format ``orders-envelope/2``::
+Envelope format ``orders-envelope/3``::
 
     metadata  encoding                 = "binary/encrypted"
               encryption-key-id        = Transit key name ("orders-payload-payment")
-              encryption-format        = "orders-envelope/2"
+              encryption-format        = "orders-envelope/3"
               encryption-wrapped-key   = "vault:v<n>:<base64>" (the data key, wrapped by Transit)
               encryption-compression   = "none" | "zlib"
               encryption-workflow-id   = the workflow the payload belongs to ("" if none)
+              encryption-activity-type = the activity ("process_payment"; "" if none)
+              encryption-direction     = "input" | "result" ("" if not an activity's)
     data      nonce (12 bytes) || AES-256-GCM(ciphertext || tag)
 
 The plaintext is the original payload, serialised (metadata and data), so its
 encoding is hidden too. The GCM associated data binds the format, the key name,
-the compression flag and the workflow id (length-prefixed). It does not bind
+the compression flag, the workflow id, the activity type and the direction
+(length-prefixed). The direction is the writer's: the workflow's side
+(``workflow_side=True``, the orchestrator) writes activity inputs and reads results,
+an activity worker the reverse; inside an activity context a payload of another
+activity type (``wrong-activity``) or of the other direction (``wrong-direction``)
+is refused, so neither one activity's payload as another's nor an input echoed back
+as a result decodes. ``orders-envelope/2`` (no activity type, no direction: written
+before the upgrade) still decodes under its own rules, so workflows in flight across
+the upgrade finish; a ``/2`` payload is bound to its workflow, so it can be moved
+only within a workflow started before the upgrade. It does not bind
 the wrapped key, so the wrapped key can be *rewrapped* to a newer Transit key
 version (:func:`rewrap_payload`) without re-encrypting the data: the wrapped
 key is authenticated by Transit's own AES-GCM, it must be in canonical form
@@ -129,7 +140,6 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     ActivitySerializationContext,
     DataConverter,
-    DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
     SerializationContext,
     WithSerializationContext,
@@ -139,6 +149,8 @@ from temporalio.converter import (
 from orders_shared.catalog import SERVICES
 from orders_shared.identity import VaultSession
 from orders_shared.metrics import CODEC_BYTES, CODEC_SECONDS
+from orders_shared.outcomes import OutcomeFailureConverter, WorkflowSideFailureConverter
+from orders_shared.refused import WorkflowSidePayloadConverter, refused_payload
 
 T = TypeVar("T")
 
@@ -183,7 +195,14 @@ META_FORMAT = "encryption-format"
 META_WRAPPED_KEY = "encryption-wrapped-key"
 META_COMPRESSION = "encryption-compression"
 META_WORKFLOW_ID = "encryption-workflow-id"
-ENVELOPE_FORMAT = b"orders-envelope/2"
+META_ACTIVITY_TYPE = "encryption-activity-type"
+META_DIRECTION = "encryption-direction"
+ENVELOPE_FORMAT = b"orders-envelope/3"
+V2_ENVELOPE_FORMAT = b"orders-envelope/2"
+"""Written before activity type and direction were bound (history from before the
+upgrade): still decoded, under its own rules (workflow id bound, no activity type)."""
+DIRECTION_INPUT = "input"
+DIRECTION_RESULT = "result"
 LEGACY_ENVELOPE_FORMAT = b"orders-envelope/1"
 PER_CALL_FORMAT = b"orders-transit/1"
 
@@ -397,6 +416,7 @@ class CodecStats:
     passed_through: int = 0
     compressed: int = 0
     legacy: int = 0  # orders-envelope/1 payloads decoded
+    refused: int = 0  # activity payloads the workflow side refused (refuse_softly)
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
@@ -427,7 +447,8 @@ def _meta(payload: Payload, name: str) -> bytes:
 def _aad(*parts: bytes) -> bytes:
     """Length-prefixed, so no two tuples of parts share an encoding.
 
-    ``orders-envelope/1``: (format, key, compression); ``/2`` adds the workflow id."""
+    ``orders-envelope/1``: (format, key, compression); ``/2`` adds the workflow id;
+    ``/3`` the activity type and the direction."""
     out = bytearray()
     for part in parts:
         if len(part) > 0xFFFF:
@@ -561,11 +582,17 @@ class _KeyState:
 @dataclasses.dataclass(frozen=True)
 class PayloadScope:
     """Where a payload belongs: the Transit key it must be under and the workflow it is
-    bound to (``""``: none). ``what`` names the context in error messages."""
+    bound to (``""``: none). ``what`` names the context in error messages. For an
+    activity (``orders-envelope/3``): its type, and the direction this side writes
+    (``writes``) and reads (``reads``): the workflow side writes inputs and reads
+    results, an activity worker the reverse (``""``: not an activity)."""
 
     key_name: str
     workflow_id: str
     what: str
+    activity_type: str = ""
+    writes: str = ""
+    reads: str = ""
 
 
 class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
@@ -610,6 +637,8 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         compress_over: int | None = None,
         max_decompressed: int | None = None,
         allow_plaintext: bool = False,
+        refuse_softly: bool = False,
+        workflow_side: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_key_uses < 1 or max_key_age <= 0 or cache_size < 1:
@@ -637,6 +666,8 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         if self.max_decompressed < 1:
             raise ValueError("max_decompressed must be positive")
         self.allow_plaintext = allow_plaintext
+        self.refuse_softly = refuse_softly
+        self.workflow_side = workflow_side
         self.context: SerializationContext | None = None
         self._clock = clock
         self._state = _KeyState(CodecStats(), {}, OrderedDict(), {}, {})
@@ -665,7 +696,14 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                     "service to orders_shared.catalog (and run the bootstrap)",
                 )
             what = f"activity {ctx.activity_type or '?'} on task queue {queue}"
-            return PayloadScope(key, ctx.workflow_id or "", what)
+            writes, reads = (
+                (DIRECTION_INPUT, DIRECTION_RESULT)
+                if self.workflow_side
+                else (DIRECTION_RESULT, DIRECTION_INPUT)
+            )
+            return PayloadScope(
+                key, ctx.workflow_id or "", what, ctx.activity_type or "", writes, reads
+            )
         if isinstance(ctx, WorkflowSerializationContext):
             return PayloadScope(self.key_name, ctx.workflow_id, "the workflow")
         return None
@@ -762,9 +800,16 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
             scope = self.scope()
             key_name = scope.key_name if scope else self.key_name
             workflow_id = scope.workflow_id if scope else ""
-            return [await self._encode_one(p, key_name, workflow_id) for p in payloads]
+            activity_type = scope.activity_type if scope else ""
+            direction = scope.writes if scope else ""
+            return [
+                await self._encode_one(p, key_name, workflow_id, activity_type, direction)
+                for p in payloads
+            ]
 
-    async def _encode_one(self, payload: Payload, key: str, workflow_id: str) -> Payload:
+    async def _encode_one(
+        self, payload: Payload, key: str, workflow_id: str, activity_type: str, direction: str
+    ) -> Payload:
         # Hot path at 256 KiB: every copy of the data costs about as much as AES-GCM
         # itself. ``payload.data`` copies on each access (upb), so the byte count is
         # taken from the serialized form, and the ciphertext is written straight
@@ -783,7 +828,9 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
         nonce = os.urandom(NONCE_BYTES)
         out = bytearray(NONCE_BYTES + len(plain) + TAG_BYTES)
         out[:NONCE_BYTES] = nonce
-        aad = _aad(ENVELOPE_FORMAT, key_name, compression, wid)
+        kind = activity_type.encode()
+        way = direction.encode()
+        aad = _aad(ENVELOPE_FORMAT, key_name, compression, wid, kind, way)
         entry.key.encrypt_into(nonce, plain, aad, memoryview(out)[NONCE_BYTES:])
         self.stats.encoded += 1
         return Payload(
@@ -794,6 +841,8 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                 META_WRAPPED_KEY: wrapped,
                 META_COMPRESSION: compression,
                 META_WORKFLOW_ID: wid,
+                META_ACTIVITY_TYPE: kind,
+                META_DIRECTION: way,
             },
             data=bytes(out),
         )
@@ -801,8 +850,21 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         with CODEC_SECONDS.labels("decode").time():
             scope = self.scope()
+            if self.refuse_softly and isinstance(self.context, ActivitySerializationContext):
+                return [await self._decode_or_refuse(p, scope) for p in payloads]
             decoded = [await self._decode_one(p, scope) for p in payloads]
             return decoded
+
+    async def _decode_or_refuse(self, payload: Payload, scope: PayloadScope | None) -> Payload:
+        """The workflow side's decode of an activity's payload: a refusal becomes a marker
+        payload (:mod:`orders_shared.refused`) the workflow treats as a failed attempt, so
+        an answer that is not the service's cannot wedge the workflow task. Vault being
+        away (:class:`TransitUnavailable`) still raises: the task is retried, as it should."""
+        try:
+            return await self._decode_one(payload, scope)
+        except PayloadDecodeError as exc:
+            self.stats.refused += 1
+            return refused_payload(exc.cause, str(exc))
 
     def _check_key(self, fmt: bytes, key_name: bytes, scope: PayloadScope | None) -> None:
         name = key_name.decode(errors="replace")
@@ -848,6 +910,26 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                 f"accepts ({', '.join(sorted(self.decrypt_keys))})",
             )
 
+    @staticmethod
+    def _check_activity(kind: bytes, way: bytes, scope: PayloadScope | None) -> None:
+        """``orders-envelope/3`` inside an activity context: the payload must be of this
+        activity type and of the direction this side reads."""
+        if scope is None or not scope.reads:
+            return
+        if kind != scope.activity_type.encode():
+            raise PayloadContextError(
+                "wrong-activity",
+                f"the payload belongs to activity {kind[:80].decode(errors='replace')!r}, "
+                f"not {scope.activity_type!r}: another activity's payload, refused",
+            )
+        if way != scope.reads.encode():
+            raise PayloadContextError(
+                "wrong-direction",
+                f"the payload is an activity {way[:20].decode(errors='replace')!r}, but here "
+                f"an activity {scope.reads} is read ({scope.what}): an input offered as a "
+                "result or the reverse, refused",
+            )
+
     async def _decode_one(self, payload: Payload, scope: PayloadScope | None) -> Payload:
         if not is_encrypted(payload):
             if self.allow_plaintext:
@@ -860,7 +942,7 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                 "payload codec",
             )
         fmt = _meta(payload, META_FORMAT)
-        if fmt not in (ENVELOPE_FORMAT, LEGACY_ENVELOPE_FORMAT):
+        if fmt not in (ENVELOPE_FORMAT, V2_ENVELOPE_FORMAT, LEGACY_ENVELOPE_FORMAT):
             raise PayloadDecodeError(
                 "unknown-format",
                 f"format {fmt[:40]!r} is not {ENVELOPE_FORMAT.decode()!r} (a payload from "
@@ -874,7 +956,7 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
             raise PayloadDecodeError(
                 "unknown-compression", f"compression {compression[:20]!r} is not none or zlib"
             )
-        if fmt == ENVELOPE_FORMAT:
+        if fmt in (ENVELOPE_FORMAT, V2_ENVELOPE_FORMAT):
             wid = _meta(payload, META_WORKFLOW_ID)
             if scope is not None and scope.workflow_id and wid != scope.workflow_id.encode():
                 raise PayloadContextError(
@@ -882,7 +964,13 @@ class TransitEnvelopeCodec(PayloadCodec, WithSerializationContext):
                     f"the payload belongs to workflow {wid[:200].decode(errors='replace')!r}, "
                     f"not {scope.workflow_id!r}: copied from another workflow, refused",
                 )
-            aad = _aad(fmt, key_name, compression, wid)
+            if fmt == ENVELOPE_FORMAT:
+                kind = _meta(payload, META_ACTIVITY_TYPE)
+                way = _meta(payload, META_DIRECTION)
+                self._check_activity(kind, way, scope)
+                aad = _aad(fmt, key_name, compression, wid, kind, way)
+            else:
+                aad = _aad(fmt, key_name, compression, wid)
         else:
             aad = _aad(fmt, key_name, compression)
         parse_wrapped_key(wrapped)
@@ -1011,13 +1099,20 @@ def make_codec(
 
 
 def data_converter(
-    transit: TransitClient, *, mode: CodecMode = "secured", **options: Any
+    transit: TransitClient,
+    *,
+    mode: CodecMode = "secured",
+    workflow_side: bool = False,
+    **options: Any,
 ) -> DataConverter:
     """The data converter for clients and workers: payloads *and* failures encrypted.
 
     ``Client.connect(address, namespace=ns, data_converter=data_converter(VaultTransit(session)))``.
-    Failure messages and stack traces are moved into an encrypted payload
-    (``encode_common_attributes``). ``options`` go to the codec
+    Failure messages and stack traces, and the failure's type and ``non_retryable``,
+    are moved into an encrypted payload (``encode_common_attributes``,
+    :class:`orders_shared.outcomes.OutcomeFailureConverter`); on the workflow side an
+    activity failure whose clear type is not what that payload says is
+    ``UnauthenticatedOutcome``. ``options`` go to the codec
     (:class:`TransitEnvelopeCodec` or :class:`TransitPerCallCodec`).
 
     The SDK calls ``DataConverter.with_context`` for every workflow activation
@@ -1025,13 +1120,29 @@ def data_converter(
     (:meth:`TransitEnvelopeCodec.with_context`); failures are encoded through
     the same contextual codec (``DataConverter.encode_failure``), so an
     activity's failure is under its service's key like its result.
+
+    ``workflow_side`` (the orchestrator, which runs the workflow): an activity payload
+    that is refused (not its service's, legacy, plain, corrupt, not the result type)
+    reaches the workflow as a :class:`orders_shared.refused.RefusedResult` instead of
+    failing the workflow task forever (see :mod:`orders_shared.refused`).
     """
+    if workflow_side and mode == "secured":
+        options.setdefault("refuse_softly", True)
+        options.setdefault("workflow_side", True)
     codec = make_codec(transit, mode, **options)
+    converter_class = WorkflowSidePayloadConverter if workflow_side else None
     if codec is None:
-        return DataConverter.default
+        if converter_class is None:
+            return DataConverter.default
+        return DataConverter(payload_converter_class=converter_class)
     return DataConverter(
         payload_codec=codec,
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        payload_converter_class=converter_class or DataConverter.default.payload_converter_class,
+        # type and non_retryable inside the encrypted attributes; the workflow side acts
+        # on an activity failure only when they match (orders_shared.outcomes)
+        failure_converter_class=(
+            WorkflowSideFailureConverter if workflow_side else OutcomeFailureConverter
+        ),
     )
 
 
@@ -1064,6 +1175,7 @@ async def rewrap_payload(payload: Payload, transit: TransitClient) -> Payload | 
     """
     if not is_encrypted(payload) or payload.metadata.get(META_FORMAT) not in (
         ENVELOPE_FORMAT,
+        V2_ENVELOPE_FORMAT,
         LEGACY_ENVELOPE_FORMAT,
     ):
         return None

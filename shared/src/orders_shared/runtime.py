@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -166,6 +166,9 @@ async def connect_temporal(
     )
 
 
+Companion = Callable[[Callable[[], Client], asyncio.Event], Coroutine[Any, Any, None]]
+"""A task run beside a worker: ``companion(client_of, stop)`` (see :func:`serve`)."""
+
 ActivityFactory = Callable[[ConnectionSource, TransitClient], Sequence[Callable[..., Any]]]
 """``build_activities(db, transit)``: a service's activities, bound to its database roles
 and to Transit as its own identity (to open the sealed fields that are its to read)."""
@@ -214,9 +217,13 @@ async def serve(
     *,
     activities: ActivityFactory | None = None,
     workflows: Sequence[type] = (),
+    companions: Sequence[Companion] = (),
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run one service's worker until ``stop`` is set (SIGTERM/SIGINT set it)."""
+    """Run one service's worker until ``stop`` is set (SIGTERM/SIGINT set it).
+
+    ``companions``: tasks run beside the worker, each ``companion(client_of, stop)``
+    with ``client_of()`` the worker's client in use now (the orchestrator's guard)."""
     config = WorkerConfig.from_env(service)
     connect_deadline = temporal_connect_deadline()
     ops = config.operations
@@ -269,7 +276,9 @@ async def serve(
                 namespace=config.temporal.namespace,
                 identity=identity,
                 runtime=runtime,
-                data_converter=data_converter(transit),
+                # the workflow's side turns an activity answer that is not its service's
+                # into a failed attempt instead of an endless workflow-task failure
+                data_converter=data_converter(transit, workflow_side=bool(workflows)),
                 tls=certs.temporal_tls(tls.server_name) if certs is not None else False,
             )
 
@@ -307,8 +316,15 @@ async def serve(
             metrics_port=ops.metrics_port,
         )
         async with worker:
+            beside = [
+                asyncio.create_task(companion(lambda: worker.client, stop))
+                for companion in companions
+            ]
             await stop.wait()
             log.info("worker.stopping", grace_seconds=ops.shutdown_grace)
+            for task in beside:
+                task.cancel()
+            await asyncio.gather(*beside, return_exceptions=True)
     finally:
         if certs is not None:
             await certs.stop()
@@ -344,6 +360,7 @@ def run_service(
     *,
     activities: ActivityFactory | None = None,
     workflows: Sequence[type] = (),
+    companions: Sequence[Companion] = (),
 ) -> None:
     """Entry point for ``orders-<service>-worker``: exit 0 on SIGTERM, 2 on bad config,
     3 when Vault or the database refuses it, 4 when Temporal does not answer in time,
@@ -359,7 +376,9 @@ def run_service(
     configure_logging(service, level)
     tune_allocator()  # payload-sized buffers from the heap, not mmap (orders_shared.allocator)
     try:
-        asyncio.run(serve(service, activities=activities, workflows=workflows))
+        asyncio.run(
+            serve(service, activities=activities, workflows=workflows, companions=companions)
+        )
     except (VaultLoginError, CredentialError) as exc:
         log.error("worker.start_failed", error=str(exc))
         sys.exit(3)

@@ -25,6 +25,16 @@ Retries and timeouts, per kind of step:
   hide what happened: the workflow then records the final status without a
   message (``record_order_status``, which logs an error and counts it for an
   alert) and says so in its result (``notified=False``, ``notify_problem``).
+* An answer that is not a result of the service that owns the activity (anyone who
+  reaches Temporal can complete a task: another key, an old ``/1`` payload, a plain
+  or corrupt payload, the wrong type, no result at all) arrives as a
+  :class:`~orders_shared.refused.RefusedResult` and is never acted on: the step is
+  run again (a new activity, the rest of its deadline), at most
+  :data:`REFUSED_ANSWER_LIMIT` times, then it is an infrastructure failure
+  (``StepFailed``) and is compensated; a compensation runs again until it has a
+  valid result. A failure whose type is not proven by its service's encrypted
+  attributes (``UnauthenticatedOutcome``, :mod:`orders_shared.outcomes`) counts the
+  same: a forged ``PaymentDeclined`` is a refused answer, never a decline.
 
 Binding: a workflow runs exactly one order, the one its id names. A workflow
 whose id is not ``order.order_id`` is refused before any step runs, so the
@@ -50,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from orders_shared.contracts import fulfill, inventory, notify, payment, validate
     from orders_shared.contracts.common import OrderOutcome
     from orders_shared.contracts.orchestrator import (
+        ANSWER_REFUSED_SIGNAL,
         CURRENT_STEP_QUERY,
         ORDER_WORKFLOW,
         CurrentStep,
@@ -63,6 +74,8 @@ with workflow.unsafe.imports_passed_through():
         OutOfStock,
         PaymentDeclined,
     )
+    from orders_shared.outcomes import UNAUTHENTICATED_OUTCOME
+    from orders_shared.refused import NO_RESULT, UNCONVERTIBLE, RefusedResult
 
 T = TypeVar("T")
 
@@ -75,6 +88,13 @@ REFUND_UNFINISHED = "RefundUnfinished"
 STEP_FAILED = "StepFailed"
 """Reason code when a forward step failed for a reason other than a business
 refusal (its retries ran out at the deadline)."""
+
+REFUSED_ANSWER_LIMIT = 3
+"""How many refused answers (not a result of the owning service, see the module doc) a
+forward step or the refund takes, each followed by a fresh attempt, before it fails."""
+
+REFUSED_ANSWER_BACKOFF = timedelta(seconds=1)
+"""Pause before a step that got a refused answer runs again (doubles, up to 2 min)."""
 
 FORWARD_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
@@ -143,10 +163,18 @@ class OrderWorkflow:
     def __init__(self) -> None:
         self._step = "starting"
         self._path: list[str] = []
+        # answers refused outside the workflow (the guard's signal), per activity type
+        self._refused_elsewhere: dict[str, int] = {}
 
     @workflow.query(name=CURRENT_STEP_QUERY)
     def current_step(self) -> CurrentStep:
         return CurrentStep(step=self._step, path=list(self._path))
+
+    @workflow.signal(name=ANSWER_REFUSED_SIGNAL)
+    def answer_refused(self, activity_type: str) -> None:
+        """The guard reset this run past an answer of zero or several payloads to
+        ``activity_type`` (orders_orchestrator.guard): one more refused answer."""
+        self._refused_elsewhere[activity_type] = self._refused_elsewhere.get(activity_type, 0) + 1
 
     @workflow.run
     async def run(self, inp: OrderWorkflowInput) -> OrderWorkflowResult:
@@ -267,17 +295,40 @@ class OrderWorkflow:
 
     async def _forward(self, name: str, queue: str, arg: Any, result_type: type[T]) -> T:
         self._enter(name)
+        deadline = workflow.now() + FORWARD_DEADLINE[name]
+        refused = 0
         try:
-            result = await workflow.execute_activity(
-                name,
-                arg,
-                task_queue=queue,
-                result_type=result_type,
-                start_to_close_timeout=ATTEMPT_TIMEOUT,
-                schedule_to_close_timeout=FORWARD_DEADLINE[name],
-                retry_policy=FORWARD_RETRY,
-            )
-            return cast(T, result)
+            while True:
+                elsewhere = self._refused_elsewhere.get(name, 0)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT:
+                    raise _StepFailed(
+                        name,
+                        STEP_FAILED,
+                        f"{name} was answered {refused + elsewhere} times with no result of "
+                        f"its service ({elsewhere} of them with zero or several payloads)",
+                    )
+                result = await self._attempt(
+                    name,
+                    arg,
+                    task_queue=queue,
+                    result_type=result_type,
+                    start_to_close_timeout=ATTEMPT_TIMEOUT,
+                    schedule_to_close_timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
+                    retry_policy=FORWARD_RETRY,
+                )
+                refusal = _refusal(result, result_type)
+                if refusal is None:
+                    return cast(T, result)
+                refused += 1
+                self._log_refusal(name, refusal, refused)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
+                    raise _StepFailed(
+                        name,
+                        STEP_FAILED,
+                        f"{name} was answered {refused} times with no result of its "
+                        f"service (last: {refusal.message})",
+                    )
+                await workflow.sleep(_backoff(refused))
         except ActivityError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type in BUSINESS_ERROR_TYPES:
@@ -295,32 +346,80 @@ class OrderWorkflow:
             raise _StepFailed(name, STEP_FAILED, reason) from err
 
     async def _compensate(self, name: str, queue: str, arg: Any, result_type: type[T]) -> T:
+        """Until it has a valid result: a refused answer is followed by a fresh attempt."""
         self._enter(name)
-        result = await workflow.execute_activity(
-            name,
-            arg,
-            task_queue=queue,
-            result_type=result_type,
-            start_to_close_timeout=ATTEMPT_TIMEOUT,
-            retry_policy=COMPENSATION_RETRY,
+        refused = 0
+        while True:
+            result = await self._attempt(
+                name,
+                arg,
+                task_queue=queue,
+                result_type=result_type,
+                start_to_close_timeout=ATTEMPT_TIMEOUT,
+                retry_policy=COMPENSATION_RETRY,
+            )
+            refusal = _refusal(result, result_type)
+            if refusal is None:
+                return cast(T, result)
+            refused += 1
+            self._log_refusal(name, refusal, refused)
+            await workflow.sleep(_backoff(refused))
+
+    async def _attempt(self, name: str, arg: Any, **options: Any) -> Any:
+        """One run of an activity: its result, or a :class:`RefusedResult` for a failure
+        without proof of its service (``UnauthenticatedOutcome``: a type anyone who reaches
+        Temporal could have written, never acted on); any other failure is raised."""
+        try:
+            return await workflow.execute_activity(name, arg, **options)
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == UNAUTHENTICATED_OUTCOME:
+                return RefusedResult(UNAUTHENTICATED_OUTCOME, cause.message)
+            raise
+
+    def _log_refusal(self, step: str, refusal: RefusedResult, count: int) -> None:
+        workflow.logger.warning(
+            "activity answer refused: not a result of the service that owns the step; "
+            "running the step again",
+            extra={"step": step, "cause": refusal.cause, "refused": count},
         )
-        return cast(T, result)
 
     async def _refund(self, order_id: str) -> str | None:
         """Refund, bounded by :data:`REFUND_DEADLINE`; the problem's type if it could not
         finish (``None`` when it did)."""
         self._enter(payment.REFUND_PAYMENT)
+        deadline = workflow.now() + REFUND_DEADLINE
+        refused = 0
         try:
-            await workflow.execute_activity(
-                payment.REFUND_PAYMENT,
-                payment.RefundPaymentInput(order_id=order_id),
-                task_queue=payment.TASK_QUEUE,
-                result_type=payment.RefundPaymentOutput,
-                start_to_close_timeout=ATTEMPT_TIMEOUT,
-                schedule_to_close_timeout=REFUND_DEADLINE,
-                retry_policy=REFUND_RETRY,
-            )
-            return None
+            while True:
+                elsewhere = self._refused_elsewhere.get(payment.REFUND_PAYMENT, 0)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT:
+                    workflow.logger.error(
+                        "refund could not finish; the order needs a person",
+                        extra={"cause": REFUND_UNFINISHED},
+                    )
+                    return REFUND_UNFINISHED
+                result = await self._attempt(
+                    payment.REFUND_PAYMENT,
+                    payment.RefundPaymentInput(order_id=order_id),
+                    task_queue=payment.TASK_QUEUE,
+                    result_type=payment.RefundPaymentOutput,
+                    start_to_close_timeout=ATTEMPT_TIMEOUT,
+                    schedule_to_close_timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
+                    retry_policy=REFUND_RETRY,
+                )
+                refusal = _refusal(result, payment.RefundPaymentOutput)
+                if refusal is None:
+                    return None
+                refused += 1
+                self._log_refusal(payment.REFUND_PAYMENT, refusal, refused)
+                if refused + elsewhere >= REFUSED_ANSWER_LIMIT or workflow.now() >= deadline:
+                    workflow.logger.error(
+                        "refund could not finish; the order needs a person",
+                        extra={"cause": REFUND_UNFINISHED},
+                    )
+                    return REFUND_UNFINISHED
+                await workflow.sleep(_backoff(refused))
         except ActivityError as err:
             cause = err.cause
             problem = (
@@ -396,3 +495,19 @@ class OrderWorkflow:
     def _enter(self, step: str) -> None:
         self._step = step
         self._path.append(step)
+
+
+def _refusal(result: object, result_type: type) -> RefusedResult | None:
+    """``None`` when ``result`` is a ``result_type``; else why it is not acted on."""
+    if isinstance(result, result_type):
+        return None
+    if isinstance(result, RefusedResult):
+        return result
+    if result is None:
+        return RefusedResult(NO_RESULT, "a completion without a result")
+    return RefusedResult(UNCONVERTIBLE, f"a {type(result).__name__}, not a {result_type.__name__}")
+
+
+def _backoff(refused: int) -> timedelta:
+    seconds = REFUSED_ANSWER_BACKOFF.total_seconds() * 2 ** (refused - 1)
+    return timedelta(seconds=min(seconds, 120.0))

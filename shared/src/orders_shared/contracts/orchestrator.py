@@ -9,6 +9,10 @@ TASK_QUEUE = SERVICES["orchestrator"].task_queue
 
 ORDER_WORKFLOW = "OrderWorkflow"
 CURRENT_STEP_QUERY = "current_step"
+ANSWER_REFUSED_SIGNAL = "answer_refused"
+"""Signal from the orchestrator's guard (``orders_orchestrator.guard``): an answer to the
+named activity was refused outside the workflow (zero or several payloads); one arg, the
+activity type."""
 
 
 @dataclass(frozen=True)
