@@ -5,7 +5,13 @@ own pid file; it accepts connections and answers nothing) or Temporal is looked
 for on a closed port, and ``orders status`` runs as its own process. Its stderr
 must show, while it still waits (the line says how long it will go on), what it
 waits for, then the final one-line error; into a pipe plain lines, on a terminal
-one line redrawn in place and erased before the final message.
+one line redrawn in place and erased before the final message, on a terminal that
+cannot redraw (``TERM=dumb``) plain lines.
+
+The closed port is held by this test (bound, never listening: a connect is refused at
+once), so no other process, such as a second stack another test starts on free ports,
+can take it during the wait. The terminal's ``TERM`` is set, not inherited: a CI shell
+may run with ``TERM=dumb`` or none.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +29,6 @@ import pytest
 from cli_support import ORDERS, cli_env  # ops/tests is on pytest's pythonpath
 
 from orders_ops.stack import Stack
-from orders_ops.testing import free_port
 
 DEADLINE = 10
 PROGRESS = re.compile(
@@ -43,14 +49,22 @@ def vault_paused(stack: Stack) -> Iterator[None]:
 
 
 @contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port nobody listens on and nobody else can take while it is held."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))  # bound, not listening: connects are refused
+        yield held.getsockname()[1]
+
+
+@contextmanager
 def outage(stack: Stack, down: str) -> Iterator[tuple[dict[str, str], str]]:
     """``(environment of the CLI, what its progress must name)`` during the outage."""
     if down == "vault-paused":
         with vault_paused(stack):
             yield {"VAULT_REQUEST_TIMEOUT": "1"}, f"Vault at {stack.settings.vault_addr}"
     else:
-        port = free_port()
-        yield {"ORDERS_TEMPORAL_PORT": str(port)}, f"Temporal at 127.0.0.1:{port}"
+        with closed_port() as port:
+            yield {"ORDERS_TEMPORAL_PORT": str(port)}, f"Temporal at 127.0.0.1:{port}"
 
 
 def client_token(stack: Stack) -> str:
@@ -83,13 +97,16 @@ def test_status_says_what_it_waits_for_while_it_waits_into_a_pipe(stack: Stack, 
     assert client_token(stack) not in err and "Traceback" not in err
 
 
-def test_on_a_terminal_the_progress_is_one_line_redrawn_and_erased(stack: Stack) -> None:
+def on_a_terminal(stack: Stack, term: str) -> str:
+    """What ``orders status`` writes to a terminal (its stderr) while Vault is paused."""
     primary, secondary = pty.openpty()
     try:
         with vault_paused(stack):
             proc = subprocess.Popen(
                 [*ORDERS, "status", "progress-order"],
-                env=cli_env(stack, ORDERS_CLIENT_DEADLINE="6", VAULT_REQUEST_TIMEOUT="1"),
+                env=cli_env(
+                    stack, ORDERS_CLIENT_DEADLINE="6", VAULT_REQUEST_TIMEOUT="1", TERM=term
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=secondary,
             )
@@ -110,6 +127,12 @@ def test_on_a_terminal_the_progress_is_one_line_redrawn_and_erased(stack: Stack)
         if secondary >= 0:
             os.close(secondary)
     text = seen.decode()
+    assert client_token(stack) not in text
+    return text
+
+
+def test_on_a_terminal_the_progress_is_one_line_redrawn_and_erased(stack: Stack) -> None:
+    text = on_a_terminal(stack, "xterm-256color")
     draws = [d for d in text.split("\r") if d.startswith("orders: waiting for")]
     assert len(draws) >= 2, f"not redrawn in place: {text!r}"
     for draw in draws:
@@ -120,4 +143,15 @@ def test_on_a_terminal_the_progress_is_one_line_redrawn_and_erased(stack: Stack)
     assert final.strip().startswith(
         f"orders: error: Vault at {stack.settings.vault_addr} did not answer within 6 s"
     ), repr(text)
-    assert client_token(stack) not in text
+
+
+def test_a_terminal_that_cannot_redraw_gets_plain_lines(stack: Stack) -> None:
+    text = on_a_terminal(stack, "dumb")
+    assert "\033" not in text, repr(text)
+    *progress, final = text.replace("\r\n", "\n").strip().splitlines()
+    assert progress, repr(text)
+    for line in progress:
+        assert PROGRESS.match(line) is not None, repr(line)
+    assert final.startswith(
+        f"orders: error: Vault at {stack.settings.vault_addr} did not answer within 6 s"
+    ), repr(text)

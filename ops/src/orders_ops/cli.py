@@ -15,7 +15,8 @@ While Vault or Temporal does not answer it retries, with backoff, for up to
 ``ORDERS_CLIENT_DEADLINE`` seconds [60], then says which did not answer. Any wait
 over 2 s (an outage, ``--wait`` for the outcome) says on stderr what it waits for,
 for how long so far and how much longer: one line redrawn in place on a terminal,
-a plain line every 5 s into a pipe or log (:mod:`orders_shared.progress`).
+a plain line every 5 s into a pipe, a log or a ``TERM=dumb`` terminal
+(:mod:`orders_shared.progress`).
 Exit codes: 0 ok, 1 a server did not answer, refused, or the order was not
 found or conflicts with an earlier order of the same id, 2 bad input (the
 message names the field and the rule), 3 with ``--wait``: the order finished

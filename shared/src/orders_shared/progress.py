@@ -6,8 +6,10 @@ still will (``orders: waiting for Vault at http://127.0.0.1:8200 (last try: no
 answer): 6 s so far, gives up in 54 s``).
 
 On a terminal that line is redrawn in place every second and erased when
-the wait ends (so the final message stands alone); into a pipe or a log it is a
-plain line every :data:`PLAIN_EVERY` seconds. Only the innermost running wait
+the wait ends (so the final message stands alone); into a pipe or a log, and on a
+terminal that cannot redraw (``TERM=dumb``, as CI logs and editors' shells set it), it
+is a plain line every :data:`PLAIN_EVERY` seconds. A stderr that can no longer be
+written (its reader went away) ends the reporting, never the wait. Only the innermost running wait
 is shown. Nothing is said unless a program installed a :class:`WaitReporter`
 (the ``orders`` CLI does): as a library the client stays silent.
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -53,12 +57,16 @@ class Wait:
         self.started = time.monotonic()
         self.cause: str | None = None  # the last failure's short name, once there was one
 
-    def line(self) -> str:
+    def line(self, left: float | None = None) -> str:
+        """``left``: the seconds to go as the caller measured them (else ``left()`` now);
+        rounded up, so a wait that still goes on never says "gives up in 0 s"."""
         waited = time.monotonic() - self.started
         cause = f" (last try: {self.cause})" if self.cause else ""
-        limit = (
-            f"gives up in {max(0.0, self.left()):.0f} s" if self.left is not None else self.no_limit
-        )
+        if self.left is None:
+            limit = self.no_limit
+        else:
+            togo = self.left() if left is None else left
+            limit = f"gives up in {math.ceil(max(0.0, togo)):.0f} s"
         return f"waiting for {self.what}{cause}: {waited:.0f} s so far, {limit}"
 
 
@@ -75,38 +83,57 @@ class WaitReporter:
     ) -> None:
         self.prefix = prefix
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = _can_redraw(self.stream)
         self.after = after
         self.every = every if every is not None else (TTY_EVERY if self.tty else PLAIN_EVERY)
         self._running: list[Wait] = []
         self._drawn = False  # an in-place line is on the terminal
+        self._broken = False  # the stream refused a write: say nothing more
 
     def install(self) -> None:
         """Report every :func:`waiting` of this context (and the tasks it starts)."""
         _reporter.set(self)
 
-    def _show(self, wait: Wait) -> None:
+    def _write(self, text: str) -> None:
+        """Progress is a courtesy: a closed or full stderr ends it, not the wait."""
+        if self._broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe or file
+            self._broken = True
+
+    def _show(self, wait: Wait, left: float | None) -> None:
         if self.tty:
-            self.stream.write(f"\r{self.prefix}: {wait.line()}\033[K")
+            self._write(f"\r{self.prefix}: {wait.line(left)}\033[K")
             self._drawn = True
         else:
-            self.stream.write(f"{self.prefix}: {wait.line()}\n")
-        self.stream.flush()
+            self._write(f"{self.prefix}: {wait.line(left)}\n")
 
     def _clear(self) -> None:
         if self._drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+            self._write("\r\033[K")
             self._drawn = False
 
     async def _tick(self, wait: Wait) -> None:
         await asyncio.sleep(self.after)
         while True:
             innermost = self._running and self._running[-1] is wait
-            ending = wait.left is not None and wait.left() <= ENDING
+            left = wait.left() if wait.left is not None else None
+            ending = left is not None and left <= ENDING
             if innermost and not ending and (self.tty or not wait.tty_only):
-                self._show(wait)
+                self._show(wait, left)
             await asyncio.sleep(self.every)
+
+
+def _can_redraw(stream: TextIO) -> bool:
+    """A terminal that understands ``\\r`` and ``ESC [K`` (not ``TERM=dumb``)."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
+    return tty and os.environ.get("TERM", "") != "dumb"
 
 
 _reporter: ContextVar[WaitReporter | None] = ContextVar("orders_wait_reporter", default=None)
