@@ -140,3 +140,34 @@ def test_each_outcome_is_found_by_temporal_workflow_list_query(
     data = orders["failed"]
     for secret in (data["customer_name"], data["email"], data["shipping_address"]):
         assert secret not in described
+
+
+@pytest.mark.usefixtures("workers")
+def test_status_right_after_the_workers_stopped_says_so_without_a_long_wait(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A worker that stopped less than POLLER_FRESH (90 s) ago still looks like a poller, so
+    `orders status` of a running order asks its query; nobody answers. It retried that
+    for the whole 60 s deadline (and, with item 2, said "waiting for Temporal" all along,
+    which is how a full run showed it); one timed-out query is the answer."""
+    for worker in stack.workers:
+        worker.stop()
+    try:
+        data = sample()
+        path = tmp_path / f"{data['order_id']}.json"
+        path.write_text(json.dumps(data))
+        assert run(stack, "submit", str(path)).returncode == 0
+        started = time.monotonic()
+        status = run(stack, "status", data["order_id"])
+        took = time.monotonic() - started
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["workflow_status"] == "RUNNING"
+        assert took < 30, f"orders status took {took:.0f} s"
+        warning = "orders: warning: the workflow did not answer its query within 10 s: "
+        assert status.stderr.strip().splitlines() == [
+            warning + "no worker of task queue orders-orchestrator answered (one that stopped "
+            "in the last 90 s still looks like a poller); start them with "
+            "'.venv/bin/orders-stack up --workers' (or 'make demo KEEP=1')"
+        ]
+    finally:
+        stack.workers_up(timeout=90, echo=lambda _line: None)  # the order then completes

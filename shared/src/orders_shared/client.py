@@ -162,6 +162,14 @@ OnRetry = Callable[[str, str, float], None]
 """``on_retry(service, cause, seconds_left)``: told once per outage (e.g. to say "retrying")."""
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """The call ran out of its rpc_timeout (the SDK says CANCELLED "Timeout expired")."""
+    return isinstance(exc, RPCError) and exc.status in (
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+    )
+
+
 def _temporal_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, RPCError):
         return exc.status in (
@@ -678,13 +686,47 @@ async def order_status(
                 None,
                 problem=f"no worker polls task queue {queue}: {START_HINT}",
             )
+
+        async def query() -> CurrentStep:
+            # bounded and followed by its own message: said on a terminal only
+            until = time.monotonic() + RPC_TIMEOUT
+            async with waiting(
+                f"a worker of task queue {queue} to answer order {order_id}'s query",
+                lambda: until - time.monotonic(),
+                tty_only=True,
+            ):
+                step: CurrentStep = await handle.query(
+                    CURRENT_STEP_QUERY, result_type=CurrentStep, rpc_timeout=rpc
+                )
+                return step
+
         try:
-            current = await retried(
-                lambda: handle.query(CURRENT_STEP_QUERY, result_type=CurrentStep, rpc_timeout=rpc)
+            # Temporal away: retried; the query timed out: no worker answered (one that
+            # stopped less than POLLER_FRESH ago still counts as polling), said at once
+            current = await until_answered(
+                "Temporal",
+                address,
+                query,
+                deadline,
+                unavailable=lambda e: _temporal_unavailable(e) and not _timed_out(e),
+                on_retry=on_retry,
             )
         except ServiceUnavailableError:
             return OrderStatus(
                 order_id, name, None, [], None, problem="the workflow did not answer its query"
+            )
+        except RPCError as exc:
+            if not _timed_out(exc):
+                raise
+            return OrderStatus(
+                order_id,
+                name,
+                None,
+                [],
+                None,
+                problem=f"the workflow did not answer its query within {RPC_TIMEOUT:.0f} s: "
+                f"no worker of task queue {queue} answered (one that stopped in the last "
+                f"{POLLER_FRESH:.0f} s still looks like a poller); {START_HINT}",
             )
         retrying = await _pending_step(client, desc.raw_description)
         return OrderStatus(
