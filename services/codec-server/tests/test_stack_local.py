@@ -78,6 +78,12 @@ async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -
             _temporal, *show, env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint}
         )
         assert customer in _decoded(shown), shown[:2000]
+        # a signal without input: the CLI encodes an empty list, which proto3 JSON writes
+        # as `{}` (it was refused: 'the body must be a JSON object {"payloads": [...]}')
+        signal = ("workflow", "signal", "-w", handle.id, "--name", "poke")
+        await asyncio.to_thread(
+            _temporal, *signal, env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint}
+        )
     finally:
         await handle.terminate("test done")
         await session.close()

@@ -707,6 +707,8 @@ async def read_payloads(request: web.Request, config: ServerConfig) -> Payloads:
         raise HttpError(400, "the body is nested too deeply to be a Payloads message") from None
     except (ValueError, UnicodeDecodeError):
         raise HttpError(400, "the body is not valid JSON") from None
+    if isinstance(data, dict) and data.get("payloads") is None:
+        data = {**data, "payloads": []}  # proto3 JSON leaves out an empty list (the CLI: `{}`)
     if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
         raise HttpError(400, 'the body must be a JSON object {"payloads": [...]}')
     items = data["payloads"]
