@@ -347,6 +347,8 @@ def test_the_workers_run_an_order_on_servers_of_ones_own(servers: Servers) -> No
         ORDERS_DB_NAME=DATABASE,
         ORDERS_K8S_NAMESPACE=IDENTITY_NAMESPACE,
         ORDERS_SEED_DEMO_DATA="true",  # the example order's SKUs
+        TEMPORAL_ADDRESS=f"{HOST}:{s.temporal_port}",  # the search attributes, in its namespace
+        TEMPORAL_NAMESPACE=NAMESPACE,
     )
     # a token without Vault's default policy cannot even look itself up: named, in one line
     bare = admin.auth.token.create(policies=["orders-bootstrap"], no_default_policy=True)

@@ -1,6 +1,7 @@
 """The demo's checks really find what they claim: a static secret in a worker's memory,
 a payload stored in the clear, an order that ended with the right status but wrong rows."""
 
+import json
 import secrets
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from orders_ops.demo import _scan_memory, outcome_differences, scenarios, unprotected_payloads
 from orders_shared.contracts.orchestrator import OrderWorkflowResult
+from orders_shared.search_attributes import OUTCOME_PATCH
 
 
 def test_memory_scan_finds_a_secret_a_process_holds_and_nothing_else() -> None:
@@ -60,6 +62,45 @@ def test_history_check_fails_on_plain_payloads_and_passes_on_encrypted_ones() ->
     assert unprotected_payloads([_event(1, sealed)]) == []
     # a history without any payload proves nothing, and says so
     assert unprotected_payloads([HistoryEvent(event_id=1)]) != []
+
+
+def _upsert(event_id: int, **values: object) -> HistoryEvent:
+    event = HistoryEvent(event_id=event_id)
+    fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes
+    for name, value in values.items():
+        fields.indexed_fields[name].CopyFrom(
+            Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(value).encode())
+        )
+    return event
+
+
+def test_only_the_outcome_attributes_are_clear_by_design_and_only_with_their_values() -> None:
+    sealed = Payload(metadata={"encoding": b"binary/encrypted"}, data=secrets.token_bytes(64))
+    marker = HistoryEvent(event_id=2)
+    marker.marker_recorded_event_attributes.marker_name = "core_patch"
+    marker.marker_recorded_event_attributes.details["patch-data"].payloads.append(
+        Payload(
+            metadata={"encoding": b"json/plain"},
+            data=json.dumps({"id": OUTCOME_PATCH, "deprecated": False}).encode(),
+        )
+    )
+    ok = [
+        _event(1, sealed),
+        marker,
+        _upsert(3, TemporalChangeVersion=[OUTCOME_PATCH]),
+        _upsert(4, OrderOutcome="failed", OrderReason="PaymentDeclined"),
+    ]
+    assert unprotected_payloads(ok) == []
+    # order data in an attribute, an unknown outcome or another attribute: flagged
+    for bad in (
+        _upsert(5, OrderReason="Ada Lovelace, 1 Main Street"),
+        _upsert(5, OrderOutcome="shipped"),
+        _upsert(5, CustomerEmail="ada@example.com"),
+    ):
+        assert any(
+            "event 5: a payload stored as 'json/plain'" in p
+            for p in unprotected_payloads([*ok, bad])
+        )
 
 
 class _Rows:

@@ -5,6 +5,11 @@ Order matters: the database first (group roles must exist before Vault's
 creation statements can grant them), then the local identity issuer's key
 (Vault's JWT auth trusts its public half), then Vault's database engine, then
 the rest of Vault, then the first identity tokens.
+
+Temporal: the order workflow's search attributes (``OrderOutcome``, ``OrderReason``,
+:mod:`orders_shared.search_attributes`) are added to the namespace if missing: locally
+always (the dev server's ``default``), in a cluster when ``TEMPORAL_ADDRESS`` is set
+(namespace ``TEMPORAL_NAMESPACE``), or on their own with ``orders-bootstrap temporal``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from orders_ops.database import DatabaseBootstrapError, bootstrap_database
 from orders_ops.settings import SettingsError, StackSettings
 from orders_ops.vault_bootstrap import VaultBootstrapError, configure_vault
 from orders_ops.vault_database import VaultDatabaseError, configure_database_engine
+from orders_shared.config import ConfigError, TemporalConfig
+from orders_shared.search_attributes import SearchAttributeError, register_search_attributes
 
 
 @dataclass
@@ -77,6 +84,18 @@ def bootstrap(settings: StackSettings, *, vault_is_new: bool = False) -> Bootstr
     # Tokens are ephemeral (the issuer re-mints them), so writing them is not a change.
     if local and not issuer.tokens_fresh(settings):
         issuer.write_tokens(settings, issuer.ttl_from_env())
+
+    if settings.mode == "local":  # the stack's own dev server
+        report.changes += asyncio.run(bootstrap_temporal(settings.temporal_address, "default"))
+    elif os.environ.get("TEMPORAL_ADDRESS"):
+        where = TemporalConfig.from_env()
+        report.changes += asyncio.run(bootstrap_temporal(where.address, where.namespace))
+    else:
+        report.notes.append(
+            "Temporal: TEMPORAL_ADDRESS is unset, so the search attributes OrderOutcome and "
+            "OrderReason were not checked: run 'orders-bootstrap temporal' with it set "
+            "(the order workflow's tasks fail in a namespace without them)"
+        )
     return report
 
 
@@ -98,6 +117,57 @@ def denied(exc: hvac.exceptions.Forbidden, settings: StackSettings) -> str:
     else:
         fix = f"is {settings.root_token_file} the local stack's root token?"
     return f"Vault denied {method} {path} to the bootstrap's token (permission denied): {fix}"
+
+
+class TemporalBootstrapError(RuntimeError):
+    """Temporal did not take the search attributes; the message names it and the fix."""
+
+
+async def bootstrap_temporal(address: str, namespace: str) -> list[str]:
+    """Add the order workflow's search attributes to ``namespace`` (idempotent)."""
+    from temporalio.client import Client
+    from temporalio.service import RPCError
+
+    try:
+        client = await Client.connect(address, namespace=namespace)
+        return await register_search_attributes(client, namespace)
+    except RPCError as exc:
+        raise TemporalBootstrapError(
+            f"Temporal at {address}, namespace {namespace!r}: cannot add the search "
+            f"attributes OrderOutcome and OrderReason ({exc.status.name if exc.status else ''}"
+            f" {exc.message}): the caller needs Temporal's operator API (Temporal Cloud: "
+            "add them as Keyword with 'tcld namespace search-attributes add')"
+        ) from None
+    except RuntimeError as exc:  # the connect: nothing answers there
+        if isinstance(exc, SearchAttributeError):
+            raise TemporalBootstrapError(str(exc)) from None
+        raise TemporalBootstrapError(
+            f"Temporal at {address} did not answer ({type(exc).__name__}): start it or set "
+            "TEMPORAL_ADDRESS"
+        ) from None
+
+
+def _temporal(argv: Sequence[str]) -> None:
+    """``orders-bootstrap temporal``: the search attributes only, in any namespace."""
+    parser = argparse.ArgumentParser(
+        prog="orders-bootstrap temporal",
+        description="Add the order workflow's search attributes (OrderOutcome, OrderReason: "
+        "Keyword) to a Temporal namespace, if missing, through the operator API.",
+    )
+    try:
+        where = TemporalConfig.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"orders-bootstrap temporal: error: {exc}") from None
+    parser.add_argument("--address", default=where.address, help="[TEMPORAL_ADDRESS]")
+    parser.add_argument("--namespace", default=where.namespace, help="[TEMPORAL_NAMESPACE]")
+    args = parser.parse_args(argv)
+    try:
+        changes = asyncio.run(bootstrap_temporal(args.address, args.namespace))
+    except TemporalBootstrapError as exc:
+        raise SystemExit(f"orders-bootstrap temporal: error: {exc}") from None
+    for change in changes:
+        print(f"  {change}")
+    print(f"orders-bootstrap temporal: {len(changes) or 'no'} changes")
 
 
 def _admin_setup(args: argparse.Namespace) -> None:
@@ -180,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if argv[:1] == ["apply"]:
         argv = argv[1:]  # the same as no subcommand
+
+    if argv[:1] == ["temporal"]:
+        _temporal(argv[1:])
+        return
     if argv[:1] == ["admin-setup"]:
         setup = argparse.ArgumentParser(
             prog="orders-bootstrap admin-setup",
@@ -205,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         epilog="subcommands: 'plan' (what apply would change; 'orders-bootstrap plan --help'), "
         "'apply' (the same as none: converge), 'admin-setup' (the one-time setup of the "
-        "Job's identity)",
+        "Job's identity), 'temporal' (the Temporal search attributes only)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="list every change")
     args = parser.parse_args(argv)
@@ -215,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except hvac.exceptions.Forbidden as exc:
         print(f"orders-bootstrap: error: {denied(exc, settings)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except _ERRORS as exc:
+    except (*_ERRORS, TemporalBootstrapError) as exc:
         print(f"orders-bootstrap: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"orders-bootstrap: {report.summary()}")

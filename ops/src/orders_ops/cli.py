@@ -13,13 +13,18 @@ else ``http://127.0.0.1:$ORDERS_VAULT_PORT`` [8200]; the Temporal namespace from
 to their consuming services and encrypts every payload it sends and reads.
 
 While Vault or Temporal does not answer it retries, with backoff, for up to
-``ORDERS_CLIENT_DEADLINE`` seconds [60], then says which did not answer.
+``ORDERS_CLIENT_DEADLINE`` seconds [60], then says which did not answer. Any wait
+over 2 s (an outage, ``--wait`` for the outcome) says on stderr what it waits for,
+for how long so far and how much longer: one line redrawn in place on a terminal,
+a plain line every 5 s into a pipe, a log or a ``TERM=dumb`` terminal
+(:mod:`orders_shared.progress`).
 Exit codes: 0 ok, 1 a server did not answer, refused, or the order was not
 found or conflicts with an earlier order of the same id, 2 bad input (the
 message names the field and the rule), 3 with ``--wait``: the order finished
 but was not completed (rejected or failed).
-Output is JSON on stdout; errors are one line on stderr; the order's
-sensitive fields are never printed, and every echoed input is quoted and cut short.
+Output is JSON on stdout; errors are one line on stderr (after any progress lines);
+the order's sensitive fields are never printed, and every echoed input is quoted and
+cut short.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from orders_shared.order_input import (
     json_depth_exceeded,
     parse_order,
 )
+from orders_shared.progress import WaitReporter
 from orders_shared.tls import client_temporal_tls
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_NOT_COMPLETED = 0, 1, 2, 3
@@ -99,14 +105,6 @@ def quoted(value: object, limit: int = MAX_ECHO) -> str:
 def _fail(code: int, message: str) -> int:
     print(f"orders: error: {message}", file=sys.stderr)
     return code
-
-
-def _say_retrying(service: str, cause: str, left: float) -> None:
-    if sys.stderr.isatty():  # a person watching; scripts get only the final line
-        print(
-            f"orders: {service} does not answer ({cause}); retrying for {left:.0f} s more",
-            file=sys.stderr,
-        )
 
 
 # -------------------------------------------------------------------- reading the order file
@@ -243,7 +241,9 @@ Run = Callable[[Client, VaultTransit, _Addresses, Deadline], Awaitable[int]]
 
 async def _with_client(run: Run) -> int:
     """Log in to Vault as the client and connect to Temporal (both retried until the
-    deadline), then ``run``; every failure becomes one line and an exit code."""
+    deadline), then ``run``; every failure becomes one line and an exit code. A wait
+    over 2 s says on stderr what it waits for (:mod:`orders_shared.progress`)."""
+    WaitReporter("orders", sys.stderr).install()
     try:
         where = _addresses()
         config = client_vault_config(
@@ -259,7 +259,6 @@ async def _with_client(run: Run) -> int:
             lambda: VaultSession.open(config),
             deadline,
             unavailable=lambda exc: isinstance(exc, VAULT_UNAVAILABLE),
-            on_retry=_say_retrying,
         )
     except VaultLoginError as exc:
         return _fail(EXIT_ERROR, f"cannot log in to Vault as the client: {exc}")
@@ -273,7 +272,6 @@ async def _with_client(run: Run) -> int:
             transit,
             namespace=where.namespace,  # TEMPORAL_NAMESPACE, as the workers read it
             deadline=deadline,
-            on_retry=_say_retrying,
             tls=tls,
         )
         return await run(client, transit, where, deadline)
@@ -323,7 +321,6 @@ async def _submit(
             wait=wait,
             transit=transit,
             deadline=deadline,
-            on_retry=_say_retrying,
             vault_address=where.vault,
         )
     except WorkflowFailureError as exc:
@@ -344,7 +341,7 @@ async def _status(
     order_id: str, client: Client, _transit: VaultTransit, where: _Addresses, deadline: Deadline
 ) -> int:
     try:
-        status = await order_status(client, order_id, deadline=deadline, on_retry=_say_retrying)
+        status = await order_status(client, order_id, deadline=deadline)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return _fail(

@@ -44,6 +44,7 @@ from orders_shared.contracts.orchestrator import OrderWorkflowResult
 from orders_shared.logging import configure_logging
 from orders_shared.order_input import parse_order
 from orders_shared.sealing import SEALED_FIELDS, SealedFieldError, is_sealed, open_field
+from orders_shared.search_attributes import PATCH_MARKER, written_in_the_clear
 
 V, R, P, F, N = (
     "validate_order",
@@ -460,16 +461,34 @@ def payloads_in(message: Message) -> Iterator[Payload]:
                 yield from payloads_in(item)
 
 
+def clear_by_design(event: HistoryEvent) -> set[bytes]:
+    """The event's payloads the order workflow stores unencrypted on purpose (serialized):
+    its outcome search attributes and their patch marker, each only with the value it may
+    hold (:func:`orders_shared.search_attributes.written_in_the_clear`)."""
+    found: list[tuple[str, Payload]] = []
+    if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+        fields = event.upsert_workflow_search_attributes_event_attributes
+        found += list(fields.search_attributes.indexed_fields.items())
+    if event.HasField("marker_recorded_event_attributes"):
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name == PATCH_MARKER:
+            found += [(PATCH_MARKER, p) for d in marker.details.values() for p in d.payloads]
+    return {p.SerializeToString() for name, p in found if written_in_the_clear(name, p)}
+
+
 def unprotected_payloads(events: Sequence[HistoryEvent]) -> list[str]:
     """Each way the stored history shows data in the clear: a payload whose encoding is not
-    ``binary/encrypted``, or plaintext order content anywhere in the serialized events."""
+    ``binary/encrypted`` (except the outcome search attributes and their patch marker, which
+    are in the clear by design and hold only the outcome word, reason type and patch id),
+    or plaintext order content anywhere in the serialized events."""
     problems: list[str] = []
     count = 0
     for event in events:
+        designed = clear_by_design(event)
         for payload in payloads_in(event):
             count += 1
             encoding = payload.metadata.get("encoding", b"").decode(errors="replace")
-            if encoding != "binary/encrypted":
+            if encoding != "binary/encrypted" and payload.SerializeToString() not in designed:
                 problems.append(f"event {event.event_id}: a payload stored as {encoding!r}")
         raw = event.SerializeToString()
         problems.extend(
@@ -573,7 +592,8 @@ async def payload_report(stack: Stack, order_id: str, say: Callable[[str], None]
     say(
         f"  the whole history: {len(events)} events, {n_payloads} payloads; "
         + (
-            "every payload encrypted, no order content in the clear"
+            "every payload encrypted but the outcome search attributes (outcome word and "
+            "reason type, in the clear by design), no order content in the clear"
             if not clear
             else "IN THE CLEAR:"
         )

@@ -20,12 +20,15 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from orders_shared.search_attributes import register_search_attributes
+
 RETENTION_SECONDS = 24 * 3600
 
 
 async def ensure_namespace(address: str, namespace: str, *, wait_seconds: float = 60.0) -> None:
     """Register ``namespace`` (one day's retention) unless it exists, then wait until the
-    frontend serves it; :class:`TimeoutError` naming it after ``wait_seconds``."""
+    frontend serves it; :class:`TimeoutError` naming it after ``wait_seconds``. It gets
+    the order workflow's search attributes too (``OrderOutcome``, ``OrderReason``)."""
     root = await Client.connect(address)
     try:
         await root.workflow_service.register_namespace(
@@ -43,6 +46,7 @@ async def ensure_namespace(address: str, namespace: str, *, wait_seconds: float 
             await root.workflow_service.list_open_workflow_executions(
                 ListOpenWorkflowExecutionsRequest(namespace=namespace, maximum_page_size=1)
             )
+            await register_search_attributes(root, namespace)
             return
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:

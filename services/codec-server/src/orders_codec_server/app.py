@@ -21,7 +21,9 @@ request carries a bearer token that is either
 and the payloads are decrypted with *that* token, so Vault policy decides.
 Nothing is done for a caller before Vault accepted its token: no token: 401; a
 token Vault does not accept: 401; a user outside the reader group or a token
-Vault refuses decryption: 403. Verified callers are cached (at most
+Vault refuses decryption: 403. (The ``temporal`` CLI never shows a refused decode's
+body, so it gets the refusal as text in place of the payloads: :func:`from_go_cli`.)
+Verified callers are cached (at most
 ``max_callers``, each until the earlier of its JWT's ``exp``, its Vault token's
 lease and ``caller_seconds``), each with its own codec: data keys unwrapped for
 one caller never serve another. Failed logins are counted per client address;
@@ -705,6 +707,8 @@ async def read_payloads(request: web.Request, config: ServerConfig) -> Payloads:
         raise HttpError(400, "the body is nested too deeply to be a Payloads message") from None
     except (ValueError, UnicodeDecodeError):
         raise HttpError(400, "the body is not valid JSON") from None
+    if isinstance(data, dict) and data.get("payloads") is None:
+        data = {**data, "payloads": []}  # proto3 JSON leaves out an empty list (the CLI: `{}`)
     if not isinstance(data, dict) or not isinstance(data.get("payloads"), list):
         raise HttpError(400, 'the body must be a JSON object {"payloads": [...]}')
     items = data["payloads"]
@@ -768,6 +772,27 @@ def _cors_headers(config: ServerConfig, origin: str) -> dict[str, str]:
     if config.cors_allow_credentials:
         headers["Access-Control-Allow-Credentials"] = "true"
     return headers
+
+
+TOLD_IN_PLACE = frozenset({401, 403, 404, 429})
+"""Refusals of a ``/decode`` the Temporal CLI gets as text in place of the payloads."""
+REFUSED_META = "orders-codec-refused"
+"""Metadata key of such a text payload (its value: the HTTP status it stands for)."""
+
+
+def from_go_cli(request: web.Request) -> bool:
+    """A request from the ``temporal`` CLI (Go's HTTP client, not a browser).
+
+    The CLI retries every failed ``/decode`` until its 10 s deadline and then says only
+    ``context deadline exceeded``: whatever the status (400, 401, 403, 404 and 500 all
+    tried) it never shows the answer's body. So to the CLI a refusal is answered 200 with
+    one text payload per payload sent, carrying the refusal's message (marked with
+    :data:`REFUSED_META`), and ``temporal workflow show`` prints the fix at once. Nothing
+    of the payloads is returned and nothing more is done for the caller than for the
+    refusal (Vault is not asked again): a client that claims to be Go's gains only the
+    message. Browsers (they send ``Origin``) and every other client get the status."""
+    agent = request.headers.get("User-Agent", "")
+    return agent.startswith("Go-http-client/") and "Origin" not in request.headers
 
 
 _HTTP_MESSAGES = {
@@ -1004,6 +1029,31 @@ class CodecServer:
         return True
 
     async def _handle(self, request: web.Request, op: str) -> web.Response:
+        try:
+            return await self._serve(request, op)
+        except HttpError as exc:
+            if op != "decode" or exc.status not in TOLD_IN_PLACE or not from_go_cli(request):
+                raise
+            return await self._refusal_in_place(request, exc)
+
+    async def _refusal_in_place(self, request: web.Request, refused: HttpError) -> web.Response:
+        """The refusal as the decoded payloads, for the Temporal CLI (see
+        :func:`from_go_cli`): one text payload per payload sent, none of their data."""
+        async with self.gate:  # the body is read under the same bounds as a decode's
+            payloads = list((await read_payloads(request, self.config)).payloads)
+        text = json.dumps(
+            f"not decoded: the codec server refused ({refused.status}): {refused.message}"
+        ).encode()
+        told = Payload(
+            metadata={"encoding": b"json/plain", REFUSED_META: str(refused.status).encode()},
+            data=text,
+        )
+        request[LOG_FIELDS].update(refused=refused.status, told_in_place=True)
+        return web.Response(
+            body=_payloads_json([told] * len(payloads)), content_type="application/json"
+        )
+
+    async def _serve(self, request: web.Request, op: str) -> web.Response:
         self.requests += 1
         request[OP] = op
         via_secret = self._via_secret(request)

@@ -76,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orders_shared.outcomes import UNAUTHENTICATED_OUTCOME
     from orders_shared.refused import NO_RESULT, UNCONVERTIBLE, RefusedResult
+    from orders_shared.search_attributes import ORDER_OUTCOME, ORDER_REASON, OUTCOME_PATCH
 
 T = TypeVar("T")
 
@@ -230,6 +231,7 @@ class OrderWorkflow:
             ):
                 # The order was already finished by an earlier run: nothing was done
                 # now, and its recorded status and message belong to that run.
+                self._show_outcome("rejected", failure.reason_code)
                 self._step = "done"
                 return OrderWorkflowResult(
                     order_id=order_id,
@@ -266,6 +268,7 @@ class OrderWorkflow:
             told = await self._notify(
                 order_id, outcome, failure.reason_code, failure.reason, refund_unfinished=problem
             )
+            self._show_outcome(outcome, failure.reason_code)
             self._step = "done"
             return OrderWorkflowResult(
                 order_id=order_id,
@@ -281,6 +284,7 @@ class OrderWorkflow:
             )
 
         told = await self._notify(order_id, "completed", None, None)
+        self._show_outcome("completed", None)
         self._step = "done"
         return OrderWorkflowResult(
             order_id=order_id,
@@ -292,6 +296,20 @@ class OrderWorkflow:
             notify_problem=told.problem,
             recorded_status=told.recorded_status,
         )
+
+    def _show_outcome(self, outcome: OrderOutcome, reason_code: str | None) -> None:
+        """The outcome where people look: search attributes ``OrderOutcome`` and
+        ``OrderReason`` (stored in the clear, so only the outcome word and the reason's
+        type, never order data; :mod:`orders_shared.search_attributes`) and the run's
+        current details in the UI. Patched: a run whose history ended before this code
+        replays without it."""
+        if not workflow.patched(OUTCOME_PATCH):
+            return
+        updates = [ORDER_OUTCOME.value_set(outcome)]
+        if reason_code is not None:
+            updates.append(ORDER_REASON.value_set(reason_code))
+        workflow.upsert_search_attributes(updates)
+        workflow.set_current_details(f"{outcome}: {reason_code}" if reason_code else outcome)
 
     async def _forward(self, name: str, queue: str, arg: Any, result_type: type[T]) -> T:
         self._enter(name)
