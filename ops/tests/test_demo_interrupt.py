@@ -4,6 +4,7 @@ runs, and the user sees one line on stderr and exit code 130, not a traceback.""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,17 +16,44 @@ from pathlib import Path
 import pytest
 
 from orders_ops.settings import PORT_VARIABLES
-from orders_ops.testing import free_port
 
 pytestmark = pytest.mark.stack
 
 
-def _free_block(size: int) -> int:
-    for _ in range(200):
-        base = free_port()
-        if base + size < 65536 and all(_closed(base + i) for i in range(size)):
-            return base
-    raise AssertionError("no free block of ports")
+# Ports below the kernel's ephemeral range (32768+ here), so no outgoing connection of
+# another test takes one between the check and the demo's bind, and each checked by
+# binding it (a port in TIME-WAIT cannot be bound, though nothing listens on it).
+_LOW, _HIGH = 30000, 32700
+_SDK_OFFSET = 1000  # a worker's SDK metrics port is its metrics port + 1000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_ports(count: int, workers: int) -> tuple[list[int], int]:
+    """``count`` single ports and a block of ``workers`` metrics ports whose SDK ports
+    (+1000) are free too; all distinct, all bindable now."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(_LOW, _HIGH - _SDK_OFFSET - workers)
+        block = [base + i for i in range(workers)] + [
+            base + _SDK_OFFSET + i for i in range(workers)
+        ]
+        if not all(_bindable(p) for p in block):
+            continue
+        singles: list[int] = []
+        while len(singles) < count:
+            port = rng.randrange(_LOW, _HIGH)
+            if port not in block and port not in singles and _bindable(port):
+                singles.append(port)
+        return singles, base
+    raise AssertionError(f"no free block of ports in {_LOW}-{_HIGH}")
 
 
 def _closed(port: int) -> bool:
@@ -40,8 +68,9 @@ def _sigint_as_in_a_terminal() -> None:
 def test_ctrl_c_during_the_demo_prints_one_line_and_leaves_nothing_running() -> None:
     state = Path(tempfile.mkdtemp(prefix="orders-demo-interrupt-"))
     state.chmod(0o755)  # as root, postgres runs as nobody and must reach its folder
-    ports = {var: free_port() for var in PORT_VARIABLES}
-    ports["ORDERS_WORKER_METRICS_PORT"] = _free_block(6)
+    singles, metrics_base = _free_ports(len(PORT_VARIABLES), 6)
+    ports = dict(zip(PORT_VARIABLES, singles, strict=True))
+    ports["ORDERS_WORKER_METRICS_PORT"] = metrics_base
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERS_")}
     env.update({var: str(port) for var, port in ports.items()}, ORDERS_STATE_DIR=str(state))
     env.pop("KEEP", None)
