@@ -16,24 +16,16 @@ from pathlib import Path
 import pytest
 
 from orders_ops.settings import PORT_VARIABLES
+from orders_ops.stack import _port_free
 
 pytestmark = pytest.mark.stack
 
 
 # Ports below the kernel's ephemeral range (32768+ here), so no outgoing connection of
-# another test takes one between the check and the demo's bind, and each checked by
-# binding it (a port in TIME-WAIT cannot be bound, though nothing listens on it).
+# another test takes one between the check and the demo's bind, and each checked the way
+# the stack checks its own (a bind: a port in TIME-WAIT is not free, though nothing listens).
 _LOW, _HIGH = 30000, 32700
 _SDK_OFFSET = 1000  # a worker's SDK metrics port is its metrics port + 1000
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _free_ports(count: int, workers: int) -> tuple[list[int], int]:
@@ -45,12 +37,12 @@ def _free_ports(count: int, workers: int) -> tuple[list[int], int]:
         block = [base + i for i in range(workers)] + [
             base + _SDK_OFFSET + i for i in range(workers)
         ]
-        if not all(_bindable(p) for p in block):
+        if not all(_port_free(p) for p in block):
             continue
         singles: list[int] = []
         while len(singles) < count:
             port = rng.randrange(_LOW, _HIGH)
-            if port not in block and port not in singles and _bindable(port):
+            if port not in block and port not in singles and _port_free(port):
                 singles.append(port)
         return singles, base
     raise AssertionError(f"no free block of ports in {_LOW}-{_HIGH}")
